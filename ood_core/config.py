@@ -1,0 +1,66 @@
+"""Run parameters, validated: one pydantic model shared by the CLI, the flows (UI forms) and the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base64"
+
+
+def default_model_path() -> str:
+    """The shipped base model (a diffusers pipeline folder inside the repository)."""
+    return str(DEFAULT_MODEL_DIR)
+
+
+class PipelineParameters(BaseModel):
+    """Everything that determines a pipeline run; stored verbatim in provenance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(
+        min_length=1, description="FITS files, directories or glob patterns of the few-shot set"
+    )
+    store: str = Field(min_length=1, description="zarr store URL (local path or any fsspec URL)")
+    model: str = Field(default_factory=default_model_path, description="diffusers model folder or hub id")
+    samples: int = Field(default=16, ge=1, le=100_000, description="number of accepted samples to generate")
+    seed: int = Field(default=0, ge=0, le=2**62, description="seed of the whole run")
+    t0: int = Field(default=600, ge=1, le=999, description="inversion bandwidth: timestep of the latents")
+    auto_t0: bool = Field(default=False, description="scan t0 and pick the largest meeting the PSNR threshold")
+    t0_scan: list[int] = Field(default=[300, 450, 600, 750, 900], description="t0 values tried by auto_t0")
+    psnr_threshold_db: float = Field(default=30.0, ge=0, le=100, description="auto_t0 reconstruction bar")
+    steps: int = Field(default=40, ge=2, le=1000, description="DDIM steps K between 0 and t0")
+    eta: float = Field(default=0.0, ge=0.0, le=1.0, description="DDIM noise for generation (0 = deterministic)")
+    prior: Literal["scalar", "ppca"] = Field(default="scalar", description="OOD prior family")
+    strategy: Literal["prior", "slerp_ood_prior", "slerp_ood_ood"] = Field(
+        default="slerp_ood_prior", description="how candidates are drawn"
+    )
+    candidate_budget: int = Field(default=20_000, ge=1, le=10_000_000, description="max candidates screened")
+    reference_count: int = Field(default=16, ge=2, le=4096, description="in-domain reference latents")
+    novelty_factor: float = Field(
+        default=0.5, ge=0.0, le=10.0, description="near-copy if nearest-input distance < factor x inputs' NN median"
+    )
+    normalization: Literal["per_run", "per_image"] = Field(default="per_run", description="normalization mode")
+    stretch: Literal["asinh", "linear", "sqrt", "log"] = Field(default="asinh", description="intensity stretch")
+    tile: int | None = Field(default=None, ge=8, le=8192, description="cut inputs into tiles of this size first")
+    hdu: int | None = Field(default=None, ge=0, description="HDU index to read (default: first image HDU)")
+    batch_size: int = Field(default=16, ge=1, le=1024, description="images per network evaluation")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where the network runs")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(default="float32", description="network dtype")
+
+    @field_validator("inputs")
+    @classmethod
+    def _no_blank_inputs(cls, value: list[str]) -> list[str]:
+        if any(not v.strip() for v in value):
+            raise ValueError("input paths must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _steps_within_t0(self) -> PipelineParameters:
+        if self.steps > self.t0 and not self.auto_t0:
+            raise ValueError(f"steps ({self.steps}) must not exceed t0 ({self.t0})")
+        if self.auto_t0 and not self.t0_scan:
+            raise ValueError("auto_t0 needs a non-empty t0_scan")
+        return self
