@@ -1,0 +1,476 @@
+"""FITS reading with validation, batch reading with quarantine, and tiling into cutouts.
+
+Every file is read fully into memory once: its bytes give the sha256 and astropy parses them from a
+buffer, so no file handle or memory map outlives the call. A file that cannot be used raises a specific
+:class:`~ood_core.errors.InvalidInputError` subclass whose message names the file and says why; raw
+astropy or OS exceptions never escape for a bad file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import glob
+import gzip
+import hashlib
+import io
+import logging
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from astropy.io import fits
+from astropy.nddata import Cutout2D
+from astropy.utils.exceptions import AstropyWarning
+from astropy.wcs import WCS
+
+from ood_core.errors import (
+    EmptyImageError,
+    ImageTooSmallError,
+    InvalidInputError,
+    MissingInputError,
+    NoImageHDUError,
+    NotFitsError,
+    TruncatedFitsError,
+    WrongDimensionError,
+)
+
+log = logging.getLogger(__name__)
+
+FITS_SUFFIXES: tuple[str, ...] = (".fits", ".fit", ".fts", ".fits.gz", ".fits.fz")
+"""File endings picked up when a directory is given as input."""
+
+CubePlane = int | Literal["moment0"]
+
+_FITS_MAGIC = b"SIMPLE  ="
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZIP2_MAGIC = b"BZh"
+_METADATA_KEYS = ("BUNIT", "TELESCOP", "INSTRUME", "FILTER", "OBJECT")
+_IMAGE_HDU_TYPES = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
+
+
+@dataclass(frozen=True, eq=False)
+class FitsImage:
+    """One 2-D image read from a FITS file (or a plane/moment of a cube, or a cutout of either)."""
+
+    path: str
+    data: npt.NDArray[np.float32]
+    """2-D, physical units (BSCALE/BZERO applied), NaN where invalid."""
+    mask: npt.NDArray[np.bool_]
+    """True where the pixel is invalid (NaN, inf, BLANK)."""
+    header: fits.Header
+    """The original header of the HDU (for a cube it still describes the cube)."""
+    wcs: WCS | None
+    """Celestial 2-D WCS of ``data`` when the header has one."""
+    hdu_index: int
+    sha256: str
+    """Of the file's bytes as stored on disk."""
+    plane: str | None = None
+    """2-D view of the HDU: "plane=12", "moment0", "cutout y0=128 x0=256"; None for a whole 2-D image."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.data.shape[0]), int(self.data.shape[1]))
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-safe description for provenance: file, hash, HDU, shape, plane and a few header keywords."""
+        meta: dict[str, Any] = {
+            "path": self.path,
+            "sha256": self.sha256,
+            "hdu": self.hdu_index,
+            "shape": list(self.shape),
+        }
+        for key in _METADATA_KEYS:
+            value = self.header.get(key)
+            meta[key] = None if value is None else str(value).strip()
+        meta["plane"] = self.plane
+        return meta
+
+
+@dataclass(frozen=True)
+class QuarantinedInput:
+    """An input that was set aside, with the reason a person reads and the error class name."""
+
+    path: str
+    reason: str
+    error: str
+
+    @classmethod
+    def from_error(cls, error: InvalidInputError) -> QuarantinedInput:
+        return cls(path=error.path, reason=error.reason, error=type(error).__name__)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason, "error": self.error}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input expansion
+
+
+def _is_glob(spec: str) -> bool:
+    return any(ch in spec for ch in "*?[")
+
+
+def _has_fits_suffix(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(suffix) for suffix in FITS_SUFFIXES)
+
+
+def _expand_one(spec: str) -> list[Path]:
+    if _is_glob(spec):
+        matches = [Path(m) for m in glob.glob(spec, recursive=True)]
+        return [p for p in matches if p.is_file()]
+    path = Path(spec)
+    if path.is_dir():
+        return [p for p in path.iterdir() if p.is_file() and _has_fits_suffix(p)]
+    if path.exists():
+        return [path]
+    return []
+
+
+def expand_inputs(specs: Sequence[str | Path]) -> list[Path]:
+    """Files, directories (their FITS files, not recursive) and glob patterns -> sorted unique file paths.
+
+    Specs that match nothing are left out rather than raised, so one typo does not stop a run;
+    :func:`unmatched_inputs` turns them into quarantine entries for the caller to report. A file named
+    explicitly is kept whatever its ending (reading it decides whether it is FITS); a directory contributes
+    only files ending in one of :data:`FITS_SUFFIXES`.
+    """
+    found: set[Path] = set()
+    for spec in specs:
+        found.update(_expand_one(str(spec)))
+    return sorted(found)
+
+
+def unmatched_inputs(specs: Sequence[str | Path]) -> list[QuarantinedInput]:
+    """One quarantine entry per spec that names no file: missing path, empty directory, empty glob."""
+    out: list[QuarantinedInput] = []
+    for spec in map(str, specs):
+        if _expand_one(spec):
+            continue
+        if _is_glob(spec):
+            reason = "no file matches this pattern"
+        elif Path(spec).is_dir():
+            reason = f"directory holds no FITS file ({', '.join(FITS_SUFFIXES)})"
+        else:
+            reason = "no such file or directory"
+        out.append(QuarantinedInput(path=spec, reason=reason, error=MissingInputError.__name__))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading one file
+
+
+def _read_bytes(path: str) -> bytes:
+    file = Path(path)
+    if not file.exists():
+        raise MissingInputError(path, "no such file or directory")
+    if not file.is_file():
+        raise MissingInputError(path, "not a regular file")
+    try:
+        return file.read_bytes()
+    except OSError as exc:
+        raise MissingInputError(path, f"cannot be read ({exc.strerror or exc})") from exc
+
+
+def _decompress(path: str, raw: bytes) -> bytes:
+    """Undo whole-file gzip/bzip2 compression in memory (tile compression is handled by astropy)."""
+    try:
+        if raw.startswith(_GZIP_MAGIC):
+            return gzip.decompress(raw)
+        if raw.startswith(_BZIP2_MAGIC):
+            return bz2.decompress(raw)
+    except (EOFError, OSError, ValueError) as exc:
+        reason = f"file truncated: compressed stream is damaged or ends early ({exc})"
+        raise TruncatedFitsError(path, reason) from exc
+    return raw
+
+
+def _check_fits_start(path: str, content: bytes, compressed: bool) -> None:
+    if not content:
+        what = "decompresses to nothing" if compressed else "empty file (0 bytes)"
+        raise NotFitsError(path, f"{what}, not a FITS file")
+    if not content.startswith(_FITS_MAGIC):
+        raise NotFitsError(path, f"not a FITS file (first bytes {content[:20]!r}, expected {_FITS_MAGIC!r})")
+
+
+def _describe_hdu(index: int, hdu: Any) -> str:
+    name = hdu.name or "(unnamed)"
+    if isinstance(hdu, _IMAGE_HDU_TYPES):
+        shape = hdu.shape
+        kind = "empty" if not shape or 0 in shape else "image " + "x".join(str(n) for n in shape)
+    else:
+        kind = str(hdu.header.get("XTENSION", type(hdu).__name__)).strip()
+    return f"{index} {name} {kind}"
+
+
+def _hdu_listing(hdul: fits.HDUList) -> str:
+    return ", ".join(_describe_hdu(i, hdu) for i, hdu in enumerate(hdul))
+
+
+def _stored_data_bytes(raw_header: fits.Header) -> int:
+    """Unpadded size of an HDU's data as stored (FITS standard 4.4.1); for tile-compressed HDUs, the table."""
+    naxis = int(raw_header.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    elements = 1
+    for axis in range(1, naxis + 1):
+        elements *= int(raw_header.get(f"NAXIS{axis}", 0))
+    bits = abs(int(raw_header.get("BITPIX", 8)))
+    gcount = int(raw_header.get("GCOUNT", 1))
+    pcount = int(raw_header.get("PCOUNT", 0))
+    return bits // 8 * gcount * (pcount + elements)
+
+
+def _check_not_truncated(path: str, hdul: fits.HDUList, content: bytes) -> None:
+    n_bytes = len(content)
+    for index in range(len(hdul)):
+        info = hdul.fileinfo(index)
+        if info is None:
+            continue
+        # Parse the header as stored: a CompImageHDU's .header is the decompressed image's, not the table's.
+        header_start, data_start = int(info["hdrLoc"]), int(info["datLoc"])
+        raw_header = fits.Header.fromstring(content[header_start:data_start].decode("ascii", "replace"))
+        needed = data_start + _stored_data_bytes(raw_header)
+        if needed > n_bytes:
+            raise TruncatedFitsError(
+                path, f"file truncated: HDU {index} needs {needed} bytes, the file has {n_bytes}"
+            )
+
+
+def _has_data(hdu: Any) -> bool:
+    shape = hdu.shape
+    return bool(shape) and 0 not in shape
+
+
+def _select_hdu(path: str, hdul: fits.HDUList, hdu: int | str | None) -> int:
+    if hdu is None:
+        for index, candidate in enumerate(hdul):
+            if isinstance(candidate, _IMAGE_HDU_TYPES) and _has_data(candidate):
+                return index
+        raise NoImageHDUError(path, f"no image HDU (HDUs: {_hdu_listing(hdul)})")
+    try:
+        index = int(hdul.index_of(hdu))
+    except (KeyError, IndexError) as exc:
+        raise NoImageHDUError(path, f"no HDU {hdu!r} (HDUs: {_hdu_listing(hdul)})") from exc
+    if not 0 <= index < len(hdul):
+        raise NoImageHDUError(path, f"no HDU {hdu!r} (HDUs: {_hdu_listing(hdul)})")
+    chosen = hdul[index]
+    if not isinstance(chosen, _IMAGE_HDU_TYPES):
+        raise NoImageHDUError(path, f"HDU {hdu!r} is not an image (HDUs: {_hdu_listing(hdul)})")
+    if not _has_data(chosen):
+        raise EmptyImageError(path, f"HDU {hdu!r} has no data (HDUs: {_hdu_listing(hdul)})")
+    return index
+
+
+def _physical_pixels(path: str, hdu: Any) -> npt.NDArray[np.float32]:
+    """Data as float32 in physical units, NaN where invalid (NaN, inf, BLANK)."""
+    try:
+        raw = np.asarray(hdu.data)
+    except (ValueError, OSError, TypeError, IndexError) as exc:
+        raise TruncatedFitsError(path, f"image data cannot be decoded ({exc})") from exc
+    invalid = np.zeros(raw.shape, dtype=bool)
+    blank = hdu.header.get("BLANK")
+    if np.issubdtype(raw.dtype, np.integer) and isinstance(blank, int):
+        # astropy turns BLANK into NaN only when it scales to float; unscaled integers keep the BLANK value.
+        bscale = float(hdu.header.get("BSCALE", 1.0))
+        bzero = float(hdu.header.get("BZERO", 0.0))
+        invalid |= raw == blank * bscale + bzero
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = raw.astype(np.float32)
+    invalid |= ~np.isfinite(data)
+    data[invalid] = np.nan
+    return data
+
+
+def _to_image(
+    path: str, data: npt.NDArray[np.float32], cube_plane: CubePlane
+) -> tuple[npt.NDArray[np.float32], str | None]:
+    """Reduce the HDU's array to 2-D: squeeze degenerate axes, pick a cube plane or the moment 0."""
+    original = "x".join(str(n) for n in data.shape)
+    squeezed = data.squeeze()
+    if squeezed.ndim < 2:
+        reason = f"{max(squeezed.ndim, 1)}-D data (shape {original}), expected a 2-D image"
+        raise WrongDimensionError(path, reason)
+    if squeezed.ndim > 3:
+        raise WrongDimensionError(
+            path, f"{squeezed.ndim}-D data (shape {original}), expected a 2-D image or a 3-D cube"
+        )
+    if squeezed.ndim == 2:
+        return squeezed, None
+    n_planes = squeezed.shape[0]
+    if cube_plane == "moment0":
+        # Channel sum ignoring NaN; a pixel NaN in every plane stays NaN instead of becoming 0.
+        all_invalid = np.all(np.isnan(squeezed), axis=0)
+        channel_sum = np.nansum(squeezed, axis=0, dtype=np.float64)
+        moment0: npt.NDArray[np.float32] = np.asarray(channel_sum, dtype=np.float32)
+        moment0[all_invalid] = np.nan
+        return moment0, "moment0"
+    if not 0 <= cube_plane < n_planes:
+        raise WrongDimensionError(
+            path, f"cube has {n_planes} planes (0..{n_planes - 1}); plane {cube_plane} does not exist"
+        )
+    return np.ascontiguousarray(squeezed[cube_plane]), f"plane={cube_plane}"
+
+
+def _celestial_wcs(path: str, header: fits.Header) -> WCS | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            full = WCS(header)
+            if not full.has_celestial:
+                return None
+            celestial = full.celestial
+    except Exception as exc:  # astropy.wcs raises many unrelated types for bad keywords
+        log.warning("%s: WCS ignored, header keywords unusable (%s)", path, exc)
+        return None
+    return celestial if celestial.naxis == 2 else None
+
+
+def _validate_content(
+    path: str, data: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], min_size: int
+) -> None:
+    height, width = data.shape
+    if data.size == 0:
+        raise EmptyImageError(path, f"image has zero size ({height}x{width})")
+    if mask.all():
+        raise EmptyImageError(path, "all pixels are NaN or blank")
+    valid = data[~mask]
+    low, high = float(valid.min()), float(valid.max())
+    if low == high:
+        raise EmptyImageError(path, f"image is constant (value {low})")
+    if min(height, width) < min_size:
+        raise ImageTooSmallError(
+            path, f"image is {height}x{width}, smaller than the required {min_size} pixels per side"
+        )
+
+
+def read_fits_image(
+    path: str | Path,
+    *,
+    hdu: int | str | None = None,
+    cube_plane: CubePlane = "moment0",
+    min_size: int = 1,
+) -> FitsImage:
+    """Read one image: the first HDU holding image data, or ``hdu`` (index or EXTNAME).
+
+    BSCALE/BZERO/BLANK are applied and data come back as float32 with NaN for invalid pixels. Whole-file
+    gzip/bzip2 and tile-compressed HDUs are read. A 3-D cube gives ``cube_plane`` (index along the first
+    numpy axis) or its NaN-aware channel sum ("moment0", in BUNIT per channel, not multiplied by the channel
+    width); length-1 axes are squeezed first, so 4-D data with a degenerate Stokes axis work.
+
+    Raises an :class:`InvalidInputError` subclass for every kind of unusable file.
+    """
+    name = str(path)
+    raw = _read_bytes(name)
+    sha256 = hashlib.sha256(raw).hexdigest()
+    content = _decompress(name, raw)
+    _check_fits_start(name, content, compressed=content is not raw)
+    with warnings.catch_warnings():
+        # Truncation and header problems are turned into our own errors below; silence astropy's versions.
+        warnings.simplefilter("ignore", AstropyWarning)
+        try:
+            with fits.open(io.BytesIO(content), memmap=False, lazy_load_hdus=False) as hdul:
+                _check_not_truncated(name, hdul, content)
+                index = _select_hdu(name, hdul, hdu)
+                chosen = hdul[index]
+                header = chosen.header.copy()
+                cube = _physical_pixels(name, chosen)
+        except InvalidInputError:
+            raise
+        except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, fits.VerifyError) as exc:
+            reason = f"file truncated or corrupt, astropy cannot parse it ({exc})"
+            raise TruncatedFitsError(name, reason) from exc
+    data, plane = _to_image(name, cube, cube_plane)
+    mask = ~np.isfinite(data)
+    _validate_content(name, data, mask, min_size)
+    return FitsImage(
+        path=name,
+        data=data,
+        mask=mask,
+        header=header,
+        wcs=_celestial_wcs(name, header),
+        hdu_index=index,
+        sha256=sha256,
+        plane=plane,
+    )
+
+
+def read_fits_batch(
+    paths: Iterable[str | Path],
+    *,
+    hdu: int | str | None = None,
+    cube_plane: CubePlane = "moment0",
+    min_size: int = 1,
+) -> tuple[list[FitsImage], list[QuarantinedInput]]:
+    """Read every path; unusable files are quarantined with their reason and never stop the rest."""
+    images: list[FitsImage] = []
+    quarantined: list[QuarantinedInput] = []
+    for path in paths:
+        try:
+            images.append(read_fits_image(path, hdu=hdu, cube_plane=cube_plane, min_size=min_size))
+        except InvalidInputError as exc:
+            log.warning("quarantined %s", exc)
+            quarantined.append(QuarantinedInput.from_error(exc))
+    return images, quarantined
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiling
+
+
+def _cutout_header(header: fits.Header, wcs: WCS | None, height: int, width: int) -> fits.Header:
+    out = header.copy()
+    out["NAXIS1"], out["NAXIS2"] = width, height
+    if wcs is not None:
+        out.update(wcs.to_header())
+    return out
+
+
+def tile_cutouts(
+    image: FitsImage,
+    size: int,
+    *,
+    stride: int | None = None,
+    max_invalid_fraction: float = 0.5,
+) -> list[FitsImage]:
+    """Cut ``image`` into ``size`` x ``size`` tiles on a grid with ``stride`` (default: no overlap).
+
+    Uses astropy ``Cutout2D`` so each tile keeps a correct WCS. Tiles with more than
+    ``max_invalid_fraction`` invalid pixels are skipped, and so are constant tiles (e.g. the zero
+    padding outside an all-sky projection), which carry nothing to learn from. The tile's ``plane``
+    records its origin, e.g. "cutout y0=128 x0=256" (after the parent's plane, if any).
+    """
+    step = size if stride is None else stride
+    if size < 1 or step < 1:
+        raise ValueError(f"tile size and stride must be positive, got size={size}, stride={step}")
+    height, width = image.shape
+    if min(height, width) < size:
+        raise ImageTooSmallError(image.path, f"image is {height}x{width}, smaller than the tile size {size}")
+    tiles: list[FitsImage] = []
+    for y0 in range(0, height - size + 1, step):
+        for x0 in range(0, width - size + 1, step):
+            centre = (x0 + (size - 1) / 2, y0 + (size - 1) / 2)
+            cut = Cutout2D(image.data, centre, (size, size), wcs=image.wcs, mode="strict", copy=True)
+            mask = image.mask[cut.slices_original].copy()
+            if mask.mean() > max_invalid_fraction:
+                continue
+            valid = cut.data[~mask]
+            if valid.size == 0 or float(valid.min()) == float(valid.max()):
+                continue
+            origin = f"cutout y0={y0} x0={x0}"
+            tiles.append(
+                replace(
+                    image,
+                    data=cut.data.astype(np.float32, copy=False),
+                    mask=mask,
+                    wcs=cut.wcs,
+                    header=_cutout_header(image.header, cut.wcs, size, size),
+                    plane=origin if image.plane is None else f"{image.plane}; {origin}",
+                )
+            )
+    return tiles

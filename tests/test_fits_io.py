@@ -1,0 +1,354 @@
+"""FITS reading on every real file in ../shared/data/fits, bad files written to tmp_path, batches, tiling."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from ood_core.errors import (
+    EmptyImageError,
+    ImageTooSmallError,
+    InvalidInputError,
+    MissingInputError,
+    NoImageHDUError,
+    NotFitsError,
+    TruncatedFitsError,
+    WrongDimensionError,
+)
+from ood_core.fits_io import (
+    FitsImage,
+    QuarantinedInput,
+    expand_inputs,
+    read_fits_batch,
+    read_fits_image,
+    tile_cutouts,
+    unmatched_inputs,
+)
+
+MANIFEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits" / "MANIFEST.csv"
+
+
+def _manifest_rows() -> list[dict[str, str]]:
+    if not MANIFEST.is_file():
+        return []
+    with MANIFEST.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every real file
+
+
+@pytest.mark.parametrize("row", _manifest_rows(), ids=lambda row: row["file"])
+def test_every_manifest_file_reads_as_listed(fits_dir: Path, row: dict[str, str]) -> None:
+    image = read_fits_image(fits_dir / row["file"])
+    expected_shape = tuple(int(n) for n in row["shape"].split("x"))[-2:]  # a cube gives its moment 0
+    assert image.shape == expected_shape
+    assert image.data.dtype == np.float32 and image.mask.dtype == np.bool_
+    assert int(image.mask.sum()) == int(row["n_nan"])
+    assert np.array_equal(image.mask, np.isnan(image.data))
+    assert image.sha256.startswith(row["sha256_16"])
+    assert image.hdu_index == int(row["hdu"])
+    # M67 has no CTYPE (manifest wcs=False) but a DSS plate solution, which astropy turns into a TAN WCS.
+    dss_plate = "PLTRAH" in image.header
+    assert (image.wcs is not None) == (row["wcs"] == "True" or dss_plate)
+    if image.wcs is not None:
+        assert image.wcs.naxis == 2 and image.wcs.has_celestial
+    assert image.plane == ("moment0" if len(row["shape"].split("x")) == 3 else None)
+
+
+def test_manifest_is_complete(fits_dir: Path) -> None:
+    listed = {row["file"] for row in _manifest_rows()}
+    on_disk = {str(p.relative_to(fits_dir)) for p in fits_dir.glob("*/*.fits")}
+    assert listed == on_disk and len(listed) == 82
+
+
+def test_uint16_bzero_file_gives_unsigned_counts(fits_dir: Path) -> None:
+    path = fits_dir / "images" / "starfield_M13_blue_0001.fits"
+    image = read_fits_image(path)
+    stored = fits.getdata(path, do_not_scale_image_data=True)  # int16 as written, BZERO=32768 not applied
+    assert stored.dtype.kind == "i"
+    assert np.array_equal(image.data, stored.astype(np.float32) + 32768.0)
+    assert image.data.min() >= 0 and image.data.max() <= 65535
+    assert image.wcs is None
+
+
+def test_bscale_bzero_int16_file_is_scaled(fits_dir: Path) -> None:
+    path = fits_dir / "images" / "starfield_GC_2MASS_J.fits"
+    image = read_fits_image(path)
+    header = fits.getheader(path)
+    stored = fits.getdata(path, do_not_scale_image_data=True).astype(np.float64)
+    expected = stored * header["BSCALE"] + header["BZERO"]
+    np.testing.assert_allclose(image.data, expected, rtol=1e-6)
+    assert image.data.max() == pytest.approx(3000.0, rel=1e-6)  # the README's clipping level
+
+
+def test_horsehead_table_hdu_is_skipped_and_refused_when_named(fits_dir: Path) -> None:
+    path = fits_dir / "images" / "nebula_HorseHead_DSS2red.fits"
+    image = read_fits_image(path)
+    assert image.hdu_index == 0 and image.shape == (893, 891)
+    with pytest.raises(NoImageHDUError, match="not an image") as info:
+        read_fits_image(path, hdu=1)
+    assert "er.mask" in str(info.value) and path.name in str(info.value)
+    assert read_fits_image(path, hdu="PRIMARY").hdu_index == 0
+
+
+def test_cube_moment0_matches_the_derived_map_and_a_plane_can_be_chosen(fits_dir: Path) -> None:
+    cube_path = fits_dir / "extras" / "cloud_L1448_13CO_cube.fits"
+    cube = fits.getdata(cube_path).astype(np.float64)
+    moment0 = read_fits_image(cube_path)
+    derived = fits.getdata(fits_dir / "images" / "cloud_L1448_13CO_mom0_derived.fits")
+    np.testing.assert_allclose(moment0.data, derived, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moment0.data, cube.sum(axis=0), rtol=1e-5)
+    plane = read_fits_image(cube_path, cube_plane=12)
+    assert plane.plane == "plane=12"
+    np.testing.assert_array_equal(plane.data, cube[12].astype(np.float32))
+    assert plane.wcs is not None and plane.wcs.naxis == 2
+    with pytest.raises(WrongDimensionError, match="53 planes"):
+        read_fits_image(cube_path, cube_plane=60)
+
+
+def test_metadata_is_json_safe_and_carries_header_keywords(fits_dir: Path) -> None:
+    image = read_fits_image(fits_dir / "images" / "starfield_GLIMPSE_l18.fits")
+    meta = json.loads(json.dumps(image.metadata()))
+    assert meta["BUNIT"] == "MJy/sr" and meta["TELESCOP"] == "SPITZER"
+    assert meta["shape"] == [513, 1025] and meta["hdu"] == 0 and meta["plane"] is None
+    assert meta["OBJECT"] is None and len(meta["sha256"]) == 64
+    # The r-band header wrongly says FILTER=g (README); metadata reports the header, not a guess.
+    assert read_fits_image(fits_dir / "images" / "galaxy_HCG88_SDSS_r.fits").metadata()["FILTER"] == "g"
+
+
+def test_reading_leaves_no_open_file(fits_dir: Path) -> None:
+    fd_dir = Path("/proc/self/fd")
+    if not fd_dir.is_dir():
+        pytest.skip("needs /proc to count open file descriptors")
+    before = len(os.listdir(fd_dir))
+    for name in ("nebula_HorseHead_DSS2red.fits", "starfield_M13_blue_0001.fits"):
+        read_fits_image(fits_dir / "images" / name)
+    assert len(os.listdir(fd_dir)) == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Written formats: tile compression, gzip, BLANK, float64, degenerate axes, extensions
+
+
+@pytest.fixture(scope="module")
+def horsehead_int16(fits_dir: Path) -> tuple[np.ndarray, fits.Header]:
+    with fits.open(fits_dir / "images" / "nebula_HorseHead_DSS2red.fits", memmap=False) as hdul:
+        return hdul[0].data.copy(), hdul[0].header.copy()
+
+
+def test_tile_compressed_copies_read_back_equal(
+    fits_dir: Path, tmp_path: Path, horsehead_int16: tuple[np.ndarray, fits.Header]
+) -> None:
+    data, header = horsehead_int16
+    original = read_fits_image(fits_dir / "images" / "nebula_HorseHead_DSS2red.fits")
+    rice = tmp_path / "horsehead.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header=header)]).writeto(rice)
+    packed = read_fits_image(rice)
+    assert packed.hdu_index == 1 and packed.wcs is not None
+    np.testing.assert_array_equal(packed.data, original.data)
+
+    glimpse = fits_dir / "cutouts_128" / "glimpse_y0000_x0000.fits"
+    lossless = tmp_path / "glimpse.fits.fz"
+    hdu = fits.CompImageHDU(fits.getdata(glimpse), compression_type="GZIP_2", quantize_level=0.0)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(lossless)
+    np.testing.assert_array_equal(read_fits_image(lossless).data, read_fits_image(glimpse).data)
+
+
+def test_gzipped_file_reads_and_hash_is_of_the_stored_bytes(fits_dir: Path, tmp_path: Path) -> None:
+    source = fits_dir / "cutouts_128" / "horsehead_y0000_x0000.fits"
+    packed = tmp_path / "horsehead.fits.gz"
+    packed.write_bytes(gzip.compress(source.read_bytes()))
+    image = read_fits_image(packed)
+    np.testing.assert_array_equal(image.data, read_fits_image(source).data)
+    assert image.sha256 != read_fits_image(source).sha256
+
+
+def test_blank_int16_pixels_become_nan_and_masked(tmp_path: Path) -> None:
+    data = np.arange(64 * 64, dtype=np.int16).reshape(64, 64)
+    data[3, 5] = data[10, 20] = -32768
+    hdu = fits.PrimaryHDU(data)
+    hdu.header["BLANK"] = -32768
+    hdu.writeto(tmp_path / "blank.fits")
+    image = read_fits_image(tmp_path / "blank.fits")
+    assert np.argwhere(image.mask).tolist() == [[3, 5], [10, 20]]
+    assert np.isnan(image.data[3, 5]) and image.data[0, 1] == 1.0
+
+
+def test_float64_and_degenerate_axes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    plane = rng.normal(size=(20, 30))
+    fits.PrimaryHDU(plane[None, None]).writeto(tmp_path / "stokes.fits")  # (1, 1, 20, 30)
+    image = read_fits_image(tmp_path / "stokes.fits")
+    assert image.shape == (20, 30) and image.plane is None
+    np.testing.assert_array_equal(image.data, plane.astype(np.float32))
+    cube4 = rng.normal(size=(1, 5, 20, 30))
+    fits.PrimaryHDU(cube4).writeto(tmp_path / "cube4.fits")
+    expected = cube4[0].astype(np.float32).sum(axis=0, dtype=np.float64)  # data are read as float32
+    np.testing.assert_allclose(read_fits_image(tmp_path / "cube4.fits").data, expected, rtol=1e-6, atol=1e-7)
+    assert read_fits_image(tmp_path / "cube4.fits", cube_plane=4).plane == "plane=4"
+
+
+def test_image_extension_after_empty_primary_and_named_hdu(tmp_path: Path) -> None:
+    table = fits.BinTableHDU.from_columns([fits.Column(name="flux", format="E", array=np.ones(3))])
+    image = fits.ImageHDU(np.arange(400, dtype=np.float32).reshape(20, 20), name="SCI")
+    fits.HDUList([fits.PrimaryHDU(), table, image]).writeto(tmp_path / "ext.fits")
+    assert read_fits_image(tmp_path / "ext.fits").hdu_index == 2
+    assert read_fits_image(tmp_path / "ext.fits", hdu="SCI").hdu_index == 2
+    with pytest.raises(NoImageHDUError, match="no HDU 'ERR'"):
+        read_fits_image(tmp_path / "ext.fits", hdu="ERR")
+    with pytest.raises(EmptyImageError, match="has no data"):
+        read_fits_image(tmp_path / "ext.fits", hdu=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad files: each raises its own error class, naming the file and the reason
+
+
+def _write_bad_files(source: Path, folder: Path) -> dict[str, tuple[type[InvalidInputError], str]]:
+    """Write one bad file per failure kind; return name -> (expected error, expected words in the reason)."""
+    raw = source.read_bytes()
+    (folder / "truncated.fits").write_bytes(raw[: len(raw) // 2])
+    (folder / "header_cut.fits").write_bytes(raw[:1000])
+    (folder / "notes.fits").write_text("These are my observing notes, not a FITS file.\n")
+    (folder / "empty.fits").write_bytes(b"")
+    (folder / "broken.fits.gz").write_bytes(gzip.compress(raw)[:5000])
+    table = fits.BinTableHDU.from_columns([fits.Column(name="ra", format="D", array=np.zeros(4))])
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(folder / "table_only.fits")
+    fits.PrimaryHDU(np.full((64, 64), np.nan, dtype=np.float32)).writeto(folder / "all_nan.fits")
+    fits.PrimaryHDU(np.zeros((64, 64), dtype=np.float32)).writeto(folder / "constant.fits")
+    fits.PrimaryHDU(np.arange(100, dtype=np.float32)).writeto(folder / "spectrum_1d.fits")
+    fits.PrimaryHDU(np.ones((2, 3, 4, 5, 6), dtype=np.float32)).writeto(folder / "five_d.fits")
+    fits.PrimaryHDU(np.arange(1600, dtype=np.float32).reshape(40, 40)).writeto(folder / "small.fits")
+    return {
+        "truncated.fits": (TruncatedFitsError, "file truncated"),
+        "header_cut.fits": (TruncatedFitsError, "truncated or corrupt"),
+        "notes.fits": (NotFitsError, "not a FITS file (first bytes b'These are my"),
+        "empty.fits": (NotFitsError, "empty file (0 bytes)"),
+        "broken.fits.gz": (TruncatedFitsError, "compressed stream"),
+        "table_only.fits": (NoImageHDUError, "no image HDU (HDUs: 0 PRIMARY empty, 1 (unnamed) BINTABLE)"),
+        "all_nan.fits": (EmptyImageError, "all pixels are NaN"),
+        "constant.fits": (EmptyImageError, "image is constant (value 0.0)"),
+        "spectrum_1d.fits": (WrongDimensionError, "1-D data (shape 100), expected a 2-D image"),
+        "five_d.fits": (WrongDimensionError, "5-D data"),
+        "small.fits": (ImageTooSmallError, "image is 40x40, smaller than the required 64"),
+        "missing.fits": (MissingInputError, "no such file"),
+    }
+
+
+@pytest.fixture
+def bad_files(fits_dir: Path, tmp_path: Path) -> dict[str, tuple[type[InvalidInputError], str]]:
+    return _write_bad_files(fits_dir / "cutouts_128" / "glimpse_y0000_x0000.fits", tmp_path)
+
+
+def test_each_bad_file_raises_its_error_with_name_and_reason(
+    bad_files: dict[str, tuple[type[InvalidInputError], str]], tmp_path: Path
+) -> None:
+    for name, (error, words) in bad_files.items():
+        with pytest.raises(error) as info:
+            read_fits_image(tmp_path / name, min_size=64)
+        assert type(info.value) is error, name
+        assert info.value.path.endswith(name)
+        assert str(info.value).startswith(str(tmp_path / name) + ": ")
+        assert words in info.value.reason, (name, info.value.reason)
+
+
+def test_batch_keeps_good_files_and_quarantines_bad_ones(
+    fits_dir: Path, bad_files: dict[str, tuple[type[InvalidInputError], str]], tmp_path: Path
+) -> None:
+    good = sorted((fits_dir / "cutouts_128").glob("horsehead_*.fits"))[:3]
+    bad = [tmp_path / name for name in bad_files]
+    paths = [good[0], *bad[:6], good[1], *bad[6:], good[2]]
+    images, quarantined = read_fits_batch(paths, min_size=64)
+    assert [im.path for im in images] == [str(p) for p in good]
+    assert all(isinstance(im, FitsImage) for im in images)
+    assert [q.path for q in quarantined] == [str(p) for p in bad]
+    for q in quarantined:
+        error, words = bad_files[Path(q.path).name]
+        assert q.error == error.__name__ and words in q.reason
+        assert json.loads(json.dumps(q.to_dict())) == {"path": q.path, "reason": q.reason, "error": q.error}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input expansion
+
+
+def test_expand_inputs_files_directories_globs(fits_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "a.fits").write_bytes(b"")
+    (tmp_path / "b.fits.gz").write_bytes(b"")
+    (tmp_path / "c.fts").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.fits").write_bytes(b"")
+    specs = [tmp_path, str(tmp_path / "*.fits"), tmp_path / "notes.txt", tmp_path / "nope.fits"]
+    paths = expand_inputs(specs)
+    assert paths == sorted(
+        [tmp_path / "a.fits", tmp_path / "b.fits.gz", tmp_path / "c.fts", tmp_path / "notes.txt"]
+    )
+    glimpse = expand_inputs([str(fits_dir / "cutouts_128" / "glimpse_*.fits")])
+    assert len(glimpse) == 14 and glimpse == sorted(glimpse)
+    missing = unmatched_inputs([*specs, str(tmp_path / "*.fz"), tmp_path / "sub2"])
+    assert [(q.path, q.reason) for q in missing] == [
+        (str(tmp_path / "nope.fits"), "no such file or directory"),
+        (str(tmp_path / "*.fz"), "no file matches this pattern"),
+        (str(tmp_path / "sub2"), "no such file or directory"),
+    ]
+    assert all(isinstance(q, QuarantinedInput) and q.error == "MissingInputError" for q in missing)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tiling
+
+
+def test_tiles_match_the_shipped_cutouts_and_keep_wcs(fits_dir: Path) -> None:
+    image = read_fits_image(fits_dir / "images" / "nebula_HorseHead_DSS2red.fits")
+    tiles = tile_cutouts(image, 128)
+    assert len(tiles) == (893 // 128) * (891 // 128)
+    by_origin = {tile.plane: tile for tile in tiles}
+    shipped = read_fits_image(fits_dir / "cutouts_128" / "horsehead_y0128_x0256.fits")
+    tile = by_origin["cutout y0=128 x0=256"]
+    np.testing.assert_array_equal(tile.data, shipped.data)
+    assert tile.wcs is not None and image.wcs is not None and shipped.wcs is not None
+    sky_tile = tile.wcs.pixel_to_world(10, 20)
+    assert sky_tile.separation(image.wcs.pixel_to_world(256 + 10, 128 + 20)).arcsec < 1e-6
+    assert sky_tile.separation(shipped.wcs.pixel_to_world(10, 20)).arcsec < 1e-6
+    assert tile.sha256 == image.sha256 and tile.metadata()["shape"] == [128, 128]
+
+
+def test_tiles_with_too_many_invalid_pixels_are_skipped(fits_dir: Path) -> None:
+    image = read_fits_image(fits_dir / "images" / "cloud_GC_Bolocam_1p1mm.fits")  # NaN at the edges
+    every = tile_cutouts(image, 64, max_invalid_fraction=1.0)
+    assert len(every) == (638 // 64) * (640 // 64)
+    for threshold, n_over in ((0.1, 10), (0.0, 27)):  # tiles above the threshold, counted from the file
+        kept = tile_cutouts(image, 64, max_invalid_fraction=threshold)
+        assert len(kept) == len(every) - n_over
+        assert all(tile.mask.mean() <= threshold for tile in kept)
+    overlapping = tile_cutouts(image, 64, stride=32)
+    assert len(overlapping) == 342 - 1  # one tile, at y0=576 x0=0, is all NaN
+    assert "cutout y0=576 x0=0" not in {tile.plane for tile in overlapping}
+    shipped = read_fits_image(fits_dir / "cutouts_128" / "bolocam_y0256_x0256.fits")
+    match = [t for t in tile_cutouts(image, 128) if t.plane == "cutout y0=256 x0=256"]
+    np.testing.assert_array_equal(match[0].data, shipped.data)
+
+
+def test_overlapping_tiles_and_too_small_image(fits_dir: Path) -> None:
+    image = read_fits_image(fits_dir / "images" / "cloud_GC_MSX_E_21um.fits")  # 149x149
+    assert len(tile_cutouts(image, 64, stride=32)) == 9  # origins 0, 32, 64 on each axis
+    with pytest.raises(ImageTooSmallError, match="smaller than the tile size 256"):
+        tile_cutouts(image, 256)
+
+
+def test_input_errors_survive_pickling() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(TruncatedFitsError("a.fits", "file truncated: 10 bytes")))
+    assert type(error) is TruncatedFitsError and error.path == "a.fits"
+    assert str(error) == "a.fits: file truncated: 10 bytes"
