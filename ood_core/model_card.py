@@ -1,0 +1,188 @@
+"""Model card of the shipped base model: measured quality written next to the weights.
+
+The card records what the model was trained on and for how long, its loss curve, a grid of its own
+DDIM samples from N(0, I) (which should look like the training domain: natural-image patches) and
+how well it reconstructs real, out-of-domain FITS cutouts after DDIM inversion.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ood_core import ddim
+from ood_core.fits_io import read_fits_batch
+from ood_core.model import FrozenDiffusionModel
+from ood_core.normalization import prepare_batch
+
+
+@dataclass
+class ReconstructionRow:
+    source: str
+    t0: int
+    steps: int
+    n_images: int
+    median_psnr_db: float
+    min_psnr_db: float
+
+
+def sample_grid_png(
+    model: FrozenDiffusionModel, path: Path, *, count: int = 16, steps: int = 50, seed: int = 0
+) -> Path:
+    """DDIM samples from N(0, I) over the full schedule, shown as an RGB grid."""
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((count, model.channels, model.resolution, model.resolution), generator=generator)
+    grid = ddim.timestep_grid(model.num_train_timesteps - 1, steps, model.num_train_timesteps)
+    images = ddim.ddim_generate(model, noise, grid, batch_size=16)
+    cols = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows))
+    for ax, image in zip(np.ravel(axes), images, strict=False):
+        ax.imshow(((image.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    fig.suptitle(f"DDIM samples from N(0, I), {steps} steps, seed {seed}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def loss_curve_png(training_log: dict[str, Any], path: Path) -> Path:
+    losses = training_log["loss_per_checkpoint"]
+    every = training_log["checkpoint_every"]
+    steps = [every * (i + 1) for i in range(len(losses))]
+    steps[-1] = training_log["steps"]
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(steps, losses, marker=".")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"noise MSE (mean over {every} steps)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def reconstruction_table(
+    model: FrozenDiffusionModel,
+    cutout_dir: Path,
+    *,
+    sources: Sequence[str] = ("glimpse", "horsehead", "gc2massK", "bolocam", "hcg88r", "m17"),
+    per_source: int = 4,
+    settings: Sequence[tuple[int, int]] = ((600, 40),),
+) -> list[ReconstructionRow]:
+    """Median round-trip PSNR of real FITS cutouts (never seen in training), per source and (t0, K)."""
+    rows: list[ReconstructionRow] = []
+    for source in sources:
+        files = sorted(cutout_dir.glob(f"{source}_*.fits"))[:per_source]
+        images, _ = read_fits_batch(files)
+        if not images:
+            continue
+        batch = prepare_batch(images, resolution=model.resolution, channels=model.channels)
+        x = torch.from_numpy(batch.images)
+        for t0, steps in settings:
+            result = ddim.invert_and_reconstruct(model, x, t0, steps)
+            summary = result.summary()
+            rows.append(ReconstructionRow(source, t0, steps, len(images), round(summary["median_psnr_db"], 2),
+                                          round(summary["min_psnr_db"], 2)))
+    return rows
+
+
+def write_model_card(
+    model: FrozenDiffusionModel, model_dir: Path, cutout_dir: Path, *, where_trained: str,
+    settings: Sequence[tuple[int, int]] = ((600, 40),),
+) -> dict[str, Any]:
+    """Write README.md, samples.png, loss.png and card.json into the model folder."""
+    log = json.loads((model_dir / "training_log.json").read_text())
+    sample_grid_png(model, model_dir / "samples.png")
+    loss_curve_png(log, model_dir / "loss.png")
+    rows = reconstruction_table(model, cutout_dir, settings=settings)
+    all_medians = [r.median_psnr_db for r in rows]
+    card = {
+        "weights_sha256": model.weights_sha256,
+        "parameters": model.provenance()["parameters"],
+        "steps": log["steps"],
+        "batch_size": log["batch_size"],
+        "train_seconds": log["train_seconds"],
+        "where_trained": where_trained,
+        "final_loss": log["loss_per_checkpoint"][-1],
+        "reconstruction": [r.__dict__ for r in rows],
+        "median_of_source_medians_psnr_db": float(np.median(all_medians)) if all_medians else None,
+    }
+    (model_dir / "card.json").write_text(json.dumps(card, indent=2))
+    table = "\n".join(
+        f"| {r.source} | {r.t0} | {r.steps} | {r.n_images} | {r.median_psnr_db:.2f} | {r.min_psnr_db:.2f} |"
+        for r in rows
+    )
+    cfg = log["config"]
+    losses = log["loss_per_checkpoint"]
+    text = f"""# Base model: natural-image DDPM, 3x{model.resolution}x{model.resolution}
+
+A small diffusers `UNet2DModel` trained by this project (`ood train-base`) so that the pipeline has a
+frozen diffusion model to invert into with nothing downloaded. Its domain is everyday photographs,
+deliberately **not** astronomy: FITS skies are out of domain for it, as the method requires.
+
+- **Weights**: `unet/diffusion_pytorch_model.safetensors` (EMA weights), sha256 `{model.weights_sha256}`
+- **Architecture**: UNet2DModel, block widths {cfg["block_out_channels"]}, {cfg["layers_per_block"]} layer(s) per
+  block, self-attention at level(s) {cfg["attention_levels"]}, {card["parameters"]:,} parameters
+- **Schedule**: DDPM, {cfg["num_train_timesteps"]} steps, linear betas {cfg["beta_start"]}..{cfg["beta_end"]},
+  epsilon prediction (`scheduler/scheduler_config.json`)
+- **Data**: random square patches (log-uniform scale 1x to 4x, area resize, random flips) of the photographs
+  bundled with scikit-image ({", ".join(log["data"]["skimage"])}) and scikit-learn
+  ({", ".join(log["data"]["sklearn"])}); excluded on purpose: {", ".join(log["data"]["excluded_astronomical"])}
+- **Training**: {log["steps"]} steps of batch {log["batch_size"]}, AdamW lr {cfg["learning_rate"]} with
+  {cfg["warmup_steps"]} warm-up steps, EMA (max decay {cfg["ema_max_decay"]}), {where_trained},
+  {log["train_seconds"] / 60:.0f} minutes of training time. Loss (noise MSE) from {losses[0]:.4f} to {losses[-1]:.4f}.
+
+![loss curve](loss.png)
+
+## Its own samples (DDIM, 50 steps from N(0, I))
+
+![samples](samples.png)
+
+## Reconstruction of real, out-of-domain FITS cutouts
+
+128x128 cutouts from `../shared/data/fits/cutouts_128`, normalized per source (asinh), block-averaged
+to {model.resolution}x{model.resolution}, inverted with deterministic DDIM to t0 and generated back (eta = 0).
+PSNR in model space ([-1, 1], data range 2).
+
+| source | t0 | K | images | median PSNR (dB) | min PSNR (dB) |
+|---|---|---|---|---|---|
+{table}
+
+Reproduce: `.venv/bin/python -m ood_core.model_card models/base64 ../shared/data/fits/cutouts_128`.
+"""
+    (model_dir / "README.md").write_text(text)
+    return card
+
+
+def main() -> None:
+    import argparse
+
+    from ood_core.model import load_model
+
+    parser = argparse.ArgumentParser(description="Regenerate the model card of a base model folder")
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("cutout_dir", type=Path)
+    parser.add_argument("--where", default="CPU (2 cores), in the background beside development work")
+    args = parser.parse_args()
+    model = load_model(args.model_dir, device="auto")
+    card = write_model_card(model, args.model_dir, args.cutout_dir, where_trained=args.where,
+                            settings=((300, 40), (600, 40), (900, 40), (600, 100)))
+    print(json.dumps(card, indent=2))
+
+
+if __name__ == "__main__":
+    main()
