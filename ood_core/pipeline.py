@@ -33,7 +33,7 @@ from ood_core.model import FrozenDiffusionModel, load_model
 from ood_core.normalization import NormalizedBatch, channels_to_band, denormalize, prepare_batch
 from ood_core.novelty import NoveltyRule
 from ood_core.prior import fit_prior, prior_diagnostics
-from ood_core.provenance import environment_info, json_safe, utc_now_iso
+from ood_core.provenance import environment_info, utc_now_iso
 from ood_core.sampler import CRITERION_NAMES, GeometricSampler, SamplerConfig
 from ood_core.store import RunWriter
 
@@ -156,7 +156,7 @@ def run_pipeline(
         height=model.resolution,
         width=model.resolution,
         criterion_names=list(CRITERION_NAMES),
-        provenance=json_safe(provenance),
+        provenance=provenance,
         units=units,
     )
     try:
