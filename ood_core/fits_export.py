@@ -1,0 +1,183 @@
+"""Export a run's samples to FITS files whose headers carry the run's provenance.
+
+One file per sample, ``<run_id>_sample_<index>.fits``: the primary HDU holds ``samples_physical[index]``
+as float32 in the inputs' unit (BUNIT). Header keywords (all <= 8 characters, FITS standard):
+
+==========  ===========================================================================
+OODRUN      run id                          OODSTORE  store URL (long values: CONTINUE)
+OODIDX      sample index in the run         OODSEED   sample seed (regenerates the sample)
+OODPARNT    parent OOD latent, -1 if none   OODNNDST  nearest-input distance (novelty)
+OODMSHA     model weights sha256, first 16 hex digits (the full value is in HISTORY)
+OODT0       inversion bandwidth t0          OODSTEPS  DDIM steps K
+OODETA      DDIM eta of generation          OODPRIOR  prior kind (scalar, ppca)
+OODSTRAT    candidate strategy              OODRATE   acceptance rate of the run
+OODVERS     ood-synth version               OODSCHEM  store schema version
+==========  ===========================================================================
+
+Criterion values use :data:`CRITERION_KEYWORDS` (the card comment repeats the full criterion name);
+a criterion without an entry there gets ``OODCRInn`` with nn its 1-based position.
+HISTORY cards summarise the rest of the provenance (times, git commit, model source, inputs).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from ood_core.provenance import utc_now
+from ood_core.store import SCHEMA_VERSION, latest_complete_run_id, open_run
+
+#: FITS keywords of the sampler's criteria (names from ``ood_core.sampler.CRITERION_NAMES``).
+CRITERION_KEYWORDS: dict[str, str] = {
+    "mean_distance_to_reference": "OODCDREF",
+    "mean_angle_to_ood_deg": "OODCAOOD",
+    "mean_pair_angle_at_candidate_deg": "OODCAPAI",
+}
+SHA_PREFIX_LENGTH = 16
+_HISTORY_WIDTH = 72  # characters of text a HISTORY card holds
+_CARD_WIDTH = 80
+
+
+def criterion_keyword(name: str, position: int) -> str:
+    """The header keyword of a criterion: the fixed table, else ``OODCRInn`` (1-based position)."""
+    return CRITERION_KEYWORDS.get(name, f"OODCRI{position + 1:02d}")
+
+
+def _get(record: Mapping[str, Any], *path: str) -> Any:
+    """Nested lookup that returns None where any level is missing."""
+    value: Any = record
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _card_value(value: Any) -> bool | int | float | str | None:
+    """A value FITS can hold (finite numbers, strings), or None to leave the keyword out."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    return str(value)
+
+
+def _set(header: fits.Header, keyword: str, value: Any, comment: str) -> None:
+    card_value = _card_value(value)
+    if card_value is None:
+        return
+    bare = fits.Card(keyword, card_value).image
+    if len(bare) == _CARD_WIDTH:  # one card: shorten the comment to the room left rather than overflow
+        room = _CARD_WIDTH - len(bare.rstrip()) - 3
+        comment = comment[:room] if room > 0 else ""
+    header[keyword] = (card_value, comment)
+
+
+def _history(header: fits.Header, text: str) -> None:
+    # Printable ASCII only (FITS rule); long lines are wrapped over several HISTORY cards by hand so
+    # that each card reads on its own.
+    clean = text.encode("ascii", "replace").decode("ascii")
+    for start in range(0, len(clean), _HISTORY_WIDTH):
+        header.add_history(clean[start:start + _HISTORY_WIDTH])
+
+
+def run_header(
+    record: Mapping[str, Any], store_url: str, units: str, criterion_names: list[str]
+) -> fits.Header:
+    """The part of the header shared by every sample of a run."""
+    header = fits.Header()
+    if units:
+        header["BUNIT"] = (units, "physical unit of the inputs")
+    header["DATE"] = (utc_now().strftime("%Y-%m-%dT%H:%M:%S"), "file written (UTC)")
+    header["ORIGIN"] = ("ood-synth", "few-shot out-of-domain diffusion sampling")
+    _set(header, "OODRUN", record.get("run_id"), "run id in the store")
+    _set(header, "OODSTORE", store_url, "zarr store of the run")
+    _set(header, "OODSCHEM", SCHEMA_VERSION, "store schema version")
+    _set(header, "OODVERS", _get(record, "environment", "version"), "ood-synth version")
+    sha = _get(record, "model", "weights_sha256")
+    if isinstance(sha, str):
+        _set(header, "OODMSHA", sha[:SHA_PREFIX_LENGTH], "model weights sha256 prefix (full in HISTORY)")
+    _set(header, "OODT0", _first(_get(record, "inversion", "t0"), _get(record, "parameters", "t0")),
+         "DDIM inversion bandwidth t0")
+    _set(header, "OODSTEPS", _first(_get(record, "inversion", "steps"), _get(record, "parameters", "steps")),
+         "DDIM steps K between 0 and t0")
+    _set(header, "OODETA", _first(_get(record, "generation", "eta"), _get(record, "parameters", "eta")),
+         "DDIM eta of generation")
+    _set(header, "OODPRIOR", _first(_get(record, "prior", "kind"), _get(record, "parameters", "prior")),
+         "OOD prior kind")
+    strategy = _first(_get(record, "sampler", "strategy"), _get(record, "parameters", "strategy"))
+    _set(header, "OODSTRAT", strategy, "candidate strategy")
+    _set(header, "OODRATE", _get(record, "sampler", "acceptance_rate"), "acceptance rate of the run")
+
+    _history(header, "ood-synth sample; provenance summary of the run follows")
+    _history(header, f"run {record.get('run_id')}")
+    _history(header, f"started {record.get('started')} ended {record.get('ended')}")
+    _history(header, f"git commit {_get(record, 'environment', 'git_commit')}")
+    _history(header, f"model {_get(record, 'model', 'source')}")
+    if isinstance(sha, str):
+        _history(header, "model weights sha256:")
+        _history(header, sha)
+    _history(header, f"seed {_get(record, 'parameters', 'seed')} samples {_get(record, 'sampler', 'written')}"
+                     f" candidates {_get(record, 'sampler', 'candidates_tried')}")
+    _history(header, f"normalization {_get(record, 'normalization', 'mode')}")
+    inputs = record.get("inputs")
+    if isinstance(inputs, list):
+        _history(header, f"{len(inputs)} inputs:")
+        for item in inputs:
+            path = item.get("path") if isinstance(item, Mapping) else item
+            _history(header, f"  {path}")
+    for position, name in enumerate(criterion_names):
+        _history(header, f"criterion {criterion_keyword(name, position)} = {name}")
+    return header
+
+
+def export_run_fits(
+    store_url: str,
+    outdir: str | os.PathLike[str],
+    run_id: str | None = None,
+    *,
+    overwrite: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[Path]:
+    """Write one FITS file per sample of a complete run (latest when ``run_id`` is None); return the paths."""
+    if run_id is None:
+        run_id = latest_complete_run_id(store_url, storage_options=storage_options)
+    ds = open_run(store_url, run_id, chunks=None, storage_options=storage_options)
+    record: dict[str, Any] = dict(ds.attrs["ood_run"])
+    names = [str(n) for n in ds["criterion"].values]
+    physical = ds["samples_physical"]
+    base = run_header(record, store_url, str(physical.attrs.get("units", "")), names)
+    seeds = ds["sample_seed"].values
+    parents = ds["sample_parent"].values
+    criteria = ds["sample_criteria"].values
+    distances = ds["sample_nearest_input_distance"].values
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(ds.sizes["sample"]):
+        header = base.copy()
+        # New keywords go after the last keyword card, i.e. before the HISTORY block.
+        _set(header, "OODIDX", index, "sample index in the run")
+        _set(header, "OODSEED", seeds[index], "sample seed")
+        _set(header, "OODPARNT", parents[index], "parent OOD latent, -1 if none")
+        _set(header, "OODNNDST", distances[index], "nearest-input distance")
+        for position, name in enumerate(names):
+            _set(header, criterion_keyword(name, position), criteria[index, position], name[:47])
+        data = np.asarray(physical[index].values, dtype=np.float32)
+        path = out / f"{run_id}_sample_{index:06d}.fits"
+        fits.PrimaryHDU(data=data, header=header).writeto(path, overwrite=overwrite)
+        paths.append(path)
+    return paths

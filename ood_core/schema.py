@@ -1,0 +1,169 @@
+"""Validation of a store against the contract of DESIGN sections 5 and 6.
+
+:func:`validate_store` lists every problem it finds (empty list: the store is valid); :func:`check_store`
+raises :class:`StoreSchemaError` naming them. Array metadata is read from each array's own ``zarr.json``
+(never from consolidated copies), so a resized or deleted array is seen as it is on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zarr
+import zarr.errors
+
+from ood_core.errors import OODError
+from ood_core.provenance import strict_json_dumps
+from ood_core.store import (
+    INPUT_ARRAYS,
+    PROGRESS_ATTR,
+    RUN_ARRAYS,
+    RUN_ATTR,
+    RUNS_GROUP,
+    SAMPLE_ARRAYS,
+    SCHEMA_VERSION,
+    STATUSES,
+    STORE_ATTR,
+    ArraySpec,
+    zarr_store,
+)
+
+#: Provenance keys every complete run must carry (DESIGN section 6).
+REQUIRED_PROVENANCE_KEYS = (
+    "run_id", "status", "started", "ended", "parameters", "environment", "model", "inversion",
+    "normalization", "prior", "sampler", "novelty", "inputs", "quarantined", "timings",
+)
+#: Keys a run has from the moment it is created (still "writing", or "failed" part-way).
+REQUIRED_PROVENANCE_KEYS_ANY_STATUS = ("run_id", "status", "started")
+
+
+class StoreSchemaError(OODError):
+    """The store breaks its contract; ``problems`` lists each violation."""
+
+    def __init__(self, store_url: str, problems: list[str]) -> None:
+        super().__init__(f"{store_url} breaks the store contract:\n  " + "\n  ".join(problems))
+        self.store_url = store_url
+        self.problems = list(problems)
+
+
+def _dtype_matches(array: zarr.Array[Any], spec: ArraySpec) -> bool:
+    dtype = np.dtype(array.dtype)
+    if spec.dtype == "str":
+        return dtype.kind in "UTO"
+    return dtype == np.dtype(spec.dtype)
+
+
+def _check_provenance(record: Any, where: str) -> list[str]:
+    if not isinstance(record, dict):
+        return [f"{where}: attrs[{RUN_ATTR!r}] is missing"]
+    problems = []
+    try:
+        strict_json_dumps(record)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{where}: provenance is not strict JSON ({exc})")
+    status = record.get("status")
+    if status not in STATUSES:
+        problems.append(f"{where}: status {status!r} is not one of {list(STATUSES)}")
+    required = REQUIRED_PROVENANCE_KEYS if status == "complete" else REQUIRED_PROVENANCE_KEYS_ANY_STATUS
+    missing = [key for key in required if key not in record]
+    if missing:
+        problems.append(f"{where}: provenance lacks required keys {missing}")
+    return problems
+
+
+def _check_arrays(group: zarr.Group, where: str) -> tuple[list[str], dict[str, zarr.Array[Any]]]:
+    problems = []
+    arrays: dict[str, zarr.Array[Any]] = {}
+    for name, spec in RUN_ARRAYS.items():
+        try:
+            node = zarr.open_array(group.store, path=f"{group.path}/{name}", mode="r", zarr_format=3)
+        except (FileNotFoundError, zarr.errors.NodeNotFoundError, KeyError):
+            problems.append(f"{where}: array {name!r} is missing")
+            continue
+        dims = tuple(node.metadata.dimension_names or ())  # type: ignore[union-attr]
+        if dims != spec.dims:
+            problems.append(f"{where}/{name}: dimension names {list(dims)}, expected {list(spec.dims)}")
+        if not _dtype_matches(node, spec):
+            problems.append(f"{where}/{name}: dtype {node.dtype}, expected {spec.dtype}")
+        if node.ndim != len(spec.dims):
+            problems.append(f"{where}/{name}: {node.ndim} dimensions, expected {len(spec.dims)}")
+            continue
+        arrays[name] = node
+    return problems, arrays
+
+
+def _check_sizes(arrays: dict[str, zarr.Array[Any]], record: dict[str, Any], progress: Any,
+                 where: str) -> list[str]:
+    """Every dimension name must have one size across the run; sample arrays must be whole when complete."""
+    problems = []
+    sizes: dict[str, dict[str, int]] = {}
+    for name, arr in arrays.items():
+        for dim, size in zip(RUN_ARRAYS[name].dims, arr.shape, strict=True):
+            sizes.setdefault(dim, {})[name] = size
+    complete = record.get("status") == "complete"
+    for dim, by_array in sizes.items():
+        if dim == "sample" and not complete:
+            continue  # a writer may be part-way through an append
+        if len(set(by_array.values())) > 1:
+            problems.append(f"{where}: arrays disagree on the length of {dim!r}: {by_array}")
+    if "samples_physical" in arrays and not isinstance(arrays["samples_physical"].attrs.get("units"), str):
+        problems.append(f"{where}/samples_physical: attribute 'units' is missing")
+    if complete and isinstance(progress, dict):
+        committed = progress.get("samples_committed")
+        short = {n: a.shape[0] for n, a in arrays.items() if n in SAMPLE_ARRAYS and a.shape[0] != committed}
+        if short:
+            problems.append(f"{where}: sample arrays {short} differ from the {committed} committed samples")
+        if not progress.get("inputs_written"):
+            names = ", ".join(INPUT_ARRAYS)
+            problems.append(f"{where}: complete run whose inputs ({names}) were never written")
+    return problems
+
+
+def _check_run(group: zarr.Group, run_id: str) -> list[str]:
+    where = f"{RUNS_GROUP}/{run_id}"
+    record = group.attrs.get(RUN_ATTR)
+    problems = _check_provenance(record, where)
+    if isinstance(record, dict) and record.get("run_id") != run_id:
+        problems.append(f"{where}: provenance run_id {record.get('run_id')!r} differs from the group name")
+    progress = group.attrs.get(PROGRESS_ATTR)
+    if not isinstance(progress, dict):
+        problems.append(f"{where}: attrs[{PROGRESS_ATTR!r}] is missing")
+    array_problems, arrays = _check_arrays(group, where)
+    problems += array_problems
+    problems += _check_sizes(arrays, record if isinstance(record, dict) else {}, progress, where)
+    return problems
+
+
+def validate_store(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Every way the store at ``store_url`` breaks the contract; empty when it is valid."""
+    store = zarr_store(store_url, read_only=True, storage_options=storage_options)
+    try:
+        root = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.MetadataValidationError) as exc:
+        return [f"{store_url}: no zarr v3 group here ({exc})"]
+    problems = []
+    info = root.attrs.get(STORE_ATTR)
+    if not isinstance(info, dict):
+        problems.append(f"root: attrs[{STORE_ATTR!r}] is missing")
+    elif info.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"root: schema_version {info.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+    if RUNS_GROUP not in root:
+        return problems
+    runs = root[RUNS_GROUP]
+    if not isinstance(runs, zarr.Group):
+        return [*problems, f"{RUNS_GROUP} is an array, expected a group"]
+    for name, member in sorted(runs.members(), key=lambda item: item[0]):
+        if not isinstance(member, zarr.Group):
+            problems.append(f"{RUNS_GROUP}/{name}: an array where a run group belongs")
+            continue
+        problems += _check_run(member, name)
+    return problems
+
+
+def check_store(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Raise StoreSchemaError naming every problem when the store breaks the contract."""
+    problems = validate_store(store_url, storage_options=storage_options)
+    if problems:
+        raise StoreSchemaError(store_url, problems)

@@ -1,0 +1,548 @@
+"""The sample store: a zarr v3 group of runs with provenance (DESIGN section 5).
+
+Layout::
+
+    <store>/            attrs["ood_store"] = {"schema_version": 1, "created": ..., "library": "ood-synth"}
+      runs/<run_id>/    attrs["ood_run"] (provenance + status), attrs["ood_progress"] (writer bookkeeping)
+        inputs, input_mask, input_latents, reconstructions, reconstruction_psnr   fixed size
+        samples, samples_physical, sample_latents, sample_seed, sample_parent,
+        sample_criteria, sample_nearest_input_distance                            grow by appends
+        criterion                                                                  coordinate of names
+
+Status protocol: a run is created "writing" and flipped to "complete" by :meth:`RunWriter.complete` only
+after every array is whole; :func:`open_run` without a run id returns the latest complete run, so a run
+that crashed (or was killed) is never read by accident. Each append writes the sample arrays first and
+then records the committed sample count in ``ood_progress``; a resumed writer trims anything beyond it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import xarray as xr
+import zarr
+import zarr.errors
+from zarr.abc.store import Store
+from zarr.storage import FsspecStore, LocalStore
+
+from ood_core.errors import OODError
+from ood_core.provenance import json_safe, new_run_id, utc_now_iso
+
+SCHEMA_VERSION = 1
+LIBRARY = "ood-synth"
+RUNS_GROUP = "runs"
+STATUSES = ("writing", "complete", "failed")
+STORE_ATTR = "ood_store"
+RUN_ATTR = "ood_run"
+PROGRESS_ATTR = "ood_progress"
+_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_IMAGE_DIMS = ("channel", "y", "x")
+
+
+class StoreError(OODError):
+    """The store or a run in it cannot be used as asked; the message says why."""
+
+
+class RunNotFoundError(StoreError):
+    """No run with that id (or no complete run at all) in the store."""
+
+
+class RunNotCompleteError(StoreError):
+    """The run exists but is still "writing" or has "failed"."""
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Contract of one array in a run group: dimension names and dtype."""
+
+    dims: tuple[str, ...]
+    dtype: str
+
+
+#: Every array of a run group (DESIGN section 5). ``criterion`` is the coordinate of ``sample_criteria``.
+INPUT_ARRAYS: dict[str, ArraySpec] = {
+    "inputs": ArraySpec(("input", *_IMAGE_DIMS), "float32"),
+    "input_mask": ArraySpec(("input", "y", "x"), "bool"),
+    "input_latents": ArraySpec(("input", *_IMAGE_DIMS), "float32"),
+    "reconstructions": ArraySpec(("input", *_IMAGE_DIMS), "float32"),
+    "reconstruction_psnr": ArraySpec(("input",), "float32"),
+}
+SAMPLE_ARRAYS: dict[str, ArraySpec] = {
+    "samples": ArraySpec(("sample", *_IMAGE_DIMS), "float32"),
+    "samples_physical": ArraySpec(("sample", "y", "x"), "float32"),
+    "sample_latents": ArraySpec(("sample", *_IMAGE_DIMS), "float32"),
+    "sample_seed": ArraySpec(("sample",), "int64"),
+    "sample_parent": ArraySpec(("sample",), "int32"),
+    "sample_criteria": ArraySpec(("sample", "criterion"), "float32"),
+    "sample_nearest_input_distance": ArraySpec(("sample",), "float32"),
+}
+COORDINATE_ARRAYS: dict[str, ArraySpec] = {"criterion": ArraySpec(("criterion",), "str")}
+RUN_ARRAYS: dict[str, ArraySpec] = {**INPUT_ARRAYS, **SAMPLE_ARRAYS, **COORDINATE_ARRAYS}
+
+
+# --------------------------------------------------------------------------------------------- opening
+
+
+def zarr_store(
+    url: str, *, read_only: bool = False, storage_options: Mapping[str, Any] | None = None
+) -> Store:
+    """A zarr Store for a local path or any fsspec URL (``memory://``, ``s3://`` ...)."""
+    if "://" in url and not url.startswith("file://"):
+        return FsspecStore.from_url(
+            url, storage_options=dict(storage_options or {}), read_only=read_only
+        )
+    return LocalStore(url.removeprefix("file://"), read_only=read_only)
+
+
+def _store_attr() -> dict[str, Any]:
+    return {"schema_version": SCHEMA_VERSION, "created": utc_now_iso(), "library": LIBRARY}
+
+
+def _check_root(root: zarr.Group, url: str) -> None:
+    info = root.attrs.get(STORE_ATTR)
+    if not isinstance(info, dict):
+        raise StoreError(f"{url}: zarr group without attrs[{STORE_ATTR!r}], not an ood-synth store")
+    if info.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{url}: store schema_version {info.get('schema_version')!r}, this library reads {SCHEMA_VERSION}"
+        )
+
+
+def open_store(
+    url: str, *, create: bool = True, storage_options: Mapping[str, Any] | None = None
+) -> zarr.Group:
+    """Open (and by default create) the store's root group for writing.
+
+    Safe when several processes create the same store at once: creation never overwrites, and a
+    process that loses the race opens the group the winner made.
+    """
+    store = zarr_store(url, storage_options=storage_options)
+    try:
+        root = zarr.open_group(store, mode="r+", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+        if not create:
+            raise StoreError(f"{url}: no store here (pass create=True to make one)") from exc
+        try:
+            root = zarr.create_group(store, attributes={STORE_ATTR: _store_attr()}, zarr_format=3)
+        except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+            root = zarr.open_group(store, mode="r+", zarr_format=3)
+    if STORE_ATTR not in root.attrs and not list(root.keys()):
+        root.update_attributes({STORE_ATTR: _store_attr()})  # an empty group someone made: adopt it
+    _check_root(root, url)
+    return root
+
+
+def _open_root_readonly(url: str, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    store = zarr_store(url, read_only=True, storage_options=storage_options)
+    try:
+        root = zarr.open_group(store, mode="r", zarr_format=3)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
+        raise StoreError(f"{url}: no store here") from exc
+    _check_root(root, url)
+    return root
+
+
+def _runs_group(root: zarr.Group) -> zarr.Group:
+    """The ``runs`` group, created if missing; tolerates another process creating it at the same time."""
+    for _ in range(3):
+        try:
+            return root.require_group(RUNS_GROUP)
+        except (zarr.errors.ContainsGroupError, FileExistsError):
+            continue
+    return root.require_group(RUNS_GROUP)
+
+
+def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{group.path}/{name} is a group, expected an array")
+    return node
+
+
+def _check_run_id(run_id: str) -> str:
+    if not _RUN_ID_PATTERN.match(run_id):
+        raise StoreError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only (max 128 chars)")
+    return run_id
+
+
+# --------------------------------------------------------------------------------------------- writer
+
+
+class RunWriter:
+    """Writes one run group: inputs once, samples streamed in batches, provenance and status.
+
+    Build one with :meth:`create` (new run) or :meth:`open` (resume a "writing" run).
+    """
+
+    def __init__(self, group: zarr.Group, store_url: str, run_id: str) -> None:
+        self._group = group
+        self.store_url = store_url
+        self.run_id = run_id
+        self._record: dict[str, Any] = dict(group.attrs[RUN_ATTR])  # type: ignore[arg-type]
+        self._progress: dict[str, Any] = dict(group.attrs[PROGRESS_ATTR])  # type: ignore[arg-type]
+        self._samples = {name: _array(group, name) for name in SAMPLE_ARRAYS}
+
+    @classmethod
+    def create(
+        cls,
+        store_url: str,
+        *,
+        run_id: str | None = None,
+        n_inputs: int,
+        channels: int,
+        height: int,
+        width: int,
+        criterion_names: Sequence[str],
+        provenance: Mapping[str, Any],
+        sample_chunk: int = 16,
+        vector_chunk: int = 4096,
+        units: str = "",
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> RunWriter:
+        """Create ``runs/<run_id>`` with status "writing" and all its arrays (sample arrays empty).
+
+        ``sample_chunk`` images per chunk along the sample axis (inputs are always one per chunk): one
+        sample per chunk wrote about 4x slower in bench/bench_store.py, the cost is per chunk, not per byte.
+        ``vector_chunk`` entries per chunk of the per-sample 1-D/2-D arrays.
+        """
+        for name, value in (("n_inputs", n_inputs), ("channels", channels), ("height", height),
+                            ("width", width), ("sample_chunk", sample_chunk), ("vector_chunk", vector_chunk)):
+            if value < 1:
+                raise StoreError(f"{name} must be >= 1, got {value}")
+        names = [str(n) for n in criterion_names]
+        if not names or len(set(names)) != len(names):
+            raise StoreError(f"criterion_names must be non-empty and unique, got {names}")
+        run_id = _check_run_id(run_id or new_run_id())
+        record = json_safe(dict(provenance))
+        assert isinstance(record, dict)
+        started = record.get("started") or utc_now_iso()
+        record.update(run_id=run_id, status="writing", started=started, ended=None)
+        progress = {"inputs_written": False, "samples_committed": 0, "completed_stages": []}
+
+        root = open_store(store_url, storage_options=storage_options)
+        try:
+            group = _runs_group(root).create_group(
+                run_id, overwrite=False, attributes={RUN_ATTR: record, PROGRESS_ATTR: progress}
+            )
+        except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
+            raise StoreError(f"{store_url}: run {run_id} already exists; runs never share a group") from exc
+
+        image = (channels, height, width)
+        fixed_shapes = {
+            "inputs": (n_inputs, *image), "input_mask": (n_inputs, height, width),
+            "input_latents": (n_inputs, *image), "reconstructions": (n_inputs, *image),
+            "reconstruction_psnr": (n_inputs,),
+        }
+        for name, shape in fixed_shapes.items():
+            spec = INPUT_ARRAYS[name]
+            group.create_array(name, shape=shape, dtype=spec.dtype, chunks=(1, *shape[1:]),
+                               dimension_names=spec.dims, fill_value=_fill(spec.dtype))
+        trailing = {
+            "samples": image, "samples_physical": (height, width), "sample_latents": image,
+            "sample_seed": (), "sample_parent": (), "sample_criteria": (len(names),),
+            "sample_nearest_input_distance": (),
+        }
+        for name, rest in trailing.items():
+            spec = SAMPLE_ARRAYS[name]
+            first = sample_chunk if len(rest) >= 2 else vector_chunk
+            group.create_array(
+                name, shape=(0, *rest), dtype=spec.dtype, chunks=(first, *rest), dimension_names=spec.dims,
+                fill_value=_fill(spec.dtype),
+                attributes={"units": units} if name == "samples_physical" else None,
+            )
+        criterion = group.create_array("criterion", shape=(len(names),), dtype=np.dtypes.StringDType(),
+                                       dimension_names=("criterion",))
+        criterion[:] = np.array(names, dtype=np.dtypes.StringDType())
+        return cls(group, store_url, run_id)
+
+    @classmethod
+    def open(
+        cls, store_url: str, run_id: str, *, storage_options: Mapping[str, Any] | None = None
+    ) -> RunWriter:
+        """Resume a "writing" run (e.g. after a crash): sample arrays are trimmed to the committed count."""
+        root = open_store(store_url, create=False, storage_options=storage_options)
+        group = _run_group(root, store_url, run_id)
+        status = _run_record(group).get("status")
+        if status != "writing":
+            raise StoreError(f"run {run_id} has status {status!r}; only a 'writing' run can be resumed")
+        writer = cls(group, store_url, run_id)
+        committed = writer.n_samples
+        for arr in writer._samples.values():
+            if arr.shape[0] != committed:  # a killed append left rows nobody committed
+                arr.resize((committed, *arr.shape[1:]))
+        return writer
+
+    # -- properties
+
+    @property
+    def group(self) -> zarr.Group:
+        """The run's zarr group."""
+        return self._group
+
+    @property
+    def n_samples(self) -> int:
+        """Samples committed so far."""
+        return int(self._progress["samples_committed"])
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """A copy of the run's ``ood_run`` record."""
+        return dict(self._record)
+
+    # -- data
+
+    def write_inputs(
+        self,
+        inputs: npt.ArrayLike,
+        input_mask: npt.ArrayLike,
+        input_latents: npt.ArrayLike,
+        reconstructions: npt.ArrayLike,
+        reconstruction_psnr: npt.ArrayLike,
+    ) -> None:
+        """Write the fixed-size per-input arrays (whole arrays, shapes must match the run's)."""
+        self._require_writing()
+        data = {"inputs": inputs, "input_mask": input_mask, "input_latents": input_latents,
+                "reconstructions": reconstructions, "reconstruction_psnr": reconstruction_psnr}
+        for name, values in data.items():
+            arr = _array(self._group, name)
+            checked = _as_dtype(name, values, INPUT_ARRAYS[name].dtype)
+            if checked.shape != arr.shape:
+                raise StoreError(f"{name}: shape {checked.shape}, the run expects {arr.shape}")
+            arr[...] = checked
+        self._progress["inputs_written"] = True
+        self._save()
+
+    def append_samples(
+        self,
+        samples: npt.ArrayLike,
+        samples_physical: npt.ArrayLike,
+        sample_latents: npt.ArrayLike,
+        sample_seed: npt.ArrayLike,
+        sample_parent: npt.ArrayLike,
+        sample_criteria: npt.ArrayLike,
+        sample_nearest_input_distance: npt.ArrayLike,
+    ) -> int:
+        """Append one batch to every sample array, then commit it; returns the new sample count."""
+        self._require_writing()
+        batch = {"samples": samples, "samples_physical": samples_physical, "sample_latents": sample_latents,
+                 "sample_seed": sample_seed, "sample_parent": sample_parent,
+                 "sample_criteria": sample_criteria,
+                 "sample_nearest_input_distance": sample_nearest_input_distance}
+        checked = {name: _as_dtype(name, values, SAMPLE_ARRAYS[name].dtype) for name, values in batch.items()}
+        lengths = {name: values.shape[0] if values.ndim else -1 for name, values in checked.items()}
+        n = lengths["samples"]
+        if set(lengths.values()) != {n}:
+            raise StoreError(f"append_samples: batch arrays differ in length: {lengths}")
+        for name, values in checked.items():
+            expected = self._samples[name].shape[1:]
+            if values.shape[1:] != expected:
+                raise StoreError(f"{name}: per-sample shape {values.shape[1:]}, the run expects {expected}")
+        if n == 0:
+            return self.n_samples
+        start, stop = self.n_samples, self.n_samples + n
+        for name, values in checked.items():
+            arr = self._samples[name]
+            arr.resize((stop, *arr.shape[1:]))
+            arr[start:stop] = values
+        self._progress["samples_committed"] = stop  # commit only after every array holds the batch
+        self._save()
+        return stop
+
+    # -- provenance and status
+
+    def update_provenance(self, **fields: Any) -> None:
+        """Merge top-level provenance fields (converted to JSON); status and run id have their own methods."""
+        forbidden = {"status", "run_id"} & fields.keys()
+        if forbidden:
+            raise StoreError(f"update_provenance cannot set {sorted(forbidden)}; use complete() or fail()")
+        safe = json_safe(fields)
+        assert isinstance(safe, dict)
+        self._record.update(safe)
+        self._save()
+
+    def mark_stage_complete(self, stage: str) -> None:
+        """Record that a pipeline stage finished, so a resumed run can skip it."""
+        stages: list[str] = self._progress["completed_stages"]
+        if stage not in stages:
+            stages.append(stage)
+            self._save()
+
+    def completed_stages(self) -> list[str]:
+        """Stages recorded by :meth:`mark_stage_complete`, in order."""
+        return list(self._progress["completed_stages"])
+
+    def problems(self) -> list[str]:
+        """Why the run is not whole yet (empty when it can be completed)."""
+        found = []
+        if not self._progress["inputs_written"]:
+            found.append("inputs were never written (call write_inputs)")
+        for name in SAMPLE_ARRAYS:  # re-read the metadata from the store, not our cached arrays
+            length = _array(self._group, name).shape[0]
+            if length != self.n_samples:
+                found.append(f"{name} has {length} samples, {self.n_samples} committed")
+        return found
+
+    def complete(self) -> None:
+        """Flip the run to "complete" after checking that every array is whole."""
+        self._require_writing()
+        found = self.problems()
+        if found:
+            raise StoreError(f"run {self.run_id} is not whole: " + "; ".join(found))
+        self._record["status"] = "complete"
+        self._record["ended"] = self._record.get("ended") or utc_now_iso()
+        self._save()
+
+    def fail(self, error: BaseException | str) -> None:
+        """Mark the run "failed" with the error; readers skip it."""
+        if isinstance(error, BaseException):
+            message = f"{type(error).__name__}: {error}"
+        else:
+            message = str(error)
+        self._record.update(status="failed", error=message, ended=utc_now_iso())
+        self._save()
+
+    def _require_writing(self) -> None:
+        if self._record.get("status") != "writing":
+            raise StoreError(f"run {self.run_id} is {self._record.get('status')!r}, no more writes")
+
+    def _save(self) -> None:
+        # Both records go in one metadata write, so status and committed count never disagree on disk.
+        self._group.update_attributes({RUN_ATTR: self._record, PROGRESS_ATTR: self._progress})
+
+
+def _fill(dtype: str) -> Any:
+    # NaN marks never-written float cells; integers and booleans have no such value.
+    return np.nan if dtype.startswith("float") else 0 if dtype != "bool" else False
+
+
+def _as_dtype(name: str, values: npt.ArrayLike, dtype: str) -> npt.NDArray[Any]:
+    array = np.asarray(values)
+    target = np.dtype(dtype)
+    if target.kind in "iub" and array.dtype.kind not in "iub":
+        raise StoreError(f"{name}: expected {dtype} values, got {array.dtype} (refusing a lossy cast)")
+    if target.kind == "f" and array.dtype.kind not in "fiu":
+        raise StoreError(f"{name}: expected {dtype} values, got {array.dtype}")
+    return np.ascontiguousarray(array, dtype=target)
+
+
+# --------------------------------------------------------------------------------------------- readers
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One line of :func:`list_runs`."""
+
+    run_id: str
+    status: str
+    started: str | None
+    ended: str | None
+    n_inputs: int
+    n_samples: int
+    acceptance_rate: float | None
+
+
+def _run_record(group: zarr.Group) -> dict[str, Any]:
+    record = group.attrs.get(RUN_ATTR)
+    return dict(record) if isinstance(record, dict) else {}
+
+
+def _run_group(root: zarr.Group, url: str, run_id: str) -> zarr.Group:
+    _check_run_id(run_id)
+    try:
+        node = root[f"{RUNS_GROUP}/{run_id}"]
+    except KeyError as exc:
+        raise RunNotFoundError(f"{url}: no run {run_id!r} (see list_runs)") from exc
+    if not isinstance(node, zarr.Group):
+        raise StoreError(f"{url}: runs/{run_id} is not a group")
+    return node
+
+
+def _length(group: zarr.Group, name: str) -> int:
+    """First-axis length of an array, 0 while it does not exist yet (a run being created)."""
+    try:
+        return int(_array(group, name).shape[0])
+    except (KeyError, FileNotFoundError, StoreError):
+        return 0
+
+
+def _run_info(group: zarr.Group, run_id: str) -> RunInfo:
+    record = _run_record(group)
+    progress = group.attrs.get(PROGRESS_ATTR)
+    n_inputs = _length(group, "inputs")
+    if isinstance(progress, dict) and isinstance(progress.get("samples_committed"), int):
+        n_samples = int(progress["samples_committed"])
+    else:
+        n_samples = _length(group, "samples")
+    sampler = record.get("sampler")
+    rate = sampler.get("acceptance_rate") if isinstance(sampler, dict) else None
+    return RunInfo(
+        run_id=run_id,
+        status=str(record.get("status", "unknown")),
+        started=record.get("started"),
+        ended=record.get("ended"),
+        n_inputs=n_inputs,
+        n_samples=n_samples,
+        acceptance_rate=float(rate) if isinstance(rate, (int, float)) else None,
+    )
+
+
+def list_runs(
+    store_url: str, *, include_incomplete: bool = True, storage_options: Mapping[str, Any] | None = None
+) -> list[RunInfo]:
+    """Every run in the store, oldest first (run ids sort by time)."""
+    root = _open_root_readonly(store_url, storage_options)
+    if RUNS_GROUP not in root:
+        return []
+    runs = root[RUNS_GROUP]
+    if not isinstance(runs, zarr.Group):
+        raise StoreError(f"{store_url}: {RUNS_GROUP} is not a group")
+    infos = [_run_info(group, name) for name, group in runs.groups()]
+    if not include_incomplete:
+        infos = [info for info in infos if info.status == "complete"]
+    return sorted(infos, key=lambda info: info.run_id)
+
+
+def latest_complete_run_id(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Id of the newest complete run; RunNotFoundError when there is none."""
+    complete = list_runs(store_url, include_incomplete=False, storage_options=storage_options)
+    if not complete:
+        raise RunNotFoundError(f"{store_url}: no complete run in this store")
+    return complete[-1].run_id
+
+
+def open_run(
+    store_url: str,
+    run_id: str | None = None,
+    *,
+    allow_incomplete: bool = False,
+    chunks: Any = "auto",
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """A run as a lazy (dask) ``xarray.Dataset``; the latest complete run when ``run_id`` is None.
+
+    Provenance is in ``ds.attrs["ood_run"]``. A run that is not complete raises RunNotCompleteError unless
+    ``allow_incomplete``, in which case the sample dimension is cut to the committed samples.
+    ``chunks=None`` gives numpy-backed variables instead of dask.
+    """
+    if run_id is None:
+        run_id = latest_complete_run_id(store_url, storage_options=storage_options)
+    root = _open_root_readonly(store_url, storage_options)
+    group = _run_group(root, store_url, run_id)
+    info = _run_info(group, run_id)
+    if info.status != "complete" and not allow_incomplete:
+        raise RunNotCompleteError(
+            f"{store_url}: run {run_id} is {info.status!r}, not complete "
+            "(pass allow_incomplete=True to read it anyway)"
+        )
+    store = zarr_store(store_url, read_only=True, storage_options=storage_options)
+    ds: xr.Dataset = xr.open_zarr(
+        store, group=f"{RUNS_GROUP}/{run_id}", consolidated=False, chunks=chunks, zarr_format=3
+    )
+    if "sample" in ds.dims and ds.sizes["sample"] != info.n_samples:
+        ds = ds.isel(sample=slice(0, info.n_samples))
+    return ds
