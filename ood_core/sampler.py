@@ -39,6 +39,13 @@ from ood_core.prior import LatentPrior, flatten_latents, generator_from_seed
 
 CRITERION_NAMES = ("mean_distance_to_reference", "mean_angle_to_ood_deg", "mean_pair_angle_at_candidate_deg")
 
+DEFAULT_REFERENCE_GAP = 0.5
+"""Where the reference-side bound sits between the OOD band edge (0) and the references' median (1).
+0.5 is the nearest-centroid decision boundary: accept what is closer to the OOD statistics than to the
+in-domain ones. It matters because with few inputs (n ~ 5) the LOO spread is tiny and prior-derived
+candidates differ systematically from the inputs (their radius is not shrunk by the fitted mean), so a
+bound at the OOD edge rejects every candidate; measured on 5 GLIMPSE cutouts: 0 of 20,000 accepted."""
+
 DEFAULT_MARGIN = 1.0
 """Band widening per side, in leave-one-out standard deviations: with n of 5..100 the sample quantiles
 themselves are uncertain by about that much."""
@@ -245,6 +252,7 @@ class AcceptanceBand:
     sides: str
     reference_side: tuple[str, ...]
     """Per criterion, "low" or "high": on which side of the OOD values the references' median lies."""
+    reference_gap: float = 0.0
 
     def contains(self, criteria: Tensor) -> Tensor:
         """(B,) bool: every criterion within its bounds (NaN never is)."""
@@ -264,6 +272,7 @@ class AcceptanceBand:
             "margin_unit": "leave-one-out standard deviation of each criterion",
             "sides": self.sides,
             "reference_side": list(self.reference_side),
+            "reference_gap": self.reference_gap,
             "loo_median": [float(v) for v in self.loo_values.median(dim=0).values],
             "loo_std": [float(v) for v in self.loo_values.std(dim=0)],
             "loo_values": [[float(v) for v in row] for row in self.loo_values.tolist()],
@@ -279,12 +288,17 @@ def derive_acceptance_band(
     quantiles: tuple[float, float] = (0.1, 0.9),
     margin: float = DEFAULT_MARGIN,
     sides: BandSides = "reference_side",
+    reference_gap: float = DEFAULT_REFERENCE_GAP,
 ) -> AcceptanceBand:
     """Band from the OOD latents' leave-one-out criteria: [q_lo - margin s, q_hi + margin s] per criterion.
 
     s is the leave-one-out standard deviation of the criterion. With ``sides="reference_side"`` only the
     bound facing the references' median is kept (see the module docstring for why); "both" keeps both.
+    The bound facing the references is then moved ``reference_gap`` of the way from the band edge to the
+    references' median (when that median lies beyond the edge), so references stay rejected.
     """
+    if not 0.0 <= reference_gap < 1.0:
+        raise ConfigurationError(f"reference_gap must lie in [0, 1), got {reference_gap}")
     q_lo, q_hi = quantiles
     if not 0.0 <= q_lo < q_hi <= 1.0:
         raise ConfigurationError(f"quantiles must satisfy 0 <= low < high <= 1, got {quantiles}")
@@ -306,6 +320,12 @@ def derive_acceptance_band(
     high = (bounds[1] + margin * spread).tolist()
     reference_below = reference_values.median(dim=0).values < loo.median(dim=0).values
     reference_side = tuple("low" if below else "high" for below in reference_below.tolist())
+    reference_median = reference_values.median(dim=0).values.tolist()
+    for k, side in enumerate(reference_side):
+        if side == "low" and reference_median[k] < low[k]:
+            low[k] += reference_gap * (reference_median[k] - low[k])
+        elif side == "high" and reference_median[k] > high[k]:
+            high[k] += reference_gap * (reference_median[k] - high[k])
     if sides == "reference_side":
         for k, side in enumerate(reference_side):
             if side == "low":
@@ -322,6 +342,7 @@ def derive_acceptance_band(
         margin=float(margin),
         sides=sides,
         reference_side=reference_side,
+        reference_gap=float(reference_gap),
     )
 
 
@@ -360,6 +381,7 @@ class SamplerConfig:
     quantiles: tuple[float, float] = (0.1, 0.9)
     margin: float = DEFAULT_MARGIN
     band_sides: BandSides = "reference_side"
+    reference_gap: float = DEFAULT_REFERENCE_GAP
 
     def __post_init__(self) -> None:
         if self.strategy not in ("prior", "slerp_ood_prior", "slerp_ood_ood"):
@@ -435,7 +457,8 @@ class GeometricSampler:
             raise ConfigurationError("strategy 'slerp_ood_ood' needs at least 2 OOD latents")
         self._geometry = CriteriaGeometry(self._ood, reference_latents)
         self.band = derive_acceptance_band(
-            self._ood, reference_latents, self.config.quantiles, self.config.margin, self.config.band_sides
+            self._ood, reference_latents, self.config.quantiles, self.config.margin, self.config.band_sides,
+            self.config.reference_gap,
         )
         self._tried = 0
         self._accepted = 0

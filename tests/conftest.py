@@ -15,3 +15,21 @@ def fits_dir() -> Path:
     if not FITS_DIR.is_dir():
         pytest.skip(f"real FITS test data not found at {FITS_DIR}")
     return FITS_DIR
+
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "base64"
+
+
+@pytest.fixture(scope="session")
+def shipped_model_dir() -> Path:
+    """The base model committed in models/base64 (trained by `ood train-base`)."""
+    assert (SHIPPED_MODEL / "unet" / "diffusion_pytorch_model.safetensors").is_file(), "shipped model missing"
+    return SHIPPED_MODEL
+
+
+@pytest.fixture(scope="session")
+def shipped_model(shipped_model_dir: Path):  # type: ignore[no-untyped-def]
+    """The shipped model loaded once per session on the CPU."""
+    from ood_core.model import load_model
+
+    return load_model(shipped_model_dir, device="cpu")

@@ -114,7 +114,7 @@ def test_slerp_parallel_and_antiparallel() -> None:
 
 def test_band_contains_the_leave_one_out_values(clouds: dict[str, torch.Tensor]) -> None:
     ood, reference = clouds["ood"], clouds["reference"]
-    plain = derive_acceptance_band(ood, reference, quantiles=(0.1, 0.9), margin=0.0, sides="both")
+    plain = derive_acceptance_band(ood, reference, quantiles=(0.1, 0.9), margin=0.0, sides="both", reference_gap=0.0)
     loo = compute_criteria(ood, ood, reference, exclude_self=True).cpu()
     q = torch.quantile(loo, torch.tensor([0.1, 0.9], dtype=torch.float64), dim=0)
     assert torch.allclose(torch.tensor(plain.low, dtype=torch.float64), q[0])
@@ -123,7 +123,7 @@ def test_band_contains_the_leave_one_out_values(clouds: dict[str, torch.Tensor])
     inside_each = ((loo >= low) & (loo <= high)).double().mean(dim=0)
     assert bool((inside_each >= 8 / 12).all())  # linear 10%..90% quantiles of 12 values keep 8 of them
 
-    widened = derive_acceptance_band(ood, reference, sides="both")  # default margin: one LOO std per side
+    widened = derive_acceptance_band(ood, reference, sides="both", reference_gap=0.0)  # margin: one LOO std
     assert all(lw < lp for lw, lp in zip(widened.low, plain.low, strict=True))
     assert float(widened.contains(loo).double().mean()) > float(plain.contains(loo).double().mean())
     assert float(widened.contains(loo).double().mean()) >= 0.75
@@ -139,6 +139,11 @@ def test_band_contains_the_leave_one_out_values(clouds: dict[str, torch.Tensor])
     assert summary["reference_rejected_fraction"] == 1.0 and summary["loo_inside_fraction"] >= 0.9
     unseen = compute_criteria(clouds["fresh_reference"], ood, reference)
     assert not band.contains(unseen).any()
+    # The reference-facing bound sits half-way between the OOD edge and the references' median.
+    edge_only = derive_acceptance_band(ood, reference, reference_gap=0.0)
+    ref_median = band.reference_values.median(dim=0).values.tolist()
+    assert band.low[0] == pytest.approx(edge_only.low[0] + 0.5 * (ref_median[0] - edge_only.low[0]))
+    assert band.high[1] == pytest.approx(edge_only.high[1] + 0.5 * (ref_median[1] - edge_only.high[1]))
 
 
 def test_slerp_candidates_pass_and_in_domain_draws_do_not(clouds: dict[str, torch.Tensor]) -> None:
