@@ -230,6 +230,27 @@ def _save_checkpoint(
     tmp.replace(path)  # atomic: a kill mid-save never corrupts the last good checkpoint
 
 
+def warm_start_from_export(model_dir: Path, checkpoint_dir: Path, config: TrainConfig) -> TrainState:
+    """Seed a checkpoint from an exported model folder when the original checkpoint is gone.
+
+    The exported (EMA) weights become both the live and the EMA weights; the optimizer starts
+    fresh. Step count, loss history and seconds carry over from the folder's training log, so
+    the model card still tells the whole history.
+    """
+    log = json.loads((model_dir / "training_log.json").read_text())
+    unet = UNet2DModel.from_pretrained(model_dir / "unet")
+    ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, power=2 / 3)
+    ema.optimization_step = int(log["steps"])
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed + int(log["steps"]))
+    state = TrainState(
+        step=int(log["steps"]), losses=list(log["loss_per_checkpoint"]), seconds=float(log["train_seconds"])
+    )
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    _save_checkpoint(checkpoint_dir / "state.pt", unet, ema, optimizer, generator, state, config)
+    return state
+
+
 def export_model(config: TrainConfig, checkpoint_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Write the EMA weights as a diffusers pipeline folder (unet/ + scheduler/) and a training log."""
     saved = torch.load(checkpoint_dir / "state.pt", weights_only=False)
