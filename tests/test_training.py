@@ -14,6 +14,7 @@ from ood_core.training import (
     export_model,
     natural_images,
     train_base_model,
+    warm_start_from_export,
 )
 
 
@@ -68,3 +69,17 @@ def test_export_writes_a_loadable_diffusers_folder(tmp_path: Path) -> None:
     assert (tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     eps = model.predict_noise(torch.zeros(1, 3, 16, 16), 500)
     assert torch.isfinite(eps).all()
+
+
+def test_warm_start_continues_from_an_exported_folder(tmp_path: Path) -> None:
+    config = tiny_config(4)
+    train_base_model(config, tmp_path / "ckpt", max_steps=2)
+    export_model(config, tmp_path / "ckpt", tmp_path / "model")
+    exported = load_model(tmp_path / "model", device="cpu")
+
+    state = warm_start_from_export(tmp_path / "model", tmp_path / "fresh", config)
+    assert state.step == 2 and len(state.losses) == 1
+    seeded = torch.load(tmp_path / "fresh" / "state.pt", weights_only=False)["unet"]
+    assert all(torch.equal(seeded[k], v) for k, v in exported.unet.state_dict().items())
+    resumed = train_base_model(config, tmp_path / "fresh")
+    assert resumed.step == 4 and len(resumed.losses) == 2
