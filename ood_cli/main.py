@@ -1,0 +1,290 @@
+"""The `ood` console command (DESIGN section 6b).
+
+Exit codes: 0 done (quarantined inputs are listed, not fatal); 2 bad usage or no usable input, nothing
+written; 1 the run failed (its group in the store is marked "failed").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+DEMO_IMAGES = 12
+
+
+class UsageError(Exception):
+    """Bad usage that argparse cannot see (for example a resolution the model does not have)."""
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _err(text: str) -> None:
+    print(f"ood: {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- run / demo
+
+
+def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
+    parser.add_argument("--model", help="diffusers model folder or hub id (default: the shipped models/base64)")
+    parser.add_argument("--samples", type=int, help="number of accepted samples (default 16)")
+    parser.add_argument("--seed", type=int, help="seed of the whole run (default 0)")
+    t0 = parser.add_mutually_exclusive_group()
+    t0.add_argument("--t0", type=int, help="inversion bandwidth: timestep of the latents (default 600)")
+    t0.add_argument("--auto-t0", action="store_true", help="scan t0 and take the largest meeting the PSNR bar")
+    parser.add_argument("--steps", type=int, help="DDIM steps K between 0 and t0 (default 40)")
+    parser.add_argument("--eta", type=float, help="DDIM noise in generation, 0 = deterministic (default 0)")
+    parser.add_argument("--prior", choices=["scalar", "ppca"], help="OOD prior family (default scalar)")
+    parser.add_argument("--resolution", type=int, help="model resolution expected (checked against the model)")
+    parser.add_argument("--batch-size", type=int, help="images per network evaluation (default 16)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the network runs (default auto)")
+    if not demo:
+        parser.add_argument("--tile", type=int, help="cut large inputs into square tiles of this size first")
+        parser.add_argument("--hdu", type=int, help="HDU index to read (default: first image HDU)")
+
+
+def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
+    from ood_core.config import PipelineParameters
+
+    fields: dict[str, Any] = {"inputs": inputs, "store": store}
+    for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "tile", "hdu"):
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = value
+    if args.auto_t0:
+        fields["auto_t0"] = True
+    params = PipelineParameters(**fields)
+    if args.resolution is not None:
+        _check_resolution(params.model, args.resolution)
+    return params
+
+
+def _check_resolution(model: str, resolution: int) -> None:
+    config_path = Path(model) / "unet" / "config.json"
+    if not config_path.is_file():
+        return
+    size = json.loads(config_path.read_text()).get("sample_size")
+    if size is not None and int(size) != resolution:
+        raise UsageError(f"--resolution {resolution}: the model {model} works at {size}x{size}; "
+                         f"inputs are resized to the model's resolution")
+
+
+def _run_flow(params: Any) -> dict[str, Any]:
+    """Run the pipeline as the Prefect flow: the same flow, provenance and artifacts as a UI run."""
+    from flows.pipeline import pipeline_flow
+
+    result: dict[str, Any] = pipeline_flow(params)
+    return result
+
+
+def _summary(result: dict[str, Any]) -> None:
+    _say(f"run        {result['run_id']}")
+    _say(f"store      {result['store']}")
+    _say(f"inputs     {result['n_inputs']} used, {len(result['quarantined'])} quarantined")
+    for q in result["quarantined"]:
+        _say(f"           quarantined {q.get('path')}: {q.get('reason')}")
+    _say(f"t0         {result['t0']}")
+    _say(f"recon      median PSNR {result['median_psnr_db']:.2f} dB")
+    _say(f"samples    {result['n_samples']} (acceptance rate {result['acceptance_rate']:.3f})")
+    timings = result.get("timings") or {}
+    if timings:
+        _say("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
+    for path in result.get("pictures", []) or []:
+        _say(f"picture    {path}")
+
+
+def _open_hint(store: str, run_id: str) -> None:
+    _say()
+    _say("Open it in Python (xarray, dask-backed):")
+    _say("    from ood_core.store import open_run")
+    _say(f"    ds = open_run({store!r}, {run_id!r})")
+    _say("    ds.samples_physical            # (sample, y, x) in the inputs' physical unit")
+    _say('    ds.attrs["ood_run"]            # provenance')
+    _say(f"List runs: ood runs {store}    Export FITS: ood export-fits {store} OUTDIR --run {run_id}")
+
+
+def _execute_pipeline(params: Any) -> int:
+    from ood_core.pipeline import NoUsableInputError
+
+    try:
+        result = _run_flow(params)
+    except NoUsableInputError as exc:
+        _err(str(exc))
+        _err("nothing was written")
+        return EXIT_USAGE
+    except Exception as exc:  # the flow marked the run failed in the store
+        _err(f"the run failed: {type(exc).__name__}: {exc}")
+        return EXIT_FAILED
+    _summary(result)
+    _open_hint(result["store"], result["run_id"])
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    params = _parameters(args, list(args.inputs), args.store)
+    return _execute_pipeline(params)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ood_core.demo_skies import write_demo_skies
+
+    out = Path(args.out).resolve()
+    inputs = out / "inputs"
+    store = out / "store.zarr"
+    paths = write_demo_skies(inputs, n=args.images, seed=args.sky_seed)
+    _say(f"demo: wrote {len(paths)} synthetic sky FITS files to {inputs}")
+    params = _parameters(args, [str(inputs)], str(store))
+    _say(f"demo: running the pipeline flow with the model {params.model} into {store}")
+    started = time.perf_counter()
+    code = _execute_pipeline(params)
+    _say(f"demo: finished in {time.perf_counter() - started:.0f} s")
+    return code
+
+
+# --------------------------------------------------------------------------- store commands
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ood_core.store import list_runs
+
+    runs = list_runs(args.store)
+    if not runs:
+        _say(f"{args.store}: no runs")
+        return EXIT_OK
+    _say(f"{'run id':<32} {'status':<9} {'inputs':>6} {'samples':>7} {'acceptance':>10}")
+    for r in runs:
+        rate = "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.3f}"
+        _say(f"{r.run_id:<32} {r.status:<9} {r.n_inputs:>6} {r.n_samples:>7} {rate:>10}")
+    return EXIT_OK
+
+
+def cmd_export_fits(args: argparse.Namespace) -> int:
+    from ood_core.fits_export import export_run_fits
+
+    paths = export_run_fits(args.store, args.outdir, args.run, overwrite=args.overwrite)
+    _say(f"wrote {len(paths)} FITS files to {args.outdir}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import EvaluateParameters, evaluate_flow
+
+    fields: dict[str, Any] = {"store": args.store, "reference": list(args.reference), "out_dir": args.out}
+    if args.run:
+        fields["run_id"] = args.run
+    if args.baselines is not None:
+        fields["baselines"] = args.baselines
+    if args.finetune_steps is not None:
+        fields["finetune_steps"] = args.finetune_steps
+    if args.device is not None:
+        fields["device"] = args.device
+    result = evaluate_flow(EvaluateParameters(**fields))
+    _say(json.dumps(result.get("table", result), indent=2, default=str))
+    _say(f"metrics and plots in {args.out}")
+    return EXIT_OK
+
+
+def cmd_train_base(args: argparse.Namespace) -> int:
+    from flows.train_base import TrainBaseParameters, train_base_flow
+
+    fields: dict[str, Any] = {"checkpoint_dir": args.checkpoints, "out_dir": args.out}
+    if args.max_steps is not None:
+        fields["max_steps"] = args.max_steps
+    if args.total_steps is not None:
+        fields["total_steps"] = args.total_steps
+    result = train_base_flow(TrainBaseParameters(**fields))
+    _say(json.dumps(result, indent=2, default=str))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ood",
+        description="Few-shot out-of-domain synthesis of FITS images with a frozen diffusion model.",
+        epilog="Exit codes: 0 done; 1 the run failed; 2 bad usage or no usable input (nothing written).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="end to end on made FITS skies with the shipped model")
+    demo.add_argument("--out", default="out/demo", help="folder for the demo inputs and store (default out/demo)")
+    demo.add_argument("--images", type=int, default=DEMO_IMAGES, help=f"synthetic skies to make ({DEMO_IMAGES})")
+    demo.add_argument("--sky-seed", type=int, default=0, help="seed of the synthetic skies (default 0)")
+    _pipeline_arguments(demo, demo=True)
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="the pipeline on your FITS files (files, directories or globs)")
+    run.add_argument("inputs", nargs="+", metavar="INPUT")
+    run.add_argument("--store", required=True, help="zarr store URL (local path or fsspec URL)")
+    _pipeline_arguments(run, demo=False)
+    run.set_defaults(func=cmd_run)
+
+    runs = sub.add_parser("runs", help="one line per run: id, status, inputs, samples, acceptance rate")
+    runs.add_argument("store")
+    runs.set_defaults(func=cmd_runs)
+
+    export = sub.add_parser("export-fits", help="a run's samples as FITS files with provenance headers")
+    export.add_argument("store")
+    export.add_argument("outdir")
+    export.add_argument("--run", help="run id (default: the latest complete run)")
+    export.add_argument("--overwrite", action="store_true", help="replace existing files")
+    export.set_defaults(func=cmd_export_fits)
+
+    evaluate = sub.add_parser("evaluate", help="metrics and plots of a run vs real reference images")
+    evaluate.add_argument("store")
+    evaluate.add_argument("--reference", nargs="+", required=True, metavar="INPUT",
+                          help="real images of the domain that were not among the inputs")
+    evaluate.add_argument("--run", help="run id (default: the latest complete run)")
+    evaluate.add_argument("--out", default="out/evaluate", help="folder for metrics.json and plots")
+    evaluate.add_argument("--baselines", nargs="*", help="baselines to run beside the method")
+    evaluate.add_argument("--finetune-steps", type=int, help="steps of the fine-tuning baseline")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    train = sub.add_parser("train-base", help="train (or resume training of) the embedded base model")
+    train.add_argument("--checkpoints", default="checkpoints/base64", help="checkpoint folder (resumed if present)")
+    train.add_argument("--out", default="models/base64", help="exported model folder")
+    train.add_argument("--max-steps", type=int, help="train at most this many more steps in this call")
+    train.add_argument("--total-steps", type=int, help="total training steps of the schedule")
+    train.set_defaults(func=cmd_train_base)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ValidationError, UsageError) as exc:
+        _err(f"bad parameters: {exc}")
+        return EXIT_USAGE
+    except FileNotFoundError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except Exception as exc:
+        from ood_core.store import StoreError
+
+        if isinstance(exc, StoreError):  # no such store or run: bad usage, nothing written
+            _err(str(exc))
+            return EXIT_USAGE
+        raise
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The `ood` command: subcommands, exit codes (DESIGN 6b) and the demo end to end through the real console script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from ood_cli.main import EXIT_OK, EXIT_USAGE, build_parser, main
+from ood_core.config import PipelineParameters
+from ood_core.model import FrozenDiffusionModel
+from ood_core.pipeline import run_pipeline
+from ood_core.store import list_runs, open_run
+
+OOD = Path(sys.executable).parent / "ood"
+SMALL = ["--samples", "2", "--steps", "8", "--t0", "400", "--device", "cpu", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def finished_store(fits_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+                   shipped_model: FrozenDiffusionModel) -> Path:
+    store = tmp_path_factory.mktemp("cli") / "store.zarr"
+    inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("hcg88r_*.fits"))[:3]
+    params = PipelineParameters(inputs=inputs, store=str(store), samples=2, steps=8, t0=400, reference_count=4,
+                                device="cpu", batch_size=8)
+    run_pipeline(params, model=shipped_model)
+    return store
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("demo", "run", "runs", "export-fits", "evaluate", "train-base"):
+        with pytest.raises(SystemExit) as stop:
+            build_parser().parse_args([command, "--help"])
+        assert stop.value.code == 0
+        assert "usage: ood " + command in capsys.readouterr().out
+
+
+def test_runs_lists_each_run_with_status_and_counts(finished_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["runs", str(finished_store)]) == EXIT_OK
+    lines = capsys.readouterr().out.strip().splitlines()
+    run_id = list_runs(str(finished_store))[0].run_id
+    assert lines[0].split()[:2] == ["run", "id"]
+    row = lines[1].split()
+    assert row[:4] == [run_id, "complete", "3", "2"]
+    assert 0 < float(row[4]) <= 1
+
+
+def test_export_fits_writes_one_file_per_sample(finished_store: Path, tmp_path: Path) -> None:
+    assert main(["export-fits", str(finished_store), str(tmp_path / "fits")]) == EXIT_OK
+    files = sorted((tmp_path / "fits").glob("*.fits"))
+    ds = open_run(str(finished_store))
+    assert len(files) == ds.sizes["sample"] == 2
+    with fits.open(files[0]) as hdul:
+        np.testing.assert_allclose(hdul[0].data, ds.samples_physical.values[0], rtol=1e-6)
+
+
+def test_bad_usage_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store.zarr"
+    # Out-of-bounds parameter: refused by the parameter model before anything runs.
+    assert main(["run", str(tmp_path), "--store", str(store), "--samples", "0"]) == EXIT_USAGE
+    assert "samples" in capsys.readouterr().err
+    # A resolution the shipped model does not have.
+    assert main(["run", str(tmp_path), "--store", str(store), "--resolution", "32"]) == EXIT_USAGE
+    assert "64x64" in capsys.readouterr().err
+    # A store that does not exist.
+    assert main(["runs", str(tmp_path / "missing.zarr")]) == EXIT_USAGE
+    assert not store.exists()
+
+
+def _ood(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(cwd / "prefect-home")  # temporary local server, its own database
+    return subprocess.run([str(OOD), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_run_with_nothing_usable_exits_2_naming_each_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.fits").write_bytes(b"")
+    (bad / "notes.fits").write_text("not a FITS file")
+    done = _ood("run", str(bad), "--store", str(tmp_path / "store.zarr"), *SMALL, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE, done.stderr[-3000:]
+    assert "empty.fits" in done.stderr and "notes.fits" in done.stderr
+    assert not (tmp_path / "store.zarr").exists() or list_runs(str(tmp_path / "store.zarr")) == []
+
+
+def test_demo_runs_end_to_end_and_says_where_the_store_is(tmp_path: Path) -> None:
+    done = _ood("demo", "--out", str(tmp_path / "demo"), "--images", "4", *SMALL, cwd=tmp_path)
+    assert done.returncode == EXIT_OK, done.stdout[-3000:] + done.stderr[-3000:]
+    store = tmp_path / "demo" / "store.zarr"
+    assert str(store) in done.stdout and "open_run(" in done.stdout
+    runs = list_runs(str(store))
+    assert [r.status for r in runs] == ["complete"] and runs[0].n_samples == 2
+    ds = open_run(str(store))
+    assert ds.samples_physical.attrs["units"] and ds.sizes["input"] == 4
+    # The demo skies have NaN holes: they are read through the user path, masked, and kept.
+    assert ds.input_mask.values.any()
+
+
+def test_console_script_is_installed() -> None:
+    assert OOD.is_file() and shutil.which(str(OOD))
