@@ -1,0 +1,62 @@
+"""Every figure is written as a real PNG of a sensible size; bad input raises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from ood_core import metrics as M
+from ood_core import plots
+from ood_core.errors import ConfigurationError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sets() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.indices((32, 32))
+    blob = 50 * np.exp(-((yy - 16) ** 2 + (xx - 12) ** 2) / 8.0)
+    return {
+        "reference": rng.normal(10, 1, (5, 32, 32)) + blob,
+        "method": rng.normal(10, 2, (3, 32, 32)),
+        "in_domain": rng.uniform(0, 30, (9, 32, 32)),
+    }
+
+
+def _check_png(path: Path, min_width: int) -> np.ndarray:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    pixels = imread(path)
+    assert pixels.shape[1] >= min_width
+    assert float(pixels[..., :3].std()) > 0.01, "the figure is blank"
+    return pixels
+
+
+def test_contact_sheet(sets: dict[str, np.ndarray], tmp_path: Path) -> None:
+    path = plots.contact_sheet(sets, tmp_path / "sub" / "sheet.png", per_row=4, units="MJy/sr")
+    pixels = _check_png(path, 300)
+    assert pixels.shape[0] > 200  # three rows
+    one_row = _check_png(plots.contact_sheet({"reference": sets["reference"]}, tmp_path / "one.png"), 200)
+    assert one_row.shape[0] < pixels.shape[0]
+
+
+def test_contact_sheet_rejects_bad_shapes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError):
+        plots.contact_sheet({}, tmp_path / "x.png")
+    with pytest.raises(ConfigurationError, match="must be"):
+        plots.contact_sheet({"a": np.zeros((4, 4))}, tmp_path / "x.png")
+
+
+def test_spectra_histograms_morphology_minkowski(sets: dict[str, np.ndarray], tmp_path: Path) -> None:
+    spectra = {name: M.isotropic_power_spectrum(images) for name, images in sets.items()}
+    _check_png(plots.power_spectra(spectra, tmp_path / "ps.png", units="MJy/sr"), 300)
+    _check_png(plots.pixel_histograms(sets, tmp_path / "hist.png"), 300)
+    thresholds = M.minkowski_thresholds(sets["reference"], 6)
+    stats = {name: M.set_statistics(images, thresholds) for name, images in sets.items()}
+    _check_png(plots.morphology_panels({k: s.morphology for k, s in stats.items()}, tmp_path / "morph.png"), 500)
+    _check_png(plots.minkowski_panels({k: s.minkowski for k, s in stats.items()}, tmp_path / "mf.png"), 500)
+    with pytest.raises(ConfigurationError):
+        plots.pixel_histograms({}, tmp_path / "none.png")
