@@ -78,3 +78,56 @@ def test_nothing_usable_writes_nothing(tmp_path: Path, shipped_model: FrozenDiff
     with pytest.raises(NoUsableInputError, match=r"a\.fits"):
         run_pipeline(small_params([str(bad)], store), model=shipped_model)
     assert not store.exists() or list_runs(str(store)) == []
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_without_redoing_completed_stages(
+    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ood_core import ddim, pipeline
+
+    files = [str(p) for p in sorted(few_shot_dir.glob("glimpse_*.fits"))[:3]]
+    whole = run_pipeline(small_params(files, tmp_path / "whole.zarr", samples=3, batch_size=2), model=shipped_model)
+
+    params = small_params(files, tmp_path / "cut.zarr", samples=3, batch_size=2)
+    ingested = pipeline.ingest(params, shipped_model.resolution, shipped_model.channels)
+    writer = pipeline.create_run(params, shipped_model, ingested)
+    pipeline.stage_invert(params, shipped_model, writer)
+    pipeline.stage_prior(params, shipped_model, writer)
+
+    def stop_after_first(stage: str, done: int, total: int) -> None:
+        if stage == "sample" and done >= 1:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        pipeline.stage_sample(params, shipped_model, writer, progress=stop_after_first)
+    assert 1 <= writer.n_samples < 3
+    assert list_runs(str(tmp_path / "cut.zarr"))[0].status == "writing"
+
+    # A resumed run must read latents and reference back, not run inversion or the reference again.
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("completed stage recomputed")
+
+    monkeypatch.setattr(ddim, "invert_and_reconstruct", must_not_run)
+    monkeypatch.setattr(ddim, "in_domain_reference_latents", must_not_run)
+    resumed = run_pipeline(params, model=shipped_model, resume=writer.run_id)
+    assert resumed.run_id == writer.run_id and resumed.n_samples == 3
+    assert resumed.median_psnr_db == pytest.approx(whole.median_psnr_db)
+    a, b = open_run(str(tmp_path / "whole.zarr")), open_run(str(tmp_path / "cut.zarr"))
+    np.testing.assert_array_equal(a.sample_seed.values, b.sample_seed.values)
+    np.testing.assert_array_equal(a.samples.values, b.samples.values)
+    assert validate_store(str(tmp_path / "cut.zarr")) == []
+    assert b.attrs["ood_run"]["input_set_key"] == a.attrs["ood_run"]["input_set_key"]
+
+
+def test_input_set_key_ignores_paths_and_store_but_not_settings(tmp_path: Path) -> None:
+    from ood_core.pipeline import input_set_key
+
+    p = small_params(["a.fits"], tmp_path / "s.zarr")
+    q = small_params(["elsewhere/b.fits"], tmp_path / "other.zarr")
+    assert input_set_key(["h2", "h1"], p) == input_set_key(["h1", "h2", "h1"], q)
+    assert input_set_key(["h1"], p) != input_set_key(["h1", "h2"], p)
+    assert input_set_key(["h1"], p) != input_set_key(["h1"], small_params(["a.fits"], tmp_path / "s.zarr", seed=4))
