@@ -21,9 +21,9 @@ model space ([-1, 1], (N, C, H, W)). One line per metric, lower/higher is better
   nearest-neighbour distance (novelty); higher means newer, about 1 or more is as new as a fresh real image.
 - ``near_copy_fraction``: fraction of candidates closer to an input than ``factor`` x the inputs' median
   nearest-neighbour distance; lower.
-- ``domain_separation``: median RMS distance of each candidate to its nearest in-domain (base-model) sample,
-  divided by the same for the reference images; closer to 1 is better, well below 1 means the candidates fell
-  back into the base model's domain (mode interference).
+- ``domain_separation``: mean probability, under a logistic classifier fitted to tell the base model's own
+  in-domain samples from the reference images (summary features), that a candidate is target-domain; higher
+  is better (1: as target-like as real images; 0: fell back into the base domain, mode interference).
 - ``fidelity_distance``: median RMS distance (model space) from each candidate to its nearest reference image;
   lower.
 - ``coverage_distance``: median RMS distance from each reference image to its nearest candidate; lower.
@@ -55,7 +55,7 @@ from scipy.stats import wasserstein_distance
 from skimage.measure import euler_number, perimeter
 
 from ood_core.errors import ConfigurationError
-from ood_core.novelty import _rms_distances
+from ood_core.novelty import NoveltyRule, _rms_distances, input_nearest_neighbour_distances
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -76,7 +76,7 @@ METRIC_DOCS: dict[str, str] = {
     "minkowski_euler": "relative L1 distance of mean Euler-characteristic curves V2(nu); lower is better",
     "nearest_input_ratio": "median nearest-input distance / inputs' median NN distance (novelty); higher is newer",
     "near_copy_fraction": "fraction of near-copies of an input (novelty rule); lower is better",
-    "domain_separation": "nearest in-domain-sample distance, candidates / reference (median); closer to 1 is better",
+    "domain_separation": "P(target domain) from an in-domain vs reference classifier, mean; higher is better",
     "fidelity_distance": "median RMS distance from a candidate to its nearest reference image; lower is better",
     "coverage_distance": "median RMS distance from a reference image to its nearest candidate; lower is better",
 }
@@ -444,15 +444,39 @@ def leave_one_out_nearest(images: torch.Tensor | npt.ArrayLike) -> FloatArray:
 def novelty_statistics(
     candidates: torch.Tensor | npt.ArrayLike, inputs: torch.Tensor | npt.ArrayLike, factor: float = 0.5
 ) -> dict[str, float]:
-    """Nearest-input distances of the candidates against the inputs' own nearest-neighbour distances."""
-    distance = nearest_distances(candidates, inputs)
-    scale = float(np.median(leave_one_out_nearest(inputs)))
+    """Nearest-input distances of the candidates against the inputs' own nearest-neighbour distances, with
+    the pipeline's own near-copy rule (``ood_core.novelty.NoveltyRule``) so the numbers agree with the run's."""
+    inputs_t = _as_tensor(inputs)
+    result = NoveltyRule(factor=factor).evaluate(_as_tensor(candidates), inputs_t)
+    distance = result.distance.numpy().astype(np.float64)
+    scale = float(input_nearest_neighbour_distances(inputs_t).median())
     return {
         "nearest_input_median": float(np.median(distance)),
         "inputs_nn_median": scale,
         "nearest_input_ratio": float(np.median(distance) / scale) if scale > 0 else float("nan"),
-        "near_copy_fraction": float(np.mean(distance < factor * scale)),
+        "near_copy_fraction": float(result.is_near_copy.double().mean()),
     }
+
+
+DOMAIN_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+
+
+def domain_features(images: torch.Tensor | npt.ArrayLike) -> FloatArray:
+    """Per image (model space, (N, C, H, W)): log10 isotropic power spectrum of the channel mean, its pixel
+    quantiles and mean absolute gradient: summary statistics that tell a natural-image patch from a sky."""
+    tensor = _as_tensor(images).double()
+    band = tensor.mean(dim=1).numpy() if tensor.ndim == 4 else tensor.numpy()
+    rows = []
+    for image in band:
+        spectrum = isotropic_power_spectrum(image)
+        gy, gx = np.gradient(image)
+        rows.append(np.concatenate([
+            np.log10(np.maximum(spectrum.power, 1e-12)),
+            np.quantile(image, DOMAIN_QUANTILES),
+            [float(np.mean(np.hypot(gy, gx)))],
+        ]))
+    out: FloatArray = np.asarray(rows, dtype=np.float64)
+    return out
 
 
 def domain_separation(
@@ -460,13 +484,41 @@ def domain_separation(
     in_domain: torch.Tensor | npt.ArrayLike,
     reference: torch.Tensor | npt.ArrayLike,
 ) -> dict[str, float]:
-    """How far candidates sit from the base model's in-domain samples, relative to real target images."""
-    cand = float(np.median(nearest_distances(candidates, in_domain)))
-    ref = float(np.median(nearest_distances(reference, in_domain)))
+    """How far candidates sit from the base model's own in-domain samples, judged against real target images.
+
+    A logistic classifier (scikit-learn, on standardized :func:`domain_features`) is fitted to tell the
+    in-domain samples (label 0) from the reference images (label 1); ``domain_separation`` is its mean
+    probability that a candidate is target-domain: 1 = as target-like as the reference, 0 = base domain
+    (mode interference). ``domain_classifier_loo_accuracy`` is its leave-one-out accuracy on the training
+    images (about 0.5: the two domains are not separable with these features and the score means nothing).
+    The median RMS distance of candidates to their nearest in-domain sample is reported beside it, also
+    relative to the reference's.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_in, x_ref = domain_features(in_domain), domain_features(reference)
+    x = np.concatenate([x_in, x_ref])
+    y = np.concatenate([np.zeros(len(x_in)), np.ones(len(x_ref))])
+    if len(x_in) < 2 or len(x_ref) < 2:
+        raise ConfigurationError("domain separation needs at least 2 in-domain and 2 reference images")
+
+    def classifier() -> Any:
+        return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+
+    correct = sum(
+        int(classifier().fit(np.delete(x, i, axis=0), np.delete(y, i)).predict(x[i : i + 1])[0] == y[i])
+        for i in range(len(x))
+    )
+    probability = classifier().fit(x, y).predict_proba(domain_features(candidates))[:, 1]
+    near_cand = float(np.median(nearest_distances(candidates, in_domain)))
+    near_ref = float(np.median(nearest_distances(reference, in_domain)))
     return {
-        "in_domain_distance": cand,
-        "reference_in_domain_distance": ref,
-        "domain_separation": cand / ref if ref > 0 else float("nan"),
+        "domain_separation": float(np.mean(probability)),
+        "domain_classifier_loo_accuracy": correct / len(x),
+        "in_domain_distance": near_cand,
+        "in_domain_distance_ratio": near_cand / near_ref if near_ref > 0 else float("nan"),
     }
 
 

@@ -176,13 +176,20 @@ def test_novelty_statistics_of_copies_and_of_far_images() -> None:
     assert M.nearest_distances(inputs + 0.25, inputs) == pytest.approx(np.full(5, 0.25), abs=1e-6)
 
 
-def test_domain_separation_is_one_for_the_reference_itself() -> None:
-    rng = torch.Generator().manual_seed(1)
-    in_domain = torch.rand((6, 3, 8, 8), generator=rng)
-    reference = torch.rand((4, 3, 8, 8), generator=rng) + 2.0
-    assert M.domain_separation(reference, in_domain, reference)["domain_separation"] == pytest.approx(1.0)
+def test_domain_separation_scores_reference_high_and_in_domain_low() -> None:
+    gen = torch.Generator().manual_seed(1)
+    in_domain = torch.rand((8, 3, 16, 16), generator=gen) * 2 - 1  # flat spectrum, wide pixel range
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    blobs = [torch.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0) for y, x in ((4, 4), (10, 12), (8, 3), (12, 6))]
+    reference = torch.stack([-0.9 + 1.5 * b + 0.02 * torch.randn((16, 16), generator=gen) for b in blobs])
+    reference = reference[:, None].repeat(1, 3, 1, 1)  # dark sky with one source: a different domain
+    own = M.domain_separation(reference, in_domain, reference)
+    assert own["domain_classifier_loo_accuracy"] == 1.0
+    assert own["domain_separation"] > 0.8 and own["in_domain_distance_ratio"] == pytest.approx(1.0)
     collapsed = M.domain_separation(in_domain, in_domain, reference)
-    assert collapsed["in_domain_distance"] == 0.0 and collapsed["domain_separation"] == 0.0
+    assert collapsed["domain_separation"] < 0.2 and collapsed["in_domain_distance"] == 0.0
+    with pytest.raises(ConfigurationError):
+        M.domain_separation(reference, in_domain[:1], reference)
 
 
 # --------------------------------------------------------------------------------------------- whole sets

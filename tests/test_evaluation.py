@@ -1,0 +1,135 @@
+"""evaluate_run end to end: a real run of the shipped model on GLIMPSE cutouts against held-out cutouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ood_core.config import PipelineParameters
+from ood_core.errors import ConfigurationError
+from ood_core.evaluation import TABLE_COLUMNS, evaluate_run, format_table, load_reference
+from ood_core.fits_io import read_fits_image
+from ood_core.metrics import METRIC_DOCS
+from ood_core.model import FrozenDiffusionModel
+from ood_core.normalization import NormalizationParams, denormalize, normalize, resize_to_resolution
+from ood_core.pipeline import run_pipeline
+from ood_core.store import open_run
+
+N_INPUTS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """One torch thread: the 2-core test machine is shared, and oversubscription is several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def glimpse(fits_dir: Path) -> list[str]:
+    return [str(p) for p in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))]
+
+
+@pytest.fixture(scope="module")
+def run(glimpse: list[str], shipped_model: FrozenDiffusionModel, tmp_path_factory: pytest.TempPathFactory
+        ) -> dict[str, Any]:
+    store = tmp_path_factory.mktemp("eval") / "store.zarr"
+    params = PipelineParameters(inputs=glimpse[:N_INPUTS], store=str(store), samples=4, steps=8, t0=400,
+                                reference_count=4, batch_size=8, device="cpu", seed=3)
+    result = run_pipeline(params, model=shipped_model)
+    return {"store": str(store), "run_id": result.run_id}
+
+
+@pytest.fixture(scope="module")
+def evaluation(run: dict[str, Any], glimpse: list[str], shipped_model: FrozenDiffusionModel,
+               tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("eval_out")
+    # One input among the references: it must be left out, not counted as unseen.
+    reference = [glimpse[N_INPUTS - 1], *glimpse[N_INPUTS : N_INPUTS + 5]]
+    return evaluate_run(run["store"], reference, run["run_id"], out_dir=out, n_baseline_samples=4,
+                        finetune_steps=2, finetune_batch_size=2, sample_steps=6, in_domain_anchor_count=6,
+                        model=shipped_model)
+
+
+def test_json_is_strict_and_equals_the_result(evaluation: dict[str, Any]) -> None:
+    path = Path(evaluation["json"])
+
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"non-strict JSON constant {name}")
+
+    assert json.loads(path.read_text(), parse_constant=no_constant) == evaluation
+
+
+def test_table_has_the_method_every_baseline_and_the_inputs(evaluation: dict[str, Any]) -> None:
+    rows = {row["set"]: row for row in evaluation["table"]}
+    assert list(rows) == ["method", "in_domain", "prior_unscreened", "augmentation", "finetune", "inputs"]
+    for row in rows.values():
+        assert row["n"] == 4
+        for key, _ in TABLE_COLUMNS:
+            assert key in METRIC_DOCS
+            assert key in row
+    for name in ("pixel_w1", "spectrum_dex", "gini_w1", "minkowski_euler", "domain_separation"):
+        assert all(isinstance(row[name], float) for row in rows.values()), name
+    text = format_table(evaluation)
+    assert text.count("\n") == 1 + len(rows) and "| finetune |" in text
+    assert "finetune" in format_table(evaluation, markdown=False)
+
+
+def test_known_relations_between_rows(evaluation: dict[str, Any]) -> None:
+    sets = evaluation["sets"]
+    # The inputs are the inputs: nearest-input distance 0, all near-copies.
+    assert sets["inputs"]["nearest_input_median"] == 0.0 and sets["inputs"]["near_copy_fraction"] == 1.0
+    # Flips and rotations keep each image's pixel values: the augmented set's pixels are the inputs'.
+    assert sets["augmentation"]["near_copy_fraction"] < 1.0
+    # The run's sampler rejected near-copies by the same rule.
+    assert sets["method"]["near_copy_fraction"] == 0.0
+    # Every set is scored with the same in-domain vs reference classifier.
+    accuracies = {round(v["domain_classifier_loo_accuracy"], 9) for v in sets.values()}
+    assert len(accuracies) == 1
+    # The base model's own samples score as base domain more than the real inputs do.
+    assert sets["in_domain"]["domain_separation"] < sets["inputs"]["domain_separation"]
+
+
+def test_reference_excludes_inputs_and_is_in_run_units(
+    evaluation: dict[str, Any], run: dict[str, Any], glimpse: list[str], shipped_model: FrozenDiffusionModel
+) -> None:
+    reference = evaluation["reference"]
+    assert reference["n"] == 5
+    assert [e["path"] for e in reference["excluded"]] == [glimpse[N_INPUTS - 1]]
+    # Reading the reference again by hand gives the run-normalized physical values (clipped like samples).
+    provenance = open_run(run["store"], run["run_id"], chunks=None).attrs["ood_run"]
+    loaded = load_reference([glimpse[N_INPUTS]], provenance, shipped_model.resolution, shipped_model.channels)
+    params = NormalizationParams.from_dict(provenance["normalization"]["params"][0])
+    image = read_fits_image(glimpse[N_INPUTS])
+    plane, _ = resize_to_resolution(image.data, image.mask, shipped_model.resolution)
+    expected = denormalize(normalize(plane, params), params)
+    np.testing.assert_array_equal(loaded.images.physical[0], expected)
+    low, high = params.background + params.vmin, params.background + params.vmax
+    assert loaded.images.physical.min() >= low - 1e-3 * abs(low) and loaded.images.physical.max() <= high * 1.001
+    assert torch.equal(loaded.images.model[0, 0], torch.from_numpy(normalize(plane, params)))
+
+
+def test_plots_are_written(evaluation: dict[str, Any]) -> None:
+    assert set(evaluation["plots"]) == {"contact_sheet", "power_spectra", "pixel_histograms", "morphology",
+                                        "minkowski"}
+    for path in evaluation["plots"].values():
+        assert Path(path).read_bytes()[:4] == b"\x89PNG"
+        assert Path(path).parent == Path(evaluation["json"]).parent
+
+
+def test_bad_calls_raise(run: dict[str, Any], glimpse: list[str], shipped_model: FrozenDiffusionModel,
+                         tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="choose from"):
+        evaluate_run(run["store"], glimpse[N_INPUTS:], out_dir=tmp_path, baselines=["gan"], model=shipped_model)
+    with pytest.raises(ConfigurationError, match="no usable reference"):
+        evaluate_run(run["store"], glimpse[:N_INPUTS], out_dir=tmp_path, baselines=[], model=shipped_model)
+    other = shipped_model.__class__(**{**shipped_model.__dict__, "weights_sha256": "0" * 64})
+    with pytest.raises(ConfigurationError, match="not the run's frozen model"):
+        evaluate_run(run["store"], glimpse[N_INPUTS:], out_dir=tmp_path, baselines=[], model=other)
