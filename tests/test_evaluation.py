@@ -133,3 +133,61 @@ def test_bad_calls_raise(run: dict[str, Any], glimpse: list[str], shipped_model:
     other = shipped_model.__class__(**{**shipped_model.__dict__, "weights_sha256": "0" * 64})
     with pytest.raises(ConfigurationError, match="not the run's frozen model"):
         evaluate_run(run["store"], glimpse[N_INPUTS:], out_dir=tmp_path, baselines=[], model=other)
+
+
+# --------------------------------------------------------------------------------------------- the flow
+
+
+@pytest.fixture(scope="module")
+def prefect_harness() -> Any:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_evaluate_parameters_validate() -> None:
+    from pydantic import ValidationError
+
+    from flows.evaluate import EvaluateParameters
+
+    params = EvaluateParameters(store="s.zarr", reference=["a.fits"], baselines=["finetune", "finetune"])
+    assert params.baselines == ["finetune"] and params.finetune_steps == 200 and params.run_id is None
+    for bad in ({"reference": []}, {"baselines": ["gan"]}, {"finetune_steps": 0}, {"finetune_steps": 10_000},
+                {"device": "tpu"}, {"unknown": 1}, {"reference": [" "]}):
+        with pytest.raises(ValidationError):
+            EvaluateParameters(**{"store": "s.zarr", "reference": ["a.fits"], **bad})  # type: ignore[arg-type]
+    schema = EvaluateParameters.model_json_schema()
+    assert all(prop.get("description") for prop in schema["properties"].values())
+
+
+def test_evaluate_flow_writes_results_and_artifacts(
+    prefect_harness: None, run: dict[str, Any], glimpse: list[str], tmp_path: Path
+) -> None:
+    from flows.evaluate import EvaluateParameters, evaluate_flow
+
+    params = EvaluateParameters(store=run["store"], reference=glimpse[N_INPUTS : N_INPUTS + 4],
+                                out_dir=str(tmp_path / "ev"), baselines=["augmentation", "in_domain"],
+                                n_baseline_samples=3, sample_steps=4, device="cpu")
+    state = evaluate_flow(params, return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    assert [row["set"] for row in result["table"]] == ["method", "augmentation", "in_domain", "inputs"]
+    assert result["run_id"] == run["run_id"] and Path(result["json"]).is_file()
+    assert json.loads(Path(result["json"]).read_text())["table"] == result["table"]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            flow_filter = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_filter))
+
+    import asyncio
+
+    artifacts = asyncio.run(read())
+    kinds = [a.type for a in artifacts]
+    assert kinds.count("markdown") == 1 and kinds.count("image") == 5
+    summary = next(a.data for a in artifacts if a.type == "markdown")
+    assert "| augmentation |" in summary and "domain_separation" in summary and "data:image/png;base64," in summary
+    assert sorted(result["artifacts"]) == sorted(a.key for a in artifacts)
