@@ -1,0 +1,72 @@
+"""Ingest flow: validate and hash FITS inputs in parallel (on a Dask cluster via prefect-dask by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+from prefect_dask import DaskTaskRunner
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.naming import run_name
+from ood_core.fits_io import QuarantinedInput
+from ood_core.pipeline import NoUsableInputError
+from tasks.ingest import expand, validate_fits
+
+
+class IngestParameters(BaseModel):
+    """What to validate and where to run the validation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(min_length=1, description="FITS files, directories or glob patterns")
+    hdu: int | None = Field(default=None, ge=0, description="HDU index to read (default: first image HDU)")
+    min_size: int = Field(default=1, ge=1, le=8192, description="smallest usable image side in pixels")
+    use_dask: bool = Field(default=True, description="validate on a Dask cluster (else in threads of this process)")
+    dask_address: str | None = Field(
+        default=None, description="address of an existing Dask scheduler (tcp://host:8786); empty: a local cluster"
+    )
+    dask_workers: int = Field(default=2, ge=1, le=256, description="workers of the local Dask cluster")
+    dask_processes: bool = Field(default=True, description="local cluster workers are processes (else threads)")
+
+
+def dask_runner(params: IngestParameters) -> DaskTaskRunner:
+    """A DaskTaskRunner on the given scheduler, or on a new local cluster."""
+    if params.dask_address:
+        return DaskTaskRunner(address=params.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": params.dask_workers, "threads_per_worker": 1,
+                                          "processes": params.dask_processes, "dashboard_address": None})
+
+
+@flow(name="validate-files")
+def validate_files(paths: list[str], hdu: int | None, min_size: int) -> list[dict[str, Any]]:
+    """One validate-fits task per file on this flow's task runner; returns their records in input order."""
+    futures = validate_fits.map(paths, hdu=unmapped(hdu), min_size=unmapped(min_size))
+    return [future.result() for future in futures]
+
+
+def quarantine_records(records: list[dict[str, Any]], unmatched: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Quarantine entries (path, reason, error) of the unmatched specs and the files that failed validation."""
+    bad = [{"path": r["path"], "reason": r["reason"], "error": r["error"]} for r in records if not r["ok"]]
+    return [*unmatched, *bad]
+
+
+@flow(name="ingest", flow_run_name=run_name("ingest", "min_size", "dask_address"), validate_parameters=True)
+def ingest_flow(params: IngestParameters) -> dict[str, Any]:
+    """Validate every input; returns usable paths, per-file records and quarantined files with reasons.
+
+    Raises NoUsableInputError (with every reason) when nothing is usable.
+    """
+    logger = get_run_logger()
+    paths, unmatched = expand(params.inputs)
+    if paths:
+        validate = validate_files.with_options(task_runner=dask_runner(params)) if params.use_dask else validate_files
+        records = validate(paths, params.hdu, params.min_size)
+    else:
+        records = []
+    quarantined = quarantine_records(records, unmatched)
+    usable = [r["path"] for r in records if r["ok"]]
+    logger.info("ingest: %d usable, %d quarantined", len(usable), len(quarantined))
+    if not usable:
+        raise NoUsableInputError([QuarantinedInput(q["path"], q["reason"], q["error"]) for q in quarantined])
+    return {"usable": usable, "records": records, "quarantined": quarantined}

@@ -1,0 +1,104 @@
+"""Task-level pieces without a Prefect server: validation records, retry rules, artifact helpers, run names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.states import Completed, Failed
+
+from flows.naming import run_name
+from ood_core.config import PipelineParameters
+from ood_core.errors import NotFitsError, TruncatedFitsError
+from ood_core.pipeline import NoUsableInputError
+from tasks.common import GPU_TAG, retry_on_io_error
+from tasks.ingest import expand, key_of, validate_fits
+from tasks.report import _flatten, artifact_key, contact_sheet_path, summary_markdown
+from tasks.stages import finish_task, invert_task, prior_task, sample_task
+
+
+def test_validate_fits_records_good_and_bad_files(fits_dir: Path, tmp_path: Path) -> None:
+    good = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[0]
+    record = validate_fits.fn(str(good), min_size=64)
+    assert record["ok"] and len(record["sha256"]) == 64 and record["shape"] == [128, 128]
+    small = validate_fits.fn(str(good), min_size=256)
+    assert not small["ok"] and small["error"] == "ImageTooSmallError" and "256" in small["reason"]
+    text = tmp_path / "notes.fits"
+    text.write_text("not a FITS file")
+    bad = validate_fits.fn(str(text))
+    assert not bad["ok"] and bad["error"] == "NotFitsError" and bad["reason"]
+
+
+def test_expand_lists_unmatched_specs_as_quarantined(fits_dir: Path, tmp_path: Path) -> None:
+    paths, unmatched = expand([str(fits_dir / "cutouts_128" / "glimpse_*.fits"), str(tmp_path / "nothing_*.fits")])
+    assert paths and all(p.endswith(".fits") for p in paths)
+    assert len(unmatched) == 1 and "nothing_" in unmatched[0]["path"] and unmatched[0]["reason"]
+
+
+def test_input_set_key_from_validation_records_ignores_bad_files(tmp_path: Path) -> None:
+    params = PipelineParameters(inputs=["x"], store=str(tmp_path / "s.zarr"))
+    good = [{"ok": True, "sha256": "a"}, {"ok": True, "sha256": "b"}]
+    assert key_of(good, params) == key_of([*reversed(good), {"ok": False, "path": "c"}], params)
+    assert key_of(good, params) != key_of(good[:1], params)
+    assert key_of(good, params) != key_of(good, params.model_copy(update={"samples": 3}))
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [(OSError("disk hiccup"), True), (TimeoutError("slow store"), True), (ConnectionError("reset"), True),
+     (NotFitsError("a.fits", "not FITS"), False), (TruncatedFitsError("b.fits", "short"), False),
+     (NoUsableInputError([]), False), (ValueError("bad parameter"), False)],
+)
+def test_retries_only_transient_io_errors(error: Exception, retry: bool) -> None:
+    assert retry_on_io_error(None, None, Failed(data=error)) is retry  # type: ignore[arg-type]
+
+
+def test_no_retry_of_a_completed_state() -> None:
+    assert retry_on_io_error(None, None, Completed(data=1)) is False  # type: ignore[arg-type]
+
+
+def test_network_stages_carry_the_gpu_tag_and_bookkeeping_does_not() -> None:
+    for t in (invert_task, prior_task, sample_task):
+        assert GPU_TAG in t.tags and t.retries == 2
+    assert GPU_TAG not in finish_task.tags
+    assert validate_fits.retries == 2 and validate_fits.retry_condition_fn is retry_on_io_error
+
+
+def test_no_usable_input_error_survives_pickling() -> None:
+    import pickle
+
+    from ood_core.fits_io import QuarantinedInput
+
+    error = NoUsableInputError([QuarantinedInput("a.fits", "not FITS", "NotFitsError")])
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, NoUsableInputError) and copy.quarantined[0].path == "a.fits" and "a.fits" in str(copy)
+
+
+def test_artifact_keys_and_contact_sheet_paths(tmp_path: Path) -> None:
+    assert artifact_key("Pipeline_Run 20261125T1800Z-ab") == "pipeline-run-20261125t1800z-ab"
+    assert contact_sheet_path(str(tmp_path / "s.zarr"), "r1") == tmp_path / "r1_contact.png"
+    remote = contact_sheet_path("memory://bucket/s.zarr", "r2")
+    assert remote.name == "r2_contact.png" and remote.parent.is_dir()
+
+
+def test_summary_markdown_lists_quarantine_reasons_and_headline_numbers() -> None:
+    result = {"run_id": "r1", "store": "/data/s.zarr", "n_inputs": 2, "n_samples": 3}
+    record = {
+        "status": "complete", "input_set_key": "k" * 64,
+        "inputs": [{"path": "/in/a.fits", "sha256": "f" * 64, "shape": [128, 128], "BUNIT": "MJy/sr", "OBJECT": None}],
+        "quarantined": [{"path": "/in/bad.fits", "reason": "not a FITS file | really", "error": "NotFitsError"}],
+        "inversion": {"t0": 500, "steps": 10, "median_psnr_db": 38.25, "min_psnr_db": 36.0, "max_psnr_db": 40.0},
+        "prior": {"diagnostics": {"norm": {"ratio": 1.01}, "angles_deg": [88.0, 90.0]}},
+        "sampler": {"requested": 3, "tried": 256, "accepted": 40, "acceptance_rate": 0.15625},
+        "timings": {"invert": 1.5},
+    }
+    text = summary_markdown(result, record, Path("/data/r1_contact.png"), "AAAA")
+    for expected in ("r1", "/data/s.zarr", "/in/bad.fits", "not a FITS file / really", "38.25", "0.1562",
+                     "norm.ratio", "a.fits", "/data/r1_contact.png", "data:image/png;base64,AAAA"):
+        assert expected in text, expected
+    assert _flatten({"a": {"b": 1.0}, "c": [1, 2.0]}) == [("a.b", 1.0), ("c", "1, 2.0000")]
+
+
+def test_run_name_outside_a_run_is_the_prefix() -> None:
+    name = run_name("pipeline", "seed", "samples")
+    assert name() == "pipeline"
