@@ -77,7 +77,10 @@ def _run_name() -> str:
     from prefect.runtime import flow_run
 
     params = (flow_run.parameters or {}).get("params")
-    get = params.get if isinstance(params, dict) else (lambda key: getattr(params, key, None))
+
+    def get(key: str) -> Any:
+        return params.get(key) if isinstance(params, dict) else getattr(params, key, None)
+
     return f"evaluate-{get('run_id') or 'latest'}-seed={get('seed')}"
 
 

@@ -344,7 +344,7 @@ def evaluate_run(
         "morphology": plots.morphology_panels({k: s.morphology for k, s in all_stats.items()},
                                               out / "morphology.png"),
         "minkowski": plots.minkowski_panels({k: s.minkowski for k, s in all_stats.items()}, out / "minkowski.png",
-                                            units=units),
+                                            units=units, quantiles=metrics.MINKOWSKI_QUANTILES),
     }
     timings["plots"] = round(time.perf_counter() - t, 3)
     timings["total"] = round(time.perf_counter() - started, 3)
@@ -361,7 +361,9 @@ def evaluate_run(
         "settings": {"baselines": names, "n_baseline_samples": n, "sample_steps": steps, "seed": seed,
                      "finetune_steps": finetune_steps, "finetune_batch_size": finetune_batch_size,
                      "finetune_learning_rate": finetune_learning_rate, "novelty_factor": novelty_factor,
-                     "minkowski_thresholds": thresholds.tolist(), "in_domain_anchor_count": int(anchor.shape[0])},
+                     "minkowski_thresholds": thresholds.tolist(),
+                     "minkowski_quantiles": list(metrics.MINKOWSKI_QUANTILES),
+                     "in_domain_anchor_count": int(anchor.shape[0])},
         "metric_docs": dict(metrics.METRIC_DOCS),
         "table": [_table_row(name, values) for name, values in per_set.items()],
         "sets": per_set,

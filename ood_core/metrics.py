@@ -559,9 +559,16 @@ def set_statistics(physical: npt.ArrayLike, thresholds: Sequence[float] | npt.Ar
     )
 
 
-def minkowski_thresholds(reference_physical: npt.ArrayLike, count: int = 12) -> FloatArray:
-    """Thresholds shared by every set: quantiles 0.05..0.98 of the reference pixels."""
-    out: FloatArray = np.quantile(_finite(reference_physical), np.linspace(0.05, 0.98, count))
+MINKOWSKI_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+"""Reference-pixel quantiles of the shared Minkowski thresholds: dense in the bright tail, where sparse
+astronomical images keep their structure (sources), not only in the background."""
+
+
+def minkowski_thresholds(
+    reference_physical: npt.ArrayLike, quantiles: Sequence[float] = MINKOWSKI_QUANTILES
+) -> FloatArray:
+    """Thresholds shared by every set: the given quantiles of the reference pixels."""
+    out: FloatArray = np.quantile(_finite(reference_physical), np.asarray(quantiles, dtype=np.float64))
     return out
 
 

@@ -7,7 +7,7 @@ the reference set (asinh stretch over the 0.5-99.8 percentile interval), so brig
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy.typing as npt
 from astropy.visualization import AsinhStretch, AsymmetricPercentileInterval, ImageNormalize
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from ood_core.errors import ConfigurationError
 from ood_core.metrics import MinkowskiCurves, PowerSpectrum
@@ -31,8 +32,16 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return out
 
 
+_STYLES = ("-", "--", "-.", ":")
+
+
 def _color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
+
+
+def _style(i: int) -> str:
+    """Line style: sets that coincide (augmentation and inputs share a spectrum) stay visible."""
+    return _STYLES[i % len(_STYLES)]
 
 
 def contact_sheet(
@@ -83,7 +92,8 @@ def power_spectra(spectra: Mapping[str, PowerSpectrum], path: str | Path, *, uni
     ax = fig.subplots()
     for i, (name, spectrum) in enumerate(spectra.items()):
         ax.loglog(spectrum.k, np.maximum(spectrum.power, np.finfo(float).tiny), label=name, color=_color(i),
-                  lw=2.2 if i == 0 else 1.3)
+                  ls=_style(i), lw=2.2 if i == 0 else 1.4)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("spatial frequency k (cycles / pixel)")
     ax.set_ylabel(f"P(k) ({units}^2)" if units else "P(k)")
     ax.set_title("isotropic power spectrum (Hann window, mean over images)", fontsize=9)
@@ -110,7 +120,7 @@ def pixel_histograms(
     for i, (name, v) in enumerate(values.items()):
         finite = np.clip(v[np.isfinite(v)], lo, hi)
         ax.hist(finite, bins=edges.tolist(), density=True, histtype="step", label=name, color=_color(i),
-                lw=2.2 if i == 0 else 1.3)
+                ls=_style(i), lw=2.2 if i == 0 else 1.4)
     ax.set_yscale("log")
     ax.set_xlabel(f"pixel value ({units})" if units else "pixel value")
     ax.set_ylabel("density")
@@ -137,16 +147,33 @@ def morphology_panels(morphology: Mapping[str, Mapping[str, npt.ArrayLike]], pat
     return _save(fig, path)
 
 
-def minkowski_panels(curves: Mapping[str, MinkowskiCurves], path: str | Path, *, units: str = "") -> Path:
-    """Area fraction, perimeter and Euler characteristic of the excursion sets against threshold."""
+def minkowski_panels(
+    curves: Mapping[str, MinkowskiCurves],
+    path: str | Path,
+    *,
+    units: str = "",
+    quantiles: Sequence[float] | None = None,
+) -> Path:
+    """Area fraction, perimeter and Euler characteristic of the excursion sets against threshold.
+
+    With ``quantiles`` (the reference-pixel quantile of each threshold) the x axis is that quantile on a
+    -log10(1 - q) scale, so the thresholds in the bright tail are spread out; otherwise the physical threshold.
+    """
     fig = Figure(figsize=(11.0, 3.6))
     axes = fig.subplots(1, 3)
     labels = (("area", "area fraction V0"), ("perimeter", "perimeter V1 (pixels)"), ("euler", "Euler char. V2"))
+    levels = None if quantiles is None else np.asarray(quantiles, dtype=np.float64)
     for ax, (attr, label) in zip(axes, labels, strict=True):
         for i, (name, curve) in enumerate(curves.items()):
-            ax.plot(curve.thresholds, getattr(curve, attr), label=name, color=_color(i),
-                    lw=2.2 if i == 0 else 1.3, marker=".")
-        ax.set_xlabel(f"threshold ({units})" if units else "threshold")
+            x = curve.thresholds if levels is None or levels.size != curve.thresholds.size else -np.log10(1 - levels)
+            ax.plot(x, getattr(curve, attr), label=name, color=_color(i), ls=_style(i),
+                    lw=2.2 if i == 0 else 1.4, marker=".")
+        if levels is not None:
+            ticks = -np.log10(1 - levels)
+            ax.set_xticks(ticks.tolist(), [f"{q:g}" for q in levels], rotation=60, fontsize=7)
+            ax.set_xlabel("threshold = reference pixel quantile")
+        else:
+            ax.set_xlabel(f"threshold ({units})" if units else "threshold")
         ax.set_title(label, fontsize=9)
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)

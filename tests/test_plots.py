@@ -54,9 +54,12 @@ def test_spectra_histograms_morphology_minkowski(sets: dict[str, np.ndarray], tm
     spectra = {name: M.isotropic_power_spectrum(images) for name, images in sets.items()}
     _check_png(plots.power_spectra(spectra, tmp_path / "ps.png", units="MJy/sr"), 300)
     _check_png(plots.pixel_histograms(sets, tmp_path / "hist.png"), 300)
-    thresholds = M.minkowski_thresholds(sets["reference"], 6)
+    quantiles = (0.1, 0.5, 0.9, 0.99)
+    thresholds = M.minkowski_thresholds(sets["reference"], quantiles)
     stats = {name: M.set_statistics(images, thresholds) for name, images in sets.items()}
     _check_png(plots.morphology_panels({k: s.morphology for k, s in stats.items()}, tmp_path / "morph.png"), 500)
     _check_png(plots.minkowski_panels({k: s.minkowski for k, s in stats.items()}, tmp_path / "mf.png"), 500)
+    _check_png(plots.minkowski_panels({k: s.minkowski for k, s in stats.items()}, tmp_path / "mfq.png",
+                                      quantiles=quantiles), 500)
     with pytest.raises(ConfigurationError):
         plots.pixel_histograms({}, tmp_path / "none.png")
