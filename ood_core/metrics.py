@@ -12,8 +12,8 @@ model space ([-1, 1], (N, C, H, W)). One line per metric, lower/higher is better
 - ``source_count_w1``: 1-Wasserstein distance between per-image source-count distributions; lower.
 - ``source_flux_w1``: 1-Wasserstein distance between log10 source-flux distributions (dex); lower.
 - ``gini_w1``, ``m20_w1``, ``concentration_w1``, ``asymmetry_w1``: 1-Wasserstein distance between the per-image
-  distributions of Gini (Lotz+2004), M20 (Lotz+2004), concentration and rotational asymmetry
-  (Conselice 2003); lower.
+  distributions of Gini (Lotz+2004), M20 (Lotz+2004), concentration and rotational asymmetry with its
+  noise term removed (Conselice 2003); lower.
 - ``minkowski_area``, ``minkowski_perimeter``, ``minkowski_euler``: relative L1 distance between the mean
   Minkowski-functional curves (area fraction, perimeter, Euler characteristic of the excursion sets
   ``image >= nu``) over thresholds nu shared by all sets; lower.
@@ -299,8 +299,8 @@ def concentration(image: npt.ArrayLike, *, n_radii: int = 64) -> float:
     return float(5.0 * np.log10(r80 / r20))
 
 
-def _asymmetry_about(data: FloatArray, cy2: int, cx2: int) -> float:
-    """sum |I - I_180| / sum |I| over the pixels whose 180-degree image (2c - p) lies inside the image."""
+def _asymmetry_about(data: FloatArray, cy2: int, cx2: int, noise_sigma: float) -> float:
+    """(sum |I - I_180| - noise term) / sum |I| over the pixels whose 180-degree image (2c - p) lies inside."""
     height, width = data.shape
     y_lo, y_hi = max(0, cy2 - (height - 1)), min(height - 1, cy2)
     x_lo, x_hi = max(0, cx2 - (width - 1)), min(width - 1, cx2)
@@ -311,16 +311,21 @@ def _asymmetry_about(data: FloatArray, cy2: int, cx2: int) -> float:
     denominator = float(np.abs(part).sum())
     if denominator <= 0:
         return float("inf")
-    return float(np.abs(part - rotated).sum() / denominator)
+    # Pixels on the centre map to themselves and carry no noise difference.
+    paired = part.size - (1 if cy2 % 2 == 0 and cx2 % 2 == 0 else 0)
+    noise = paired * 2.0 * noise_sigma / math.sqrt(math.pi)
+    return float((np.abs(part - rotated).sum() - noise) / denominator)
 
 
-def asymmetry(image: npt.ArrayLike, *, search_radius: float = 2.0) -> float:
-    """Rotational asymmetry A = min_c sum|I - I_180| / sum|I| (Conselice 2003, without the background term).
+def asymmetry(image: npt.ArrayLike, *, search_radius: float = 2.0, noise_sigma: float = 0.0) -> float:
+    """Rotational asymmetry A = min_c (sum|I - I_180| - B) / sum|I| (Conselice 2003).
 
     The centre c runs over the half-pixel grid within ``search_radius`` pixels of the flux centroid, where a
-    180-degree rotation is an exact pixel permutation. 0 for a point-symmetric image, up to 2. The background
-    correction of Conselice is left out: candidate and reference sets are measured alike, so the noise
-    contribution is compared rather than removed. NaN without flux.
+    180-degree rotation is an exact pixel permutation (no interpolation). B is the background term: Conselice
+    measures it on a source-free patch, which a crowded field may not have, so here it is its expectation for
+    Gaussian pixel noise of standard deviation ``noise_sigma`` (I - I_180 has standard deviation
+    sqrt(2) sigma, so E|I - I_180| = 2 sigma / sqrt(pi) per pixel). 0 for a point-symmetric image (about 0
+    for pure noise when ``noise_sigma`` is its standard deviation), up to 2. NaN without flux.
     """
     data = np.asarray(image, dtype=np.float64)
     data = np.where(np.isfinite(data), data, 0.0)
@@ -333,7 +338,7 @@ def asymmetry(image: npt.ArrayLike, *, search_radius: float = 2.0) -> float:
     for dy in range(-steps, steps + 1):
         for dx in range(-steps, steps + 1):
             if dy * dy + dx * dx <= steps * steps:
-                best = min(best, _asymmetry_about(data, cy2 + dy, cx2 + dx))
+                best = min(best, _asymmetry_about(data, cy2 + dy, cx2 + dx, noise_sigma))
     return best if math.isfinite(best) else float("nan")
 
 
@@ -348,11 +353,11 @@ class Morphology:
 
 
 def image_morphology(image: npt.ArrayLike) -> Morphology:
-    """Gini, M20, C and A of one image after subtracting its sigma-clipped background."""
+    """Gini, M20, C and A (noise-corrected) of one image after subtracting its sigma-clipped background."""
     data = np.asarray(image, dtype=np.float64)
-    median, _ = background_level(data)
+    median, noise = background_level(data)
     sub = np.where(np.isfinite(data), data - median, 0.0)
-    return Morphology(gini(sub), m20(sub), concentration(sub), asymmetry(sub))
+    return Morphology(gini(sub), m20(sub), concentration(sub), asymmetry(sub, noise_sigma=noise))
 
 
 # ---------------------------------------------------------------------------------------------------------
