@@ -38,6 +38,7 @@ from ood_core.normalization import (
     normalize,
     resize_to_resolution,
 )
+from ood_core.novelty import NoveltyRule
 from ood_core.provenance import json_safe, strict_json_dumps, utc_now_iso
 from ood_core.store import open_run
 
@@ -313,6 +314,7 @@ def evaluate_run(
                                                                                 reference.images.model)))
         values["coverage_distance"] = float(np.median(metrics.nearest_distances(reference.images.model,
                                                                                 image_set.model)))
+        values["nearest_input_distances"] = metrics.nearest_distances(image_set.model, inputs).tolist()
         values["spectrum"] = stats.spectrum.to_dict()
         values["minkowski_curves"] = stats.minkowski.to_dict()
         values["morphology_per_image"] = {k: v.tolist() for k, v in stats.morphology.items()}
@@ -346,6 +348,11 @@ def evaluate_run(
         "minkowski": plots.minkowski_panels({k: s.minkowski for k, s in all_stats.items()}, out / "minkowski.png",
                                             units=units, quantiles=metrics.MINKOWSKI_QUANTILES),
     }
+    inputs_nn = metrics.leave_one_out_nearest(inputs)
+    novelty_threshold = NoveltyRule(factor=novelty_factor).threshold(inputs)
+    plot_paths["novelty"] = plots.novelty_histograms(
+        {k: v["nearest_input_distances"] for k, v in per_set.items() if k != "inputs"}, out / "novelty.png",
+        inputs_nn=inputs_nn, threshold=novelty_threshold)
     timings["plots"] = round(time.perf_counter() - t, 3)
     timings["total"] = round(time.perf_counter() - started, 3)
 
@@ -365,6 +372,8 @@ def evaluate_run(
                      "minkowski_quantiles": list(metrics.MINKOWSKI_QUANTILES),
                      "in_domain_anchor_count": int(anchor.shape[0])},
         "metric_docs": dict(metrics.METRIC_DOCS),
+        "novelty": {"inputs_nn_distances": inputs_nn.tolist(), "near_copy_threshold": novelty_threshold,
+                    "factor": novelty_factor, "rule": NoveltyRule(factor=novelty_factor).to_dict()["rule"]},
         "table": [_table_row(name, values) for name, values in per_set.items()],
         "sets": per_set,
         "baselines": baseline_info,

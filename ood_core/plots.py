@@ -66,7 +66,7 @@ def contact_sheet(
                           stretch=AsinhStretch(0.1))
     rows = len(stacks)
     cols = max(1, min(per_row, max(s.shape[0] for s in stacks.values())))
-    fig = Figure(figsize=(1.3 * cols + 1.6, 1.3 * rows + 0.4))
+    fig = Figure(figsize=(1.3 * cols + 1.6, 1.3 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     image = None
     for r, (name, stack) in enumerate(stacks.items()):
@@ -80,7 +80,7 @@ def contact_sheet(
                 ax.set_axis_off()
         axes[r][0].set_ylabel(f"{name}\n(n={stack.shape[0]})", fontsize=8)
     if image is not None:
-        bar = fig.colorbar(image, ax=axes, shrink=0.6, pad=0.01)
+        bar = fig.colorbar(image, ax=axes, shrink=0.6)
         bar.set_label(units or "physical units", fontsize=8)
     fig.suptitle(f"contact sheet (display: asinh, 0.5-99.8 % of {key})", fontsize=9)
     return _save(fig, path)
@@ -178,4 +178,29 @@ def minkowski_panels(
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("Minkowski functionals of excursion sets (mean per image)", fontsize=9)
+    return _save(fig, path)
+
+
+def novelty_histograms(
+    distances: Mapping[str, npt.ArrayLike], path: str | Path, *, inputs_nn: npt.ArrayLike, threshold: float
+) -> Path:
+    """Nearest-input RMS distance (model space) of every set, beside the inputs' own nearest-neighbour
+    distances and the near-copy threshold."""
+    values = {name: np.asarray(v, dtype=np.float64).ravel() for name, v in distances.items()}
+    nn = np.asarray(inputs_nn, dtype=np.float64).ravel()
+    pooled = np.concatenate([*values.values(), nn]) if values else nn
+    pooled = pooled[np.isfinite(pooled)]
+    hi = float(pooled.max()) if pooled.size else 1.0
+    edges = np.linspace(0.0, max(hi, threshold) * 1.05 or 1.0, 40)
+    fig = Figure(figsize=(6.0, 4.2))
+    ax = fig.subplots()
+    ax.hist(nn, bins=edges.tolist(), histtype="stepfilled", color="0.85", label="inputs' own NN distance")
+    for i, (name, v) in enumerate(values.items()):
+        ax.hist(v[np.isfinite(v)], bins=edges.tolist(), histtype="step", color=_color(i + 1), ls=_style(i),
+                lw=1.4, label=name)
+    ax.axvline(threshold, color="black", ls=":", label=f"near-copy threshold {threshold:.3g}")
+    ax.set_xlabel("RMS distance to the nearest input (model space)")
+    ax.set_ylabel("images")
+    ax.set_title("novelty: nearest-input distance", fontsize=9)
+    ax.legend(fontsize=7)
     return _save(fig, path)

@@ -118,7 +118,7 @@ def test_reference_excludes_inputs_and_is_in_run_units(
 
 def test_plots_are_written(evaluation: dict[str, Any]) -> None:
     assert set(evaluation["plots"]) == {"contact_sheet", "power_spectra", "pixel_histograms", "morphology",
-                                        "minkowski"}
+                                        "minkowski", "novelty"}
     for path in evaluation["plots"].values():
         assert Path(path).read_bytes()[:4] == b"\x89PNG"
         assert Path(path).parent == Path(evaluation["json"]).parent
@@ -187,7 +187,7 @@ def test_evaluate_flow_writes_results_and_artifacts(
 
     artifacts = asyncio.run(read())
     kinds = [a.type for a in artifacts]
-    assert kinds.count("markdown") == 1 and kinds.count("image") == 5
+    assert kinds.count("markdown") == 1 and kinds.count("image") == 6
     summary = next(a.data for a in artifacts if a.type == "markdown")
     assert "| augmentation |" in summary and "domain_separation" in summary and "data:image/png;base64," in summary
     assert sorted(result["artifacts"]) == sorted(a.key for a in artifacts)

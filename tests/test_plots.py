@@ -63,3 +63,5 @@ def test_spectra_histograms_morphology_minkowski(sets: dict[str, np.ndarray], tm
                                       quantiles=quantiles), 500)
     with pytest.raises(ConfigurationError):
         plots.pixel_histograms({}, tmp_path / "none.png")
+    novelty = {"method": np.array([0.2, 0.3, 0.25]), "augmentation": np.array([0.1, 0.4])}
+    _check_png(plots.novelty_histograms(novelty, tmp_path / "nov.png", inputs_nn=[0.3, 0.35], threshold=0.15), 300)
