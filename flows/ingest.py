@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, unmapped
-from prefect_dask import DaskTaskRunner
+from prefect.task_runners import TaskRunner
+from prefect_dask.task_runners import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.naming import run_name
@@ -60,7 +61,8 @@ def ingest_flow(params: IngestParameters) -> dict[str, Any]:
     logger = get_run_logger()
     paths, unmatched = expand(params.inputs)
     if paths:
-        validate = validate_files.with_options(task_runner=dask_runner(params)) if params.use_dask else validate_files
+        runner = cast(TaskRunner[Any], dask_runner(params))
+        validate = validate_files.with_options(task_runner=runner) if params.use_dask else validate_files
         records = validate(paths, params.hdu, params.min_size)
     else:
         records = []

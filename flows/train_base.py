@@ -79,7 +79,7 @@ def model_card_task(params: TrainBaseParameters) -> dict[str, Any]:
     from ood_core.model_card import write_model_card
 
     assert params.card_cutouts is not None
-    model = load_model(params.out_dir, device=params.device)  # type: ignore[arg-type]
+    model = load_model(params.out_dir, device=params.device)
     card = write_model_card(model, Path(params.out_dir), Path(params.card_cutouts),
                             where_trained=params.where_trained, settings=((params.card_t0, params.card_steps),))
     return {k: card[k] for k in ("weights_sha256", "steps", "median_of_source_medians_psnr_db")}

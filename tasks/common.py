@@ -36,7 +36,7 @@ def cached_model(source: str, device: str = "auto", dtype: str = "float32") -> F
     key = (source, device, dtype)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load_model(source, device=device, dtype=dtype)  # type: ignore[arg-type]
+            _MODELS[key] = load_model(source, device=device, dtype=dtype)
         return _MODELS[key]
 
 
