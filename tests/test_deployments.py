@@ -148,7 +148,7 @@ def _copy_inputs(fits_dir: Path, folder: Path, count: int = 4, broken: bool = Tr
     return folder
 
 
-SMALL = {"samples": 2, "steps": 10, "t0": 500, "reference_count": 4, "batch_size": 8, "device": "cpu", "seed": 1}
+SMALL = {"samples": 2, "steps": 6, "t0": 400, "reference_count": 4, "batch_size": 8, "device": "cpu", "seed": 1}
 
 
 def test_every_deployment_in_prefect_yaml_is_deployed(deployed: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ def prefect_harness() -> Iterator[None]:
 
 def small_params(inputs: list[str], store: Path, **overrides: object) -> PipelineParameters:
     values: dict[str, object] = dict(
-        inputs=inputs, store=str(store), samples=3, steps=10, t0=500, reference_count=4, batch_size=8,
+        inputs=inputs, store=str(store), samples=3, steps=6, t0=400, reference_count=4, batch_size=8,
         device="cpu", seed=5,
     )
     values.update(overrides)
