@@ -191,3 +191,28 @@ def test_evaluate_flow_writes_results_and_artifacts(
     summary = next(a.data for a in artifacts if a.type == "markdown")
     assert "| augmentation |" in summary and "domain_separation" in summary and "data:image/png;base64," in summary
     assert sorted(result["artifacts"]) == sorted(a.key for a in artifacts)
+
+
+def test_per_image_normalization_paths(run: dict[str, Any], glimpse: list[str],
+                                       shipped_model: FrozenDiffusionModel) -> None:
+    from ood_core.evaluation import to_physical
+    from ood_core.normalization import fit_normalization
+
+    provenance = dict(open_run(run["store"], run["run_id"], chunks=None).attrs["ood_run"])
+    first = NormalizationParams.from_dict(provenance["normalization"]["params"][0])
+    other = NormalizationParams(background=first.background + 1.0, vmin=first.vmin, vmax=2 * first.vmax,
+                                units=first.units, mode="per_image")
+    provenance["normalization"] = {"mode": "per_image", "params": [first.to_dict(), other.to_dict()]}
+    # Each reference image gets its own fit of the same kind.
+    loaded = load_reference([glimpse[N_INPUTS]], provenance, shipped_model.resolution, shipped_model.channels)
+    image = read_fits_image(glimpse[N_INPUTS])
+    plane, _ = resize_to_resolution(image.data, image.mask, shipped_model.resolution)
+    own = fit_normalization([plane], units=first.units, mode="per_image")
+    np.testing.assert_array_equal(loaded.images.physical[0], denormalize(normalize(plane, own), own))
+    # Model-space images map back with their parent's parameters; no parent is an error.
+    x = torch.zeros((2, 3, 4, 4))
+    physical = to_physical(x, [first, other], [1, 0])
+    np.testing.assert_allclose(physical[0], denormalize(np.zeros((4, 4)), other))
+    np.testing.assert_allclose(physical[1], denormalize(np.zeros((4, 4)), first))
+    with pytest.raises(ConfigurationError, match="parent"):
+        to_physical(x, [first, other])
