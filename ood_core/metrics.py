@@ -32,7 +32,7 @@ The morphology statistics are the image-level (field) versions: computed on the 
 cutout rather than on one galaxy's segmentation map, because the cutouts are fields (star fields, clouds),
 not single galaxies. statmorph 0.7.2 is installable and imports with the pinned versions, but it measures
 single galaxies inside a segmentation map and is not a dependency of this project, so Gini, M20, C and A are
-implemented here from their definitions.
+implemented here from their definitions (asymmetry with statmorph's continuous centre refinement).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ from astropy.stats import sigma_clipped_stats
 from photutils.aperture import CircularAperture, aperture_photometry
 from photutils.segmentation import SourceCatalog, detect_sources, make_2dgaussian_kernel
 from photutils.utils.exceptions import NoDetectionsWarning
-from scipy.ndimage import convolve
+from scipy.ndimage import convolve, map_coordinates
+from scipy.optimize import minimize
 from scipy.stats import wasserstein_distance
 from skimage.measure import euler_number, perimeter
 
@@ -299,33 +300,45 @@ def concentration(image: npt.ArrayLike, *, n_radii: int = 64) -> float:
     return float(5.0 * np.log10(r80 / r20))
 
 
-def _asymmetry_about(data: FloatArray, cy2: int, cx2: int, noise_sigma: float) -> float:
-    """(sum |I - I_180| - noise term) / sum |I| over the pixels whose 180-degree image (2c - p) lies inside."""
+def _asymmetry_about(data: FloatArray, c2y: float, c2x: float, noise_sigma: float) -> float:
+    """(sum |I - I_180| - noise term) / sum |I| about the centre (c2y / 2, c2x / 2), over the pixels p whose
+    180-degree image 2c - p lies inside the image. On the half-pixel grid (2c integer) the rotation is an exact
+    pixel permutation; off it, I_180 is bilinearly interpolated, which also averages the noise: at fractional
+    offsets (fy, fx) the interpolated noise variance is g sigma^2 with g = ((1-fy)^2 + fy^2)((1-fx)^2 + fx^2),
+    so E|I - I_180| = sigma sqrt(2 (1 + g) / pi) per pixel (2 sigma / sqrt(pi) on the grid)."""
     height, width = data.shape
-    y_lo, y_hi = max(0, cy2 - (height - 1)), min(height - 1, cy2)
-    x_lo, x_hi = max(0, cx2 - (width - 1)), min(width - 1, cx2)
+    y_lo, y_hi = max(0, math.ceil(c2y - (height - 1))), min(height - 1, math.floor(c2y))
+    x_lo, x_hi = max(0, math.ceil(c2x - (width - 1))), min(width - 1, math.floor(c2x))
     if y_hi < y_lo or x_hi < x_lo:
         return float("inf")
     part = data[y_lo : y_hi + 1, x_lo : x_hi + 1]
-    rotated = part[::-1, ::-1]  # pixel (y, x) -> (2cy - y, 2cx - x): the overlap box maps onto itself
     denominator = float(np.abs(part).sum())
     if denominator <= 0:
         return float("inf")
-    # Pixels on the centre map to themselves and carry no noise difference.
-    paired = part.size - (1 if cy2 % 2 == 0 and cx2 % 2 == 0 else 0)
-    noise = paired * 2.0 * noise_sigma / math.sqrt(math.pi)
+    fy, fx = c2y - math.floor(c2y), c2x - math.floor(c2x)
+    if fy == 0.0 and fx == 0.0:
+        # Exact: pixel (y, x) -> (2cy - y, 2cx - x), the overlap box maps onto itself reversed.
+        rotated = part[::-1, ::-1]
+    else:
+        py, px = np.mgrid[y_lo : y_hi + 1, x_lo : x_hi + 1]
+        rotated = map_coordinates(data, [c2y - py, c2x - px], order=1, mode="nearest")
+    g = ((1 - fy) ** 2 + fy**2) * ((1 - fx) ** 2 + fx**2)
+    # A pixel on the centre itself maps to itself and carries no noise difference.
+    paired = part.size - (1 if fy == 0.0 and fx == 0.0 and int(c2y) % 2 == 0 and int(c2x) % 2 == 0 else 0)
+    noise = paired * noise_sigma * math.sqrt(2.0 * (1.0 + g) / math.pi)
     return float((np.abs(part - rotated).sum() - noise) / denominator)
 
 
 def asymmetry(image: npt.ArrayLike, *, search_radius: float = 2.0, noise_sigma: float = 0.0) -> float:
     """Rotational asymmetry A = min_c (sum|I - I_180| - B) / sum|I| (Conselice 2003).
 
-    The centre c runs over the half-pixel grid within ``search_radius`` pixels of the flux centroid, where a
-    180-degree rotation is an exact pixel permutation (no interpolation). B is the background term: Conselice
-    measures it on a source-free patch, which a crowded field may not have, so here it is its expectation for
-    Gaussian pixel noise of standard deviation ``noise_sigma`` (I - I_180 has standard deviation
-    sqrt(2) sigma, so E|I - I_180| = 2 sigma / sqrt(pi) per pixel). 0 for a point-symmetric image (about 0
-    for pure noise when ``noise_sigma`` is its standard deviation), up to 2. NaN without flux.
+    The centre c is first searched on the half-pixel grid within ``search_radius`` pixels of the flux
+    centroid (where a 180-degree rotation is an exact pixel permutation), then refined continuously
+    (Nelder-Mead, bilinear interpolation) within half a pixel of the best grid point, as statmorph does.
+    B is the background term: Conselice measures it on a source-free patch, which a crowded field may not
+    have, so here it is its expectation for Gaussian pixel noise of standard deviation ``noise_sigma``
+    (see ``_asymmetry_about``). 0 for a point-symmetric image (about 0 for pure noise when ``noise_sigma``
+    is its standard deviation), up to 2. NaN without flux.
     """
     data = np.asarray(image, dtype=np.float64)
     data = np.where(np.isfinite(data), data, 0.0)
@@ -333,13 +346,26 @@ def asymmetry(image: npt.ArrayLike, *, search_radius: float = 2.0, noise_sigma: 
     if not np.abs(data).sum() > 0:
         return float("nan")
     steps = math.floor(2 * search_radius)
-    best = float("inf")
+    best, best_c2 = float("inf"), (0.0, 0.0)
     cy2, cx2 = round(2 * cy), round(2 * cx)
     for dy in range(-steps, steps + 1):
         for dx in range(-steps, steps + 1):
             if dy * dy + dx * dx <= steps * steps:
-                best = min(best, _asymmetry_about(data, cy2 + dy, cx2 + dx, noise_sigma))
-    return best if math.isfinite(best) else float("nan")
+                value = _asymmetry_about(data, cy2 + dy, cx2 + dx, noise_sigma)
+                if value < best:
+                    best, best_c2 = value, (float(cy2 + dy), float(cx2 + dx))
+    if not math.isfinite(best):
+        return float("nan")
+    start = np.array(best_c2)
+
+    def objective(c2: FloatArray) -> float:
+        clipped = np.clip(c2, start - 1.0, start + 1.0)  # within half a pixel of the grid optimum
+        return _asymmetry_about(data, float(clipped[0]), float(clipped[1]), noise_sigma)
+
+    simplex = np.stack([start, start + np.array([0.5, 0.0]), start + np.array([0.0, 0.5])])
+    refined = minimize(objective, start, method="Nelder-Mead",
+                       options={"xatol": 0.01, "fatol": 1e-7, "initial_simplex": simplex})
+    return float(min(best, float(refined.fun)))
 
 
 @dataclass(frozen=True)
