@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +22,10 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 DEMO_IMAGES = 12
+
+# The temporary Prefect server (no PREFECT_API_URL) gets 20 s to start by default; a busy 2-core machine
+# needs more. Set before Prefect is imported, and only where the user has not chosen a value.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 class UsageError(Exception):

@@ -91,16 +91,19 @@ def test_run_with_nothing_usable_exits_2_naming_each_file(tmp_path: Path) -> Non
 
 
 def test_demo_runs_end_to_end_and_says_where_the_store_is(tmp_path: Path) -> None:
-    done = _ood("demo", "--out", str(tmp_path / "demo"), "--images", "4", *SMALL, cwd=tmp_path)
+    done = _ood("demo", "--out", str(tmp_path / "demo"), "--images", "6", *SMALL, cwd=tmp_path)
     assert done.returncode == EXIT_OK, done.stdout[-3000:] + done.stderr[-3000:]
     store = tmp_path / "demo" / "store.zarr"
     assert str(store) in done.stdout and "open_run(" in done.stdout
     runs = list_runs(str(store))
     assert [r.status for r in runs] == ["complete"] and runs[0].n_samples == 2
     ds = open_run(str(store))
-    assert ds.samples_physical.attrs["units"] and ds.sizes["input"] == 4
-    # The demo skies have NaN holes: they are read through the user path, masked, and kept.
-    assert ds.input_mask.values.any()
+    assert ds.samples_physical.attrs["units"] and ds.sizes["input"] == 6
+    # Sky 5 of seed 0 has NaN bad columns: it goes through the user path (filled, masked) and is kept.
+    with fits.open(tmp_path / "demo" / "inputs" / "sky_0_5.fits") as hdul:
+        assert np.isnan(hdul[0].data).any()
+    assert np.isfinite(ds.inputs.values).all()
+    assert "sky_0_5.fits" in str(ds.attrs["ood_run"]["inputs"])
 
 
 def test_console_script_is_installed() -> None:
