@@ -194,8 +194,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fields["baselines"] = args.baselines
     if args.finetune_steps is not None:
         fields["finetune_steps"] = args.finetune_steps
-    if args.device is not None:
-        fields["device"] = args.device
+    for name, field in (("device", "device"), ("samples", "n_baseline_samples"), ("sample_steps", "sample_steps"),
+                        ("seed", "seed")):
+        if getattr(args, name) is not None:
+            fields[field] = getattr(args, name)
     result = evaluate_flow(EvaluateParameters(**fields))
     _say(json.dumps(result.get("table", result), indent=2, default=str))
     _say(f"metrics and plots in {args.out}")
@@ -255,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--reference", nargs="+", required=True, metavar="INPUT",
                           help="real images of the domain that were not among the inputs")
     evaluate.add_argument("--run", help="run id (default: the latest complete run)")
-    evaluate.add_argument("--out", default="out/evaluate", help="folder for metrics.json and plots")
+    evaluate.add_argument("--out", default="out/evaluate", help="folder for evaluation.json and the PNG plots")
     evaluate.add_argument("--baselines", nargs="*", help="baselines to run beside the method")
     evaluate.add_argument("--finetune-steps", type=int, help="steps of the fine-tuning baseline")
+    evaluate.add_argument("--samples", type=int, help="samples per baseline (default: as many as the run has)")
+    evaluate.add_argument("--sample-steps", type=int, help="DDIM steps of the baselines (default: the run's)")
+    evaluate.add_argument("--seed", type=int, help="seed of every baseline (default 0)")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"])
     evaluate.set_defaults(func=cmd_evaluate)
 
