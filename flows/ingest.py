@@ -60,12 +60,13 @@ def ingest_flow(params: IngestParameters) -> dict[str, Any]:
     """
     logger = get_run_logger()
     paths, unmatched = expand(params.inputs)
-    if paths:
+    records: list[dict[str, Any]] = []
+    if paths and params.use_dask:
         runner = cast(TaskRunner[Any], dask_runner(params))
-        validate = validate_files.with_options(task_runner=runner) if params.use_dask else validate_files
-        records = validate(paths, params.hdu, params.min_size)
-    else:
-        records = []
+        records = validate_files.with_options(task_runner=runner)(paths, params.hdu, params.min_size)
+    elif paths:  # this flow's own (thread pool) task runner: no extra subflow run
+        futures = validate_fits.map(paths, hdu=unmapped(params.hdu), min_size=unmapped(params.min_size))
+        records = [future.result() for future in futures]
     quarantined = quarantine_records(records, unmatched)
     usable = [r["path"] for r in records if r["ok"]]
     logger.info("ingest: %d usable, %d quarantined", len(usable), len(quarantined))
