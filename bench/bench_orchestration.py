@@ -4,13 +4,14 @@ Both sides load the shipped model from disk, read the same real FITS cutouts and
 store on the same disk; the flow adds task and subflow runs, API calls to the Prefect server, store re-reads
 between tasks and the report (artifacts, contact sheet). Runs alternate (direct, flow, direct, flow, ...) after
 one warm-up of each, so both see the same machine load. The temporary Prefect server (or PREFECT_API_URL's)
-is started before timing; its start-up is printed separately.
+is started before timing (with a private PREFECT_HOME); its start-up is printed separately.
 Usage: .venv/bin/python bench/bench_orchestration.py [--repeats 3] [--inputs 5] [--samples 4] [--steps 10]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import tempfile
@@ -45,6 +46,10 @@ def main() -> None:
         return PipelineParameters(inputs=[str(inputs)], store=str(store), samples=args.samples, steps=args.steps,
                                   t0=500, reference_count=4, batch_size=8, device="cpu", seed=2)
 
+    if not os.environ.get("PREFECT_API_URL"):
+        # A private PREFECT_HOME: the temporary server's SQLite database is not shared with other processes
+        # (a shared ~/.prefect/prefect.db stalled runs for 60 s on "database is locked").
+        os.environ["PREFECT_HOME"] = str(work / "prefect_home")
     started = time.perf_counter()
     from prefect import flow
 
@@ -58,10 +63,13 @@ def main() -> None:
     noop()  # starts the temporary server (or connects to PREFECT_API_URL)
     print(f"prefect import + server start-up: {time.perf_counter() - started:.2f} s (not in the ratio)")
 
+    stages: dict[str, dict[str, float]] = {}
+
     def direct(i: int) -> float:
         t = time.perf_counter()
         result = run_pipeline(params(work / f"direct_{i}.zarr"))
         assert result.n_samples == args.samples
+        stages["direct"] = result.timings
         return time.perf_counter() - t
 
     def orchestrated(i: int) -> float:
@@ -69,6 +77,7 @@ def main() -> None:
         t = time.perf_counter()
         result = pipeline_flow(params(work / f"flow_{i}.zarr"))
         assert result["n_samples"] == args.samples
+        stages["flow"] = result["timings"]
         return time.perf_counter() - t
 
     direct(-1)
@@ -83,6 +92,9 @@ def main() -> None:
     print(f"direct run_pipeline : median {d:.2f} s  ({', '.join(f'{x:.2f}' for x in d_times)})")
     print(f"pipeline_flow       : median {f:.2f} s  ({', '.join(f'{x:.2f}' for x in f_times)})")
     print(f"overhead            : {f - d:+.2f} s per run, ratio flow/direct = {f / d:.2f}")
+    for name in ("invert", "prior", "sample"):
+        print(f"  stage {name:<7} (last run): direct {stages['direct'].get(name, float('nan')):.2f} s, "
+              f"flow {stages['flow'].get(name, float('nan')):.2f} s")
     shutil.rmtree(work, ignore_errors=True)
 
 
