@@ -38,6 +38,7 @@ def run_after_ingest(
     report = report_task(result, key_prefix=key_prefix)
     result["artifacts"] = [*report["artifact_keys"], report["contact_sheet"]]
     result["contact_sheet"] = report["contact_sheet"]
+    result["pictures"] = [report["contact_sheet"]]
     get_run_logger().info("run %s complete: %d samples in %s", result["run_id"], result["n_samples"], params.store)
     return result
 

@@ -99,6 +99,7 @@ def test_pipeline_flow_quarantines_bad_files_and_attaches_artifacts(mixed_dir: P
     rows = table if isinstance(table, list) else __import__("json").loads(table)
     assert len(rows) == 3 and {"seed", "parent", "nearest_input_distance"} <= set(rows[0])
     assert set(result["artifacts"]) >= {"ood-run-summary", "ood-run-criteria", "ood-run-contact-sheet"}
+    assert result["pictures"] == [str(png)]
 
 
 def test_pipeline_flow_with_nothing_usable_raises_and_writes_no_run(tmp_path: Path) -> None:
