@@ -212,6 +212,8 @@ def cmd_train_base(args: argparse.Namespace) -> int:
         fields["max_steps"] = args.max_steps
     if args.total_steps is not None:
         fields["total_steps"] = args.total_steps
+    if args.card_cutouts is not None:
+        fields["card_cutouts"] = args.card_cutouts
     result = train_base_flow(TrainBaseParameters(**fields))
     _say(json.dumps(result, indent=2, default=str))
     return EXIT_OK
@@ -271,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="models/base64", help="exported model folder")
     train.add_argument("--max-steps", type=int, help="train at most this many more steps in this call")
     train.add_argument("--total-steps", type=int, help="total training steps of the schedule")
+    train.add_argument("--card-cutouts", help="FITS cutout folder for the model card's reconstruction table "
+                                              "(e.g. ../shared/data/fits/cutouts_128); none: no card")
     train.set_defaults(func=cmd_train_base)
     return parser
 
