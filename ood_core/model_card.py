@@ -177,10 +177,12 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("cutout_dir", type=Path)
     parser.add_argument("--where", default="CPU (2 cores), in the background beside development work")
+    parser.add_argument("--history", default="", help="how the training went, if not in one go (for the card)")
     args = parser.parse_args()
     model = load_model(args.model_dir, device="auto")
-    card = write_model_card(model, args.model_dir, args.cutout_dir, where_trained=args.where,
-                            settings=((300, 40), (600, 40), (900, 40), (600, 100)))
+    where = f"{args.where}; {args.history}" if args.history else args.where
+    card = write_model_card(model, args.model_dir, args.cutout_dir, where_trained=where,
+                            settings=((300, 40), (600, 20), (600, 40), (900, 40)))
     print(json.dumps(card, indent=2))
 
 
