@@ -53,6 +53,7 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     parser.add_argument("--steps", type=int, help="DDIM steps K between 0 and t0 (default 40)")
     parser.add_argument("--eta", type=float, help="DDIM noise in generation, 0 = deterministic (default 0)")
     parser.add_argument("--prior", choices=["scalar", "ppca"], help="OOD prior family (default scalar)")
+    parser.add_argument("--candidate-budget", type=int, help="most candidates screened (default 20000)")
     parser.add_argument("--resolution", type=int, help="model resolution expected (checked against the model)")
     parser.add_argument("--batch-size", type=int, help="images per network evaluation (default 16)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the network runs (default auto)")
@@ -65,7 +66,8 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
     from ood_core.config import PipelineParameters
 
     fields: dict[str, Any] = {"inputs": inputs, "store": store}
-    for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "tile", "hdu"):
+    for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "tile", "hdu",
+                 "candidate_budget"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
@@ -134,6 +136,11 @@ def _execute_pipeline(params: Any) -> int:
         _err(f"the run failed: {type(exc).__name__}: {exc}")
         return EXIT_FAILED
     _summary(result)
+    if result["n_samples"] < params.samples:
+        _err(f"warning: only {result['n_samples']} of {params.samples} requested samples passed the geometric "
+             f"screening and the novelty rule within {params.candidate_budget} candidates (acceptance rate "
+             f"{result['acceptance_rate']:.5f}); the run is complete with what passed. More inputs, another t0 or "
+             f"a larger --candidate-budget may help; see the sampler's band in the run's provenance")
     _open_hint(result["store"], result["run_id"])
     return EXIT_OK
 

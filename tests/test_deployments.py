@@ -89,7 +89,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 raise AssertionError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
         with temporary_settings(updates={PREFECT_API_URL: srv.url, PREFECT_HOME: home}):
-            yield srv
+            try:
+                yield srv
+            finally:
+                # Prefect's in-process services (concurrency leases, event and log shippers) are singletons
+                # holding clients for this server; stop them so later tests' servers get fresh ones.
+                from prefect._internal.concurrency.services import _QueueServiceBase
+
+                _QueueServiceBase.drain_all(timeout=30)
     finally:
         proc.terminate()
         try:
