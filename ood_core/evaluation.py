@@ -32,9 +32,9 @@ from ood_core.model import FrozenDiffusionModel, load_model
 from ood_core.normalization import (
     NormalizationParams,
     bands_to_channels,
-    channels_to_band,
     denormalize,
     fit_normalization,
+    model_to_physical,
     normalize,
     resize_to_resolution,
 )
@@ -98,13 +98,7 @@ def to_physical(
     model_images: torch.Tensor, params: Sequence[NormalizationParams], parents: npt.ArrayLike | None = None
 ) -> npt.NDArray[np.float32]:
     """Model-space (N, C, H, W) -> physical (N, H, W) with the run's normalization (per image: the parent's)."""
-    band = channels_to_band(model_images.detach().cpu().numpy())
-    if len(params) == 1:
-        return denormalize(band, params[0]).astype(np.float32)
-    if parents is None:
-        raise ConfigurationError("per-image normalization needs each image's parent input")
-    index = np.asarray(parents, dtype=np.int64)
-    return np.stack([denormalize(band[i], params[int(index[i])]) for i in range(band.shape[0])]).astype(np.float32)
+    return model_to_physical(model_images.detach().cpu().numpy(), params, parents)
 
 
 def load_reference(

@@ -56,7 +56,7 @@ from scipy.stats import wasserstein_distance
 from skimage.measure import euler_number, perimeter
 
 from ood_core.errors import ConfigurationError
-from ood_core.novelty import NoveltyRule, _rms_distances, input_nearest_neighbour_distances
+from ood_core.novelty import NoveltyRule, input_nearest_neighbour_distances, rms_distances
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -449,7 +449,7 @@ def _as_tensor(x: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
 
 def nearest_distances(candidates: torch.Tensor | npt.ArrayLike, others: torch.Tensor | npt.ArrayLike) -> FloatArray:
     """(N,) RMS distance (model space) from each candidate to its nearest image in ``others``."""
-    distances = _rms_distances(_as_tensor(candidates), _as_tensor(others))
+    distances = rms_distances(_as_tensor(candidates), _as_tensor(others))
     out: FloatArray = distances.min(dim=1).values.numpy().astype(np.float64)
     return out
 
@@ -457,7 +457,7 @@ def nearest_distances(candidates: torch.Tensor | npt.ArrayLike, others: torch.Te
 def nearest_indices(candidates: torch.Tensor | npt.ArrayLike, others: torch.Tensor | npt.ArrayLike
                     ) -> npt.NDArray[np.int64]:
     """(N,) index of each candidate's nearest image in ``others`` (RMS distance, model space)."""
-    out: npt.NDArray[np.int64] = _rms_distances(_as_tensor(candidates), _as_tensor(others)).argmin(dim=1).numpy()
+    out: npt.NDArray[np.int64] = rms_distances(_as_tensor(candidates), _as_tensor(others)).argmin(dim=1).numpy()
     return out.astype(np.int64)
 
 
@@ -466,7 +466,7 @@ def leave_one_out_nearest(images: torch.Tensor | npt.ArrayLike) -> FloatArray:
     tensor = _as_tensor(images)
     if tensor.shape[0] < 2:
         raise ConfigurationError("leave-one-out distances need at least 2 images")
-    distances = _rms_distances(tensor, tensor)
+    distances = rms_distances(tensor, tensor)
     distances.fill_diagonal_(float("inf"))
     out: FloatArray = distances.min(dim=1).values.numpy().astype(np.float64)
     return out

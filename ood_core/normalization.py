@@ -359,3 +359,16 @@ def prepare_batch(
         params=params,
         sources=sources,
     )
+
+
+def model_to_physical(
+    model_images: npt.ArrayLike, params: Sequence[NormalizationParams], parents: npt.ArrayLike | None = None
+) -> npt.NDArray[np.float32]:
+    """Model-space (N, C, H, W) -> physical (N, H, W): one parameter set per run, or each image's parent's."""
+    band = channels_to_band(np.asarray(model_images))
+    if len(params) == 1:
+        return denormalize(band, params[0]).astype(np.float32)
+    if parents is None:
+        raise ConfigurationError("per-image normalization needs each image's parent input")
+    index = np.asarray(parents, dtype=np.int64)
+    return np.stack([denormalize(band[i], params[int(index[i])]) for i in range(band.shape[0])]).astype(np.float32)

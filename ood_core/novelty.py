@@ -21,7 +21,7 @@ from ood_core.prior import flatten_latents
 _CHUNK = 256
 
 
-def _rms_distances(samples: Tensor, inputs: Tensor) -> Tensor:
+def rms_distances(samples: Tensor, inputs: Tensor) -> Tensor:
     """(S, n) RMS distances in float64, computed directly (not via |a|^2 - 2ab + |b|^2) so copies give 0."""
     s = flatten_latents(samples)
     x = flatten_latents(inputs).to(s.device, torch.float64)
@@ -39,7 +39,7 @@ def nearest_input_distance(samples: Tensor, inputs: Tensor) -> tuple[Tensor, Ten
     """Per (S, ...) sample: RMS distance (S,) float64 to the nearest input, and that input's index (S,)."""
     if flatten_latents(inputs).shape[0] < 1:
         raise ConfigurationError("nearest_input_distance needs at least one input")
-    distance, index = _rms_distances(samples, inputs).min(dim=1)
+    distance, index = rms_distances(samples, inputs).min(dim=1)
     return distance, index
 
 
@@ -48,7 +48,7 @@ def input_nearest_neighbour_distances(inputs: Tensor) -> Tensor:
     x = flatten_latents(inputs)
     if x.shape[0] < 2:
         raise ConfigurationError("nearest-neighbour distances need at least 2 inputs")
-    distances = _rms_distances(x, x)
+    distances = rms_distances(x, x)
     distances.fill_diagonal_(float("inf"))
     return distances.min(dim=1).values
 

@@ -40,7 +40,7 @@ from ood_core.fits_io import (
     unmatched_inputs,
 )
 from ood_core.model import FrozenDiffusionModel, load_model
-from ood_core.normalization import NormalizationParams, NormalizedBatch, channels_to_band, denormalize, prepare_batch
+from ood_core.normalization import NormalizationParams, NormalizedBatch, model_to_physical, prepare_batch
 from ood_core.novelty import NoveltyRule
 from ood_core.prior import LatentPrior, fit_prior, prior_diagnostics
 from ood_core.provenance import environment_info, utc_now_iso
@@ -380,19 +380,6 @@ def stage_prior(
 # --------------------------------------------------------------------------------------------- sample
 
 
-def _physical(
-    samples: torch.Tensor, parents: npt.NDArray[np.int64], params: Sequence[NormalizationParams]
-) -> npt.NDArray[np.float32]:
-    """Map model-space samples to the inputs' physical units (per-run params, or each parent's)."""
-    band = channels_to_band(samples.numpy())
-    if len(params) == 1:
-        return denormalize(band, params[0]).astype(np.float32)
-    out = np.empty(band.shape, dtype=np.float32)
-    for i, parent in enumerate(parents):
-        out[i] = denormalize(band[i], params[int(parent)])
-    return out
-
-
 def stage_sample(
     params: PipelineParameters,
     model: FrozenDiffusionModel,
@@ -450,7 +437,7 @@ def stage_sample(
         phys_parents = parents if len(norm_params) == 1 else np.where(parents >= 0, parents, novelty.index.numpy()[k])
         writer.append_samples(
             samples=samples[keep_idx].numpy(),
-            samples_physical=_physical(samples[keep_idx], phys_parents, norm_params),
+            samples_physical=model_to_physical(samples[keep_idx].numpy(), norm_params, phys_parents),
             sample_latents=latents[keep_idx].numpy(),
             sample_seed=seeds_all[sel][k].astype(np.int64),
             sample_parent=parents.astype(np.int32),
