@@ -24,11 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ood_core.config import PipelineParameters, default_model_path  # noqa: E402
 from ood_core.evaluation import evaluate_run, format_table  # noqa: E402
-from ood_core.metrics import METRIC_DOCS  # noqa: E402
-from ood_core.model import load_model  # noqa: E402
+from ood_core.evaluation.metrics import METRIC_DOCS  # noqa: E402
+from ood_core.method.model import load_model  # noqa: E402
 from ood_core.pipeline import run_pipeline  # noqa: E402
+from ood_core.pipeline.config import PipelineParameters, default_model_path  # noqa: E402
 
 FITS = ROOT.parent / "shared" / "data" / "fits" / "cutouts_128"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ood_core.config import PipelineParameters
 from ood_core.pipeline import run_pipeline
+from ood_core.pipeline.config import PipelineParameters
 
 FITS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits" / "cutouts_128"
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ood_core.prior import fit_prior
-from ood_core.sampler import CRITERION_NAMES, GeometricSampler, SamplerConfig, compute_criteria, slerp
+from ood_core.method.prior import fit_prior
+from ood_core.method.sampler import CRITERION_NAMES, GeometricSampler, SamplerConfig, compute_criteria, slerp
 
 
 def synthetic_latents(n: int, m: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import zarr
 
-from ood_core.prior import fit_prior
-from ood_core.sampler import GeometricSampler, SamplerConfig
+from ood_core.method.prior import fit_prior
+from ood_core.method.sampler import GeometricSampler, SamplerConfig
 
 
 def main() -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ood_core import ddim
-from ood_core.config import default_model_path
-from ood_core.fits_io import read_fits_batch
-from ood_core.model import load_model
-from ood_core.normalization import prepare_batch
+from ood_core.io.fits import read_fits_batch
+from ood_core.method import ddim
+from ood_core.method.model import load_model
+from ood_core.method.normalization import prepare_batch
+from ood_core.pipeline.config import default_model_path
 
 FITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fits" / "cutouts_128"
 

@@ -18,9 +18,9 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ood_core.baselines import MAX_FINETUNE_STEPS
 from ood_core.evaluation import DEFAULT_BASELINES, evaluate_run, format_table
-from ood_core.metrics import METRIC_DOCS
+from ood_core.evaluation.baselines import MAX_FINETUNE_STEPS
+from ood_core.evaluation.metrics import METRIC_DOCS
 
 GPU_TAG = "gpu"
 """Same tag as the pipeline's network tasks: one concurrency limit holds all network work on a GPU."""

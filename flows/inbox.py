@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.ingest import ingest_flow
 from flows.naming import run_name
 from flows.pipeline import ingest_parameters, run_after_ingest
-from ood_core.config import PipelineParameters, default_model_path
 from ood_core.pipeline import find_run_by_key
+from ood_core.pipeline.config import PipelineParameters, default_model_path
 from tasks.ingest import key_of, model_info
 
 

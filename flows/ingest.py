@@ -10,7 +10,7 @@ from prefect_dask.task_runners import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.naming import run_name
-from ood_core.fits_io import QuarantinedInput
+from ood_core.io.fits import QuarantinedInput
 from ood_core.pipeline import NoUsableInputError
 from tasks.ingest import expand, validate_fits
 

@@ -10,7 +10,7 @@ from flows.discover import discover_flow
 from flows.ingest import IngestParameters, ingest_flow
 from flows.naming import run_name
 from flows.sample import sample_flow
-from ood_core.config import PipelineParameters
+from ood_core.pipeline.config import PipelineParameters
 from tasks.ingest import create_run_task, model_info
 from tasks.report import report_task
 from tasks.stages import fail_task

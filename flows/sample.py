@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.naming import run_name
-from ood_core.config import PipelineParameters
+from ood_core.pipeline.config import PipelineParameters
 from tasks.stages import finish_task, sample_task
 
 

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.naming import run_name
-from ood_core.training import TrainConfig, export_model, train_base_model
+from ood_core.base_model.training import TrainConfig, export_model, train_base_model
 from tasks.common import GPU_TAG, ProgressReporter, retry_on_io_error
 
 
@@ -75,8 +75,8 @@ def export_task(params: TrainBaseParameters) -> dict[str, Any]:
 @task(name="model-card", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def model_card_task(params: TrainBaseParameters) -> dict[str, Any]:
     """README, sample grid, loss curve and reconstruction table beside the weights."""
-    from ood_core.model import load_model
-    from ood_core.model_card import write_model_card
+    from ood_core.base_model.model_card import write_model_card
+    from ood_core.method.model import load_model
 
     assert params.card_cutouts is not None
     model = load_model(params.out_dir, device=params.device)

@@ -64,7 +64,7 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
 
 
 def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
-    from ood_core.config import PipelineParameters
+    from ood_core.pipeline.config import PipelineParameters
 
     fields: dict[str, Any] = {"inputs": inputs, "store": store}
     for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "tile", "hdu",
@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ood_core.demo_skies import write_demo_skies
+    from ood_core.base_model.demo_skies import write_demo_skies
 
     out = Path(args.out).resolve()
     inputs = out / "inputs"
@@ -189,7 +189,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_export_fits(args: argparse.Namespace) -> int:
-    from ood_core.fits_export import export_run_fits
+    from ood_core.store.fits_export import export_run_fits
 
     paths = export_run_fits(args.store, args.outdir, args.run, overwrite=args.overwrite)
     _say(f"wrote {len(paths)} FITS files to {args.outdir}")

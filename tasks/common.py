@@ -13,7 +13,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.exceptions import MissingContextError
 
 from ood_core.errors import OODError
-from ood_core.model import FrozenDiffusionModel, load_model
+from ood_core.method.model import FrozenDiffusionModel, load_model
 from ood_core.pipeline import ProgressHook
 
 _MODELS: dict[tuple[str, str, str], FrozenDiffusionModel] = {}

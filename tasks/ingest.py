@@ -8,10 +8,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from ood_core.config import PipelineParameters
 from ood_core.errors import InvalidInputError
-from ood_core.fits_io import QuarantinedInput, expand_inputs, read_fits_image, unmatched_inputs
+from ood_core.io.fits import QuarantinedInput, expand_inputs, read_fits_image, unmatched_inputs
 from ood_core.pipeline import create_run, find_run_by_flow_run, ingest, input_set_key
+from ood_core.pipeline.config import PipelineParameters
 from tasks.common import cached_model, retry_on_io_error, run_logger
 
 

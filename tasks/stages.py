@@ -8,8 +8,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from ood_core.config import PipelineParameters
 from ood_core.pipeline import finish_run, stage_invert, stage_prior, stage_sample
+from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import RunWriter
 from tasks.common import GPU_TAG, cached_model, progress_hook, retry_on_io_error, run_logger
 

@@ -30,6 +30,6 @@ def shipped_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def shipped_model(shipped_model_dir: Path):  # type: ignore[no-untyped-def]
     """The shipped model loaded once per session on the CPU."""
-    from ood_core.model import load_model
+    from ood_core.method.model import load_model
 
     return load_model(shipped_model_dir, device="cpu")

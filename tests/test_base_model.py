@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from ood_core import ddim
-from ood_core.fits_io import read_fits_batch
-from ood_core.model import FrozenDiffusionModel, weights_sha256
-from ood_core.normalization import prepare_batch
+from ood_core.io.fits import read_fits_batch
+from ood_core.method import ddim
+from ood_core.method.model import FrozenDiffusionModel, weights_sha256
+from ood_core.method.normalization import prepare_batch
 
 RECONSTRUCTION_BAR_DB = 30.0
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from ood_core import baselines as bl
-from ood_core import ddim
 from ood_core.errors import ConfigurationError
-from ood_core.fits_io import read_fits_batch
-from ood_core.metrics import isotropic_power_spectrum, wasserstein_1
-from ood_core.model import FrozenDiffusionModel
-from ood_core.normalization import prepare_batch
-from ood_core.prior import fit_prior
-from ood_core.sampler import candidate_seed
+from ood_core.evaluation import baselines as bl
+from ood_core.evaluation.metrics import isotropic_power_spectrum, wasserstein_1
+from ood_core.io.fits import read_fits_batch
+from ood_core.method import ddim
+from ood_core.method.model import FrozenDiffusionModel
+from ood_core.method.normalization import prepare_batch
+from ood_core.method.prior import fit_prior
+from ood_core.method.sampler import candidate_seed
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,9 +13,9 @@ import pytest
 from astropy.io import fits
 
 from ood_cli.main import EXIT_OK, EXIT_USAGE, build_parser, main
-from ood_core.config import PipelineParameters
-from ood_core.model import FrozenDiffusionModel
+from ood_core.method.model import FrozenDiffusionModel
 from ood_core.pipeline import run_pipeline
+from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import list_runs, open_run
 
 OOD = Path(sys.executable).parent / "ood"

@@ -9,7 +9,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ood_core.ddim import (
+from ood_core.errors import ConfigurationError
+from ood_core.method.ddim import (
     ddim_generate,
     ddim_invert,
     invert_and_reconstruct,
@@ -17,8 +18,7 @@ from ood_core.ddim import (
     scan_bandwidth,
     timestep_grid,
 )
-from ood_core.errors import ConfigurationError
-from ood_core.model import FrozenDiffusionModel
+from ood_core.method.model import FrozenDiffusionModel
 
 DATA_STD = 0.5
 

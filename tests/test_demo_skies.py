@@ -14,7 +14,7 @@ from astropy.time import Time
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from ood_core.demo_skies import SkyConfig, make_sky, psf_kernel, write_demo_skies
+from ood_core.base_model.demo_skies import SkyConfig, make_sky, psf_kernel, write_demo_skies
 from ood_core.errors import ConfigurationError
 
 SMALL = SkyConfig(size=64, n_stars=(3, 10))
@@ -164,7 +164,7 @@ def test_bad_config_is_refused(bad: dict[str, object]) -> None:
 
 
 def test_demo_files_read_through_the_user_path(demo_files: list[Path]) -> None:
-    fits_io = pytest.importorskip("ood_core.fits_io")
+    fits_io = pytest.importorskip("ood_core.io.fits")
     for path in demo_files:
         image = fits_io.read_fits_image(path)
         raw = fits.getdata(path)

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ood_core.schema import validate_store
 from ood_core.store import list_runs, open_run
+from ood_core.store.schema import validate_store
 
 pytestmark = [
     pytest.mark.slow,

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from ood_core.config import PipelineParameters
 from ood_core.errors import ConfigurationError
 from ood_core.evaluation import TABLE_COLUMNS, evaluate_run, format_table, load_reference
-from ood_core.fits_io import read_fits_image
-from ood_core.metrics import METRIC_DOCS
-from ood_core.model import FrozenDiffusionModel
-from ood_core.normalization import NormalizationParams, denormalize, normalize, resize_to_resolution
+from ood_core.evaluation.metrics import METRIC_DOCS
+from ood_core.io.fits import read_fits_image
+from ood_core.method.model import FrozenDiffusionModel
+from ood_core.method.normalization import NormalizationParams, denormalize, normalize, resize_to_resolution
 from ood_core.pipeline import run_pipeline
+from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import open_run
 
 N_INPUTS = 4
@@ -196,7 +196,7 @@ def test_evaluate_flow_writes_results_and_artifacts(
 def test_per_image_normalization_paths(run: dict[str, Any], glimpse: list[str],
                                        shipped_model: FrozenDiffusionModel) -> None:
     from ood_core.evaluation import to_physical
-    from ood_core.normalization import fit_normalization
+    from ood_core.method.normalization import fit_normalization
 
     provenance = dict(open_run(run["store"], run["run_id"], chunks=None).attrs["ood_run"])
     first = NormalizationParams.from_dict(provenance["normalization"]["params"][0])

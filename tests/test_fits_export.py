@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from ood_core.fits_export import CRITERION_KEYWORDS, criterion_keyword, export_run_fits
 from ood_core.store import RunNotCompleteError, RunWriter
+from ood_core.store.fits_export import CRITERION_KEYWORDS, criterion_keyword, export_run_fits
 
 CRITERIA = ["mean_distance_to_reference", "mean_angle_to_ood_deg", "some_future_criterion"]
 SHA = hashlib.sha256(b"weights").hexdigest()

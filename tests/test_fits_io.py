@@ -22,7 +22,7 @@ from ood_core.errors import (
     TruncatedFitsError,
     WrongDimensionError,
 )
-from ood_core.fits_io import (
+from ood_core.io.fits import (
     FitsImage,
     QuarantinedInput,
     expand_inputs,

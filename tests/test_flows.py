@@ -12,10 +12,10 @@ from uuid import UUID
 
 import pytest
 
-from ood_core.config import PipelineParameters
 from ood_core.pipeline import NoUsableInputError
-from ood_core.schema import validate_store
+from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import list_runs, open_run
+from ood_core.store.schema import validate_store
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +169,8 @@ def test_a_retried_sample_task_resumes_instead_of_redoing_work(
 
     import tasks.stages
     from flows.pipeline import pipeline_flow
-    from ood_core import ddim, pipeline
+    from ood_core import pipeline
+    from ood_core.method import ddim
 
     folder = tmp_path / "inputs"
     folder.mkdir()

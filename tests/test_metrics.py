@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from ood_core import metrics as M
 from ood_core.errors import ConfigurationError
-from ood_core.fits_io import read_fits_image
+from ood_core.evaluation import metrics as M
+from ood_core.io.fits import read_fits_image
 
 YY, XX = np.indices((64, 64)).astype(np.float64)
 

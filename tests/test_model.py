@@ -11,7 +11,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ood_core.errors import ConfigurationError
-from ood_core.model import load_model, resolve_device, weights_sha256
+from ood_core.method.model import load_model, resolve_device, weights_sha256
 
 
 def tiny_unet(out_channels: int = 3) -> UNet2DModel:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from ood_core.errors import ConfigurationError, ImageTooSmallError
-from ood_core.fits_io import FitsImage, read_fits_batch, read_fits_image
-from ood_core.normalization import (
+from ood_core.io.fits import FitsImage, read_fits_batch, read_fits_image
+from ood_core.method.normalization import (
     NormalizationParams,
     bands_to_channels,
     channels_to_band,

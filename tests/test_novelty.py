@@ -14,7 +14,7 @@ from astropy.nddata import block_reduce
 from astropy.visualization import AsinhStretch, PercentileInterval
 
 from ood_core.errors import ConfigurationError
-from ood_core.novelty import (
+from ood_core.method.novelty import (
     NoveltyRule,
     input_nearest_neighbour_distances,
     nearest_input_distance,

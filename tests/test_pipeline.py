@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ood_core.config import PipelineParameters
-from ood_core.model import FrozenDiffusionModel
+from ood_core.method.model import FrozenDiffusionModel
 from ood_core.pipeline import NoUsableInputError, run_pipeline
-from ood_core.schema import validate_store
+from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import list_runs, open_run
+from ood_core.store.schema import validate_store
 
 
 def small_params(inputs: list[str], store: Path, **overrides: object) -> PipelineParameters:
@@ -88,7 +88,8 @@ class _Interrupted(Exception):
 def test_interrupted_run_resumes_without_redoing_completed_stages(
     few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ood_core import ddim, pipeline
+    from ood_core import pipeline
+    from ood_core.method import ddim
 
     files = [str(p) for p in sorted(few_shot_dir.glob("glimpse_*.fits"))[:3]]
     whole = run_pipeline(small_params(files, tmp_path / "whole.zarr", samples=3, batch_size=2), model=shipped_model)

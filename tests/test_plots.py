@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from ood_core import metrics as M
-from ood_core import plots
 from ood_core.errors import ConfigurationError
+from ood_core.evaluation import metrics as M
+from ood_core.evaluation import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ import torch
 from torch.distributions import LowRankMultivariateNormal, Normal
 
 from ood_core.errors import ConfigurationError
-from ood_core.prior import (
+from ood_core.method.prior import (
     LatentPrior,
     PPCAPrior,
     ScalarGaussianPrior,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ood_core.provenance import (
+from ood_core.store.provenance import (
     environment_info,
     json_safe,
     new_run_id,
@@ -113,7 +113,7 @@ def test_environment_info_does_not_import_prefect() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from ood_core.provenance import environment_info; environment_info(); "
+    code = ("import sys; from ood_core.store.provenance import environment_info; environment_info(); "
             "print('prefect' in sys.modules)")
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=True)

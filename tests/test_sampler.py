@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from ood_core.errors import ConfigurationError
-from ood_core.prior import fit_prior
-from ood_core.sampler import (
+from ood_core.method.prior import fit_prior
+from ood_core.method.sampler import (
     CRITERION_NAMES,
     GeometricSampler,
     SamplerConfig,

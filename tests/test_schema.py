@@ -14,7 +14,7 @@ import pytest
 import store_writer_proc as proc
 import zarr
 
-from ood_core.schema import REQUIRED_PROVENANCE_KEYS, StoreSchemaError, check_store, validate_store
+from ood_core.store.schema import REQUIRED_PROVENANCE_KEYS, StoreSchemaError, check_store, validate_store
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 from prefect.states import Completed, Failed
 
 from flows.naming import run_name
-from ood_core.config import PipelineParameters
 from ood_core.errors import NotFitsError, TruncatedFitsError
 from ood_core.pipeline import NoUsableInputError
+from ood_core.pipeline.config import PipelineParameters
 from tasks.common import GPU_TAG, retry_on_io_error
 from tasks.ingest import expand, key_of, validate_fits
 from tasks.report import _flatten, artifact_key, contact_sheet_path, summary_markdown
@@ -67,7 +67,7 @@ def test_network_stages_carry_the_gpu_tag_and_bookkeeping_does_not() -> None:
 def test_no_usable_input_error_survives_pickling() -> None:
     import pickle
 
-    from ood_core.fits_io import QuarantinedInput
+    from ood_core.io.fits import QuarantinedInput
 
     error = NoUsableInputError([QuarantinedInput("a.fits", "not FITS", "NotFitsError")])
     copy = pickle.loads(pickle.dumps(error))

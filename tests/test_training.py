@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ood_core.model import load_model
-from ood_core.training import (
+from ood_core.base_model.training import (
     EXCLUDED_ASTRONOMICAL,
     PatchSampler,
     TrainConfig,
@@ -16,6 +15,7 @@ from ood_core.training import (
     train_base_model,
     warm_start_from_export,
 )
+from ood_core.method.model import load_model
 
 
 def tiny_config(total_steps: int) -> TrainConfig:

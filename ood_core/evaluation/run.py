@@ -3,7 +3,7 @@
 ``evaluate_run`` reads a complete run from its store, reads the reference FITS files through the same
 ``fits_io`` + normalization path as the inputs (the run's own normalization parameters from provenance, so
 the reference is clipped and mapped exactly as the samples were), runs the baselines through the same frozen
-model (checked by its weights' sha256), computes every metric of ``ood_core.metrics`` for the method and for
+model (checked by its weights' sha256), computes every metric of ``ood_core.evaluation.metrics`` for the method and for
 each baseline against the reference, and writes ``evaluation.json`` (strict JSON) and PNG plots.
 
 Rows of the table: ``method`` (the run's samples), each baseline, and ``inputs`` (the real few-shot inputs
@@ -24,12 +24,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from ood_core import baselines as bl
-from ood_core import metrics, plots
 from ood_core.errors import ConfigurationError
-from ood_core.fits_io import expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs
-from ood_core.model import FrozenDiffusionModel, load_model
-from ood_core.normalization import (
+from ood_core.evaluation import baselines as bl
+from ood_core.evaluation import metrics, plots
+from ood_core.io.fits import expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs
+from ood_core.method.model import FrozenDiffusionModel, load_model
+from ood_core.method.normalization import (
     NormalizationParams,
     bands_to_channels,
     denormalize,
@@ -38,9 +38,9 @@ from ood_core.normalization import (
     normalize,
     resize_to_resolution,
 )
-from ood_core.novelty import NoveltyRule
-from ood_core.provenance import json_safe, strict_json_dumps, utc_now_iso
+from ood_core.method.novelty import NoveltyRule
 from ood_core.store import open_run
+from ood_core.store.provenance import json_safe, strict_json_dumps, utc_now_iso
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,8 @@ import torch
 import zarr
 import zarr.errors
 
-from ood_core import ddim
-from ood_core.config import PipelineParameters
 from ood_core.errors import OODError
-from ood_core.fits_io import (
+from ood_core.io.fits import (
     FitsImage,
     QuarantinedInput,
     expand_inputs,
@@ -39,13 +37,15 @@ from ood_core.fits_io import (
     tile_cutouts,
     unmatched_inputs,
 )
-from ood_core.model import FrozenDiffusionModel, load_model
-from ood_core.normalization import NormalizationParams, NormalizedBatch, model_to_physical, prepare_batch
-from ood_core.novelty import NoveltyRule
-from ood_core.prior import LatentPrior, fit_prior, prior_diagnostics
-from ood_core.provenance import environment_info, utc_now_iso
-from ood_core.sampler import CRITERION_NAMES, GeometricSampler, SamplerConfig
+from ood_core.method import ddim
+from ood_core.method.model import FrozenDiffusionModel, load_model
+from ood_core.method.normalization import NormalizationParams, NormalizedBatch, model_to_physical, prepare_batch
+from ood_core.method.novelty import NoveltyRule
+from ood_core.method.prior import LatentPrior, fit_prior, prior_diagnostics
+from ood_core.method.sampler import CRITERION_NAMES, GeometricSampler, SamplerConfig
+from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import RUN_ATTR, RUNS_GROUP, RunWriter, StoreError, zarr_store
+from ood_core.store.provenance import environment_info, utc_now_iso
 
 log = logging.getLogger(__name__)
 

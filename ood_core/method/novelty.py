@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ood_core.errors import ConfigurationError
-from ood_core.prior import flatten_latents
+from ood_core.method.prior import flatten_latents
 
 _CHUNK = 256
 

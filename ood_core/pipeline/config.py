@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "base64"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "base64"
 
 
 def default_model_path() -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ood_core.errors import ConfigurationError
-from ood_core.model import FrozenDiffusionModel
+from ood_core.method.model import FrozenDiffusionModel
 
 StepProgress = Callable[[int, int], None]
 """Called as progress(steps_done, steps_total) after each network evaluation over the whole batch."""

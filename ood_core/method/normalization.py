@@ -41,7 +41,7 @@ from astropy.visualization import (
 )
 
 from ood_core.errors import ConfigurationError, ImageTooSmallError
-from ood_core.fits_io import FitsImage
+from ood_core.io.fits import FitsImage
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ood_core import ddim
-from ood_core.fits_io import read_fits_batch
-from ood_core.model import FrozenDiffusionModel
-from ood_core.normalization import prepare_batch
+from ood_core.io.fits import read_fits_batch
+from ood_core.method import ddim
+from ood_core.method.model import FrozenDiffusionModel
+from ood_core.method.normalization import prepare_batch
 
 
 @dataclass
@@ -162,7 +162,7 @@ PSNR in model space ([-1, 1], data range 2).
 |---|---|---|---|---|---|
 {table}
 
-Reproduce: `.venv/bin/python -m ood_core.model_card models/base64 ../shared/data/fits/cutouts_128`.
+Reproduce: `.venv/bin/python -m ood_core.base_model.model_card models/base64 ../shared/data/fits/cutouts_128`.
 """
     (model_dir / "README.md").write_text(text)
     return card
@@ -171,7 +171,7 @@ Reproduce: `.venv/bin/python -m ood_core.model_card models/base64 ../shared/data
 def main() -> None:
     import argparse
 
-    from ood_core.model import load_model
+    from ood_core.method.model import load_model
 
     parser = argparse.ArgumentParser(description="Regenerate the model card of a base model folder")
     parser.add_argument("model_dir", type=Path)

@@ -15,8 +15,8 @@ import zarr
 import zarr.errors
 
 from ood_core.errors import OODError
-from ood_core.provenance import strict_json_dumps
-from ood_core.store import (
+from ood_core.store.provenance import strict_json_dumps
+from ood_core.store.runs import (
     INPUT_ARRAYS,
     PROGRESS_ATTR,
     RUN_ARRAYS,

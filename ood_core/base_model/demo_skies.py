@@ -170,7 +170,7 @@ def _header(
     header["NGALAXY"] = (counts["galaxies"], "number of Sersic galaxies")
     header["NSTAR"] = (counts["stars"], "number of point sources")
     header["DEFECT"] = (counts["defect"], "NaN mask kind: none, trail, columns, holes")
-    header["HISTORY"] = "Synthetic sky made by ood_core.demo_skies; not an observation."
+    header["HISTORY"] = "Synthetic sky made by ood_core.base_model.demo_skies; not an observation."
     header["HISTORY"] = "Sersic galaxies and stars, Moffat PSF, sky, Poisson and read noise."
     return header
 

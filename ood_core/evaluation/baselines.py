@@ -5,7 +5,7 @@
   run's own inverted latents, denoised with the run's DDIM grid (isolates what the screening adds).
 - ``augmentation``: the inputs under the seven non-identity flips and right-angle rotations.
 - ``finetune``: the paper's tuning baseline: a short, bounded fine-tune of a *copy* of the base model on
-  the inputs with the DDPM noise-prediction loss (as in ``ood_core.training``), then sampling from N(0, I).
+  the inputs with the DDPM noise-prediction loss (as in ``ood_core.base_model.training``), then sampling from N(0, I).
   The frozen model itself is never modified.
 """
 
@@ -21,11 +21,11 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from ood_core import ddim
 from ood_core.errors import ConfigurationError
-from ood_core.model import FrozenDiffusionModel
-from ood_core.prior import PriorKind, fit_prior
-from ood_core.sampler import candidate_seed
+from ood_core.method import ddim
+from ood_core.method.model import FrozenDiffusionModel
+from ood_core.method.prior import PriorKind, fit_prior
+from ood_core.method.sampler import candidate_seed
 
 BaselineName = Literal["in_domain", "prior_unscreened", "augmentation", "finetune"]
 BASELINE_NAMES: tuple[str, ...] = get_args(BaselineName)
@@ -165,7 +165,7 @@ def finetune_model(
 ) -> tuple[FrozenDiffusionModel, FinetuneReport]:
     """A fine-tuned copy of ``model`` on inputs (N, C, H, W) in [-1, 1]; ``model`` is left untouched.
 
-    Loss (DDPM, Ho et al. 2020; as in ``ood_core.training``): x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps with
+    Loss (DDPM, Ho et al. 2020; as in ``ood_core.base_model.training``): x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps with
     t uniform over the schedule, minimize ||eps_theta(x_t, t) - eps||^2.
     """
     if inputs.ndim != 4 or inputs.shape[1] != model.channels:

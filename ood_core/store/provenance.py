@@ -29,7 +29,7 @@ JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSO
 #: Distributions whose versions are recorded (looked up by metadata, so nothing heavy is imported).
 TRACKED_PACKAGES = ("torch", "diffusers", "astropy", "zarr", "prefect", "numpy", "xarray", "scipy", "dask")
 PACKAGE_NAME = "ood-synth"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def json_safe(obj: Any, _path: str = "$") -> JSONValue:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from ood_core.errors import ConfigurationError
-from ood_core.metrics import MinkowskiCurves, PowerSpectrum
+from ood_core.evaluation.metrics import MinkowskiCurves, PowerSpectrum
 
 _COLORS = ("black", "tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink",
            "tab:gray", "tab:olive", "tab:cyan")

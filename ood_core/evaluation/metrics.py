@@ -56,7 +56,7 @@ from scipy.stats import wasserstein_distance
 from skimage.measure import euler_number, perimeter
 
 from ood_core.errors import ConfigurationError
-from ood_core.novelty import NoveltyRule, input_nearest_neighbour_distances, rms_distances
+from ood_core.method.novelty import NoveltyRule, input_nearest_neighbour_distances, rms_distances
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -476,7 +476,7 @@ def novelty_statistics(
     candidates: torch.Tensor | npt.ArrayLike, inputs: torch.Tensor | npt.ArrayLike, factor: float = 0.5
 ) -> dict[str, float]:
     """Nearest-input distances of the candidates against the inputs' own nearest-neighbour distances, with
-    the pipeline's own near-copy rule (``ood_core.novelty.NoveltyRule``) so the numbers agree with the run's."""
+    the pipeline's own near-copy rule (``ood_core.method.novelty.NoveltyRule``) so the numbers agree with the run's."""
     inputs_t = _as_tensor(inputs)
     result = NoveltyRule(factor=factor).evaluate(_as_tensor(candidates), inputs_t)
     distance = result.distance.numpy().astype(np.float64)

@@ -19,7 +19,7 @@ sit on the other side, about (-7, +26, -5). A two-sided band tight enough to rej
 therefore rejects every candidate too. So by default each criterion keeps only the bound that faces the
 references' own median (measured, not assumed): a candidate may be more typical of the OOD cloud than the
 inputs are of each other, but not closer to the in-domain mass ("mode interference"). Near-copies of the
-inputs are policed separately by ``ood_core.novelty``. ``sides="both"`` gives the plain two-sided band.
+inputs are policed separately by ``ood_core.method.novelty``. ``sides="both"`` gives the plain two-sided band.
 
 Randomness: candidate k of a run uses ``candidate_seed(seed, k)`` for all its draws (parent, lambda, prior
 draw), so a sample is regenerated from its stored seed alone.
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ood_core.errors import ConfigurationError
-from ood_core.prior import LatentPrior, flatten_latents, generator_from_seed
+from ood_core.method.prior import LatentPrior, flatten_latents, generator_from_seed
 
 CRITERION_NAMES = ("mean_distance_to_reference", "mean_angle_to_ood_deg", "mean_pair_angle_at_candidate_deg")
 

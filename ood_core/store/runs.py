@@ -31,7 +31,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
 from ood_core.errors import OODError
-from ood_core.provenance import json_safe, new_run_id, utc_now_iso
+from ood_core.store.provenance import json_safe, new_run_id, utc_now_iso
 
 SCHEMA_VERSION = 1
 LIBRARY = "ood-synth"

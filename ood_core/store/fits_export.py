@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from ood_core.provenance import utc_now
-from ood_core.store import SCHEMA_VERSION, latest_complete_run_id, open_run
+from ood_core.store.provenance import utc_now
+from ood_core.store.runs import SCHEMA_VERSION, latest_complete_run_id, open_run
 
-#: FITS keywords of the sampler's criteria (names from ``ood_core.sampler.CRITERION_NAMES``).
+#: FITS keywords of the sampler's criteria (names from ``ood_core.method.sampler.CRITERION_NAMES``).
 CRITERION_KEYWORDS: dict[str, str] = {
     "mean_distance_to_reference": "OODCDREF",
     "mean_angle_to_ood_deg": "OODCAOOD",

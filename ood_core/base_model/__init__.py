@@ -1,0 +1,51 @@
+"""The embedded default: training the shipped base model, demo skies, the model card."""
+
+from ood_core.base_model.demo_skies import (
+    SkyConfig,
+    make_sky,
+    psf_kernel,
+    write_demo_skies,
+)
+from ood_core.base_model.model_card import (
+    ReconstructionRow,
+    loss_curve_png,
+    main,
+    reconstruction_table,
+    sample_grid_png,
+    write_model_card,
+)
+from ood_core.base_model.training import (
+    EXCLUDED_ASTRONOMICAL,
+    PatchSampler,
+    TrainConfig,
+    TrainState,
+    build_scheduler,
+    build_unet,
+    export_model,
+    natural_images,
+    train_base_model,
+    warm_start_from_export,
+)
+
+__all__ = [
+    "EXCLUDED_ASTRONOMICAL",
+    "PatchSampler",
+    "ReconstructionRow",
+    "SkyConfig",
+    "TrainConfig",
+    "TrainState",
+    "build_scheduler",
+    "build_unet",
+    "export_model",
+    "loss_curve_png",
+    "main",
+    "make_sky",
+    "natural_images",
+    "psf_kernel",
+    "reconstruction_table",
+    "sample_grid_png",
+    "train_base_model",
+    "warm_start_from_export",
+    "write_demo_skies",
+    "write_model_card",
+]
