@@ -2,7 +2,7 @@
 
 Split: the first ``--inputs`` GLIMPSE cutouts of ``cutouts_128`` (sorted by name) are the few-shot inputs,
 the remaining GLIMPSE cutouts are the unseen reference. The pipeline runs on the inputs with the shipped
-model (``run_pipeline``), then ``evaluate_run`` runs every baseline through the same frozen model and prints
+model (``run_in_process``), then ``evaluate_run`` runs every baseline through the same frozen model and prints
 one table: every row is measured against the reference; ``inputs`` (the real few-shot images) is the floor
 a metric reaches with real images of the domain at these set sizes.
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from ood_core.evaluation import evaluate_run, format_table  # noqa: E402
 from ood_core.evaluation.metrics import METRIC_DOCS  # noqa: E402
 from ood_core.method.model import load_model  # noqa: E402
-from ood_core.pipeline import run_pipeline  # noqa: E402
+from ood_core.pipeline import run_in_process  # noqa: E402
 from ood_core.pipeline.config import PipelineParameters, default_model_path  # noqa: E402
 
 FITS = ROOT.parent / "shared" / "data" / "fits" / "cutouts_128"
@@ -66,7 +66,7 @@ def main() -> int:
                                 reference_count=args.reference_count, batch_size=16, device=args.device,
                                 seed=args.seed)
     t = time.perf_counter()
-    run = run_pipeline(params, model=model)
+    run = run_in_process(params)
     pipeline_seconds = time.perf_counter() - t
     print(f"split: {len(inputs)} inputs, {len(reference)} reference GLIMPSE cutouts ({FITS})")
     print(f"run {run.run_id}: {run.n_samples} samples, t0={run.t0}, K={args.steps}, median PSNR "

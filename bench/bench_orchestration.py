@@ -1,4 +1,4 @@
-"""Orchestration overhead: the same small run through the Prefect pipeline flow vs ood_core.pipeline.run_pipeline.
+"""Orchestration overhead: the same small run through the Prefect pipeline flow vs run_in_process (same run_stages).
 
 Both sides load the shipped model from disk, read the same real FITS cutouts and write a complete run to a fresh
 store on the same disk; the flow adds task and subflow runs, API calls to the Prefect server, store re-reads
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ood_core.pipeline import run_pipeline
+from ood_core.method.model import clear_model_cache
+from ood_core.pipeline import run_in_process
 from ood_core.pipeline.config import PipelineParameters
 
 FITS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits" / "cutouts_128"
@@ -53,7 +54,6 @@ def main() -> None:
     started = time.perf_counter()
     from prefect import flow
 
-    import tasks.common
     from flows.pipeline import pipeline_flow
 
     @flow
@@ -67,13 +67,14 @@ def main() -> None:
 
     def direct(i: int) -> float:
         t = time.perf_counter()
-        result = run_pipeline(params(work / f"direct_{i}.zarr"))
+        clear_model_cache()  # both sides load the model from disk
+        result = run_in_process(params(work / f"direct_{i}.zarr"))
         assert result.n_samples == args.samples
         stages["direct"] = result.timings
         return time.perf_counter() - t
 
     def orchestrated(i: int) -> float:
-        tasks.common._MODELS.clear()  # load the model from disk, as run_pipeline does
+        clear_model_cache()
         t = time.perf_counter()
         result = pipeline_flow(params(work / f"flow_{i}.zarr"))
         assert result["n_samples"] == args.samples
@@ -89,7 +90,7 @@ def main() -> None:
     d, f = statistics.median(d_times), statistics.median(f_times)
     print(f"run: {args.inputs} real GLIMPSE cutouts, {args.samples} samples, K={args.steps}, t0=500, CPU, "
           f"torch threads={args.threads}, repeats={args.repeats}")
-    print(f"direct run_pipeline : median {d:.2f} s  ({', '.join(f'{x:.2f}' for x in d_times)})")
+    print(f"run_in_process      : median {d:.2f} s  ({', '.join(f'{x:.2f}' for x in d_times)})")
     print(f"pipeline_flow       : median {f:.2f} s  ({', '.join(f'{x:.2f}' for x in f_times)})")
     print(f"overhead            : {f - d:+.2f} s per run, ratio flow/direct = {f / d:.2f}")
     for name in ("invert", "prior", "sample"):

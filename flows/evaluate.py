@@ -42,7 +42,7 @@ class EvaluateParameters(BaseModel):
     )
     out_dir: str = Field(default="out/evaluate", min_length=1, description="folder for evaluation.json and PNGs")
     baselines: list[BaselineChoice] = Field(
-        default_factory=lambda: list(DEFAULT_BASELINES),  # type: ignore[arg-type]
+        default_factory=lambda: list(DEFAULT_BASELINES),  # type: ignore[arg-type]  # str names, checked by the Literal at validation
         description="baselines run beside the method through the same frozen model",
     )
     n_baseline_samples: int | None = Field(

@@ -7,66 +7,71 @@ key is already in the store, the flow reports it and starts no new run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.ingest import ingest_flow
 from flows.naming import run_name
-from flows.pipeline import ingest_parameters, run_after_ingest
-from ood_core.pipeline import find_run_by_key
-from ood_core.pipeline.config import PipelineParameters, default_model_path
-from tasks.ingest import key_of, model_info
+from flows.pipeline import execute_run
+from ood_core.method.model import cached_model
+from ood_core.pipeline import PipelineParameters, RunSettings, input_set_key, read_inputs
+from ood_core.store.runs import run_records
+from tasks.run import create_run_task
 
 
-class InboxParameters(BaseModel):
-    """An inbox folder, a store, and the settings of the runs made from it."""
+class _InboxTarget(BaseModel):
+    """Where the files arrive and where the runs go (listed first in the form)."""
 
     model_config = ConfigDict(extra="forbid")
 
     inbox: str = Field(min_length=1, description="folder where new FITS files arrive")
     pattern: str = Field(default="*.fits*", min_length=1, description="glob of the files to take from the inbox")
     store: str = Field(min_length=1, description="zarr store URL the runs go to")
-    model: str = Field(default_factory=default_model_path, description="diffusers model folder or hub id")
-    samples: int = Field(default=16, ge=1, le=100_000, description="accepted samples per run")
-    seed: int = Field(default=0, ge=0, le=2**62, description="seed of each run")
-    t0: int = Field(default=600, ge=1, le=999, description="inversion bandwidth: timestep of the latents")
-    steps: int = Field(default=40, ge=2, le=1000, description="DDIM steps K between 0 and t0")
-    eta: float = Field(default=0.0, ge=0.0, le=1.0, description="DDIM noise for generation")
-    prior: Literal["scalar", "ppca"] = Field(default="scalar", description="OOD prior family")
-    reference_count: int = Field(default=16, ge=2, le=4096, description="in-domain reference latents")
-    batch_size: int = Field(default=16, ge=1, le=1024, description="images per network evaluation")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where the network runs")
+
+
+class InboxParameters(RunSettings, _InboxTarget):
+    """An inbox folder, a store, and the settings of the runs made from it."""
+
+    model_config = ConfigDict(extra="forbid")
 
     def pipeline_parameters(self) -> PipelineParameters:
         """The pipeline parameters of a run over this inbox."""
-        values = self.model_dump(exclude={"inbox", "pattern"})
-        return PipelineParameters(inputs=[str(Path(self.inbox) / self.pattern)], **values)
+        settings = self.model_dump(exclude={"inbox", "pattern"})
+        return PipelineParameters(inputs=[str(Path(self.inbox) / self.pattern)], **settings)
+
+
+@task(name="find-processed-run", cache_policy=NO_CACHE)
+def processed_run(params: PipelineParameters) -> dict[str, Any]:
+    """The input-set key of the usable inbox files, and the complete run that already processed them, if any."""
+    model = cached_model(params.model, params.device, params.dtype)
+    images, _ = read_inputs(params, model.resolution)
+    key = input_set_key([image.sha256 for image in images], params)
+    done = [r for r in run_records(params.store) if r.get("input_set_key") == key and r.get("status") == "complete"]
+    return {"key": key, "run_id": str(done[-1]["run_id"]) if done else None, "usable": len(images)}
 
 
 @flow(name="inbox", flow_run_name=run_name("inbox", "samples", "seed"), persist_result=True)
 def inbox_flow(params: InboxParameters) -> dict[str, Any]:
     """Process the inbox's current input set unless a complete run of it exists; returns what was done."""
     logger = get_run_logger()
-    files = sorted(p for p in Path(params.inbox).glob(params.pattern) if p.is_file())
-    if not files:
+    if not any(p.is_file() for p in Path(params.inbox).glob(params.pattern)):
         logger.info("inbox %s: no files matching %s, nothing to do", params.inbox, params.pattern)
         return {"skipped": True, "reason": "inbox empty", "run_id": None, "store": params.store}
     pipeline_params = params.pipeline_parameters()
-    info = model_info(pipeline_params.model, pipeline_params.device, pipeline_params.dtype)
-    ingested = ingest_flow(ingest_parameters(pipeline_params, int(info["resolution"])))
-    key = key_of(ingested["records"], pipeline_params)
-    existing = find_run_by_key(params.store, key)
-    if existing is not None:
-        logger.info("input set %s already processed by complete run %s: no new run", key[:12], existing)
+    found = processed_run(pipeline_params)
+    if found["run_id"] is not None:
+        logger.info("input set %s already processed by complete run %s: no new run", found["key"][:12],
+                    found["run_id"])
         create_markdown_artifact(
-            f"# inbox: nothing new\n\nThe {len(ingested['usable'])} usable file(s) in `{params.inbox}` with these "
-            f"settings (input set key `{key}`) were already processed by run `{existing}` in `{params.store}`.",
+            f"# inbox: nothing new\n\nThe {found['usable']} usable file(s) in `{params.inbox}` with these "
+            f"settings (input set key `{found['key']}`) were already processed by run `{found['run_id']}` in "
+            f"`{params.store}`.",
             key="ood-inbox-summary", description="inbox run skipped: input set already processed",
         )
-        return {"skipped": True, "reason": "input set already processed", "run_id": existing,
-                "store": params.store, "input_set_key": key}
-    result = run_after_ingest(pipeline_params, ingested, key_prefix="ood-inbox")
-    return {**result, "skipped": False, "input_set_key": key}
+        return {"skipped": True, "reason": "input set already processed", "run_id": found["run_id"],
+                "store": params.store, "input_set_key": found["key"]}
+    result = execute_run(pipeline_params, create_run_task(pipeline_params), key_prefix="ood-inbox")
+    return {**result, "skipped": False, "input_set_key": found["key"]}

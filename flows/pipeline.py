@@ -1,4 +1,8 @@
-"""The end-to-end pipeline flow: ingest -> create run -> discover -> sample -> report (artifacts)."""
+"""The end-to-end pipeline flow: create the run (ingest) -> invert -> prior -> sample -> finish -> report.
+
+The stage order lives in ``ood_core.pipeline.run_stages``; this flow runs each stage as a Prefect task and
+attaches the report artifacts. :func:`execute_run` is the composition the inbox flow shares.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +10,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.discover import discover_flow
-from flows.ingest import IngestParameters, ingest_flow
 from flows.naming import run_name
-from flows.sample import sample_flow
-from ood_core.pipeline.config import PipelineParameters
-from tasks.ingest import create_run_task, model_info
+from ood_core.pipeline import PipelineParameters, run_stages
 from tasks.report import report_task
-from tasks.stages import fail_task
+from tasks.run import create_run_task
+from tasks.stages import execute_as_task
 
 PIPELINE_RUN_NAME = run_name("pipeline", "seed", "samples", "t0", "steps")
 
 
-def ingest_parameters(params: PipelineParameters, resolution: int, use_dask: bool = False) -> IngestParameters:
-    """Validation settings matching what ood_core.pipeline.ingest accepts for this model."""
-    return IngestParameters(inputs=params.inputs, hdu=params.hdu, min_size=max(params.tile or 0, resolution),
-                            use_dask=use_dask)
-
-
-def run_after_ingest(
-    params: PipelineParameters, ingested: dict[str, Any], key_prefix: str = "ood-run"
-) -> dict[str, Any]:
-    """Create the run from validated inputs, discover, sample, report; marks the run failed on an error."""
-    run_id = create_run_task(params, ingested["usable"], ingested["quarantined"])
-    try:
-        discover_flow(params, run_id)
-        result = sample_flow(params, run_id)
-    except BaseException as exc:
-        fail_task(params.store, run_id, f"{type(exc).__name__}: {exc}")
-        raise
+def execute_run(params: PipelineParameters, run_id: str, key_prefix: str = "ood-run") -> dict[str, Any]:
+    """The stages of a created run as tasks, then the report; returns the result plus artifact keys/paths."""
+    result = run_stages(params, run_id, execute_as_task)
     report = report_task(result, key_prefix=key_prefix)
     result["artifacts"] = [*report["artifact_keys"], report["contact_sheet"]]
     result["contact_sheet"] = report["contact_sheet"]
@@ -47,8 +34,6 @@ def run_after_ingest(
 def pipeline_flow(params: PipelineParameters) -> dict[str, Any]:
     """Few-shot OOD synthesis on FITS inputs; returns the RunResult as a plain dict plus artifact keys/paths.
 
-    Raises NoUsableInputError, unchanged, when no input is usable (nothing is written then).
+    Raises NoUsableInputError, unchanged, when too few inputs are usable (nothing is written then).
     """
-    info = model_info(params.model, params.device, params.dtype)
-    ingested = ingest_flow(ingest_parameters(params, int(info["resolution"])))
-    return run_after_ingest(params, ingested)
+    return execute_run(params, create_run_task(params))

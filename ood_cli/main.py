@@ -125,7 +125,7 @@ def _open_hint(store: str, run_id: str) -> None:
 
 
 def _execute_pipeline(params: Any) -> int:
-    from ood_core.pipeline import NoUsableInputError
+    from ood_core.errors import NoUsableInputError
 
     try:
         result = _run_flow(params)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 
 class OODError(Exception):
     """Base class of all errors raised by ood_core."""
@@ -53,3 +56,52 @@ class WrongDimensionError(InvalidInputError):
 
 class ImageTooSmallError(InvalidInputError):
     """The image is smaller than the size the run needs (model resolution or tile size)."""
+
+
+@dataclass(frozen=True)
+class QuarantinedInput:
+    """An input that was set aside, with the reason a person reads and the error class name."""
+
+    path: str
+    reason: str
+    error: str
+
+    @classmethod
+    def from_error(cls, error: InvalidInputError) -> QuarantinedInput:
+        """The quarantine record of a validation error."""
+        return cls(path=error.path, reason=error.reason, error=type(error).__name__)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, str]) -> QuarantinedInput:
+        """Inverse of :meth:`to_dict` (records cross process boundaries as dicts)."""
+        return cls(path=str(record["path"]), reason=str(record["reason"]), error=str(record.get("error", "")))
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON form, as stored in provenance."""
+        return {"path": self.path, "reason": self.reason, "error": self.error}
+
+
+class NoUsableInputError(OODError):
+    """Too few inputs survived validation for the method; carries every set-aside file's reason.
+
+    Raised before anything is written and before any network evaluation. ``usable`` is how many inputs were
+    usable and ``needed`` how many the method needs (at least 1 file; the sampler needs 3 latents for its
+    leave-one-out statistics).
+    """
+
+    def __init__(self, quarantined: Sequence[QuarantinedInput], usable: int = 0, needed: int = 1) -> None:
+        lines = "\n".join(f"  {q.path}: {q.reason}" for q in quarantined) or "  (no input files matched)"
+        if usable == 0:
+            head = f"no usable input among {len(quarantined)} file(s)"
+        else:
+            head = (f"only {usable} usable input(s), the method needs at least {needed} (its screening derives its "
+                    f"acceptance band from leave-one-out statistics of the inputs): add more images of the domain, "
+                    f"or cut large images into tiles with --tile")
+        super().__init__(f"{head}:\n{lines}")
+        self.quarantined = list(quarantined)
+        self.usable = usable
+        self.needed = needed
+
+    def __reduce__(self) -> tuple[type[NoUsableInputError], tuple[list[QuarantinedInput], int, int]]:
+        # Keeps the constructor when pickled (Prefect and Dask move exceptions between processes).
+        return (type(self), (self.quarantined, self.usable, self.needed))

@@ -1,15 +1,19 @@
-"""Thin Prefect tasks over ood_core: they pass paths, store URLs and small configs, never big arrays."""
+"""Thin Prefect tasks over ood_core: they pass paths, store URLs and small configs, never big arrays.
 
-from tasks.common import GPU_TAG, cached_model
-from tasks.ingest import create_run_task, model_info, validate_fits
+common (GPU tag, logger, retries, progress) | validate (one FITS file) | run (model info, create the run) |
+stages (invert, prior, sample, finish) | report (run artifacts)
+"""
+
+from tasks.common import GPU_TAG
 from tasks.report import report_task
-from tasks.stages import fail_task, finish_task, invert_task, prior_task, sample_task
+from tasks.run import create_run_task, model_info
+from tasks.stages import execute_as_task, finish_task, invert_task, prior_task, sample_task
+from tasks.validate import validate_fits
 
 __all__ = [
     "GPU_TAG",
-    "cached_model",
     "create_run_task",
-    "fail_task",
+    "execute_as_task",
     "finish_task",
     "invert_task",
     "model_info",

@@ -1,9 +1,8 @@
-"""Shared plumbing of the tasks: a per-process model cache, progress reporting, retry rules."""
+"""Shared plumbing of the tasks: the GPU tag, the run logger, retry rules, progress reporting."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -13,11 +12,7 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.exceptions import MissingContextError
 
 from ood_core.errors import OODError
-from ood_core.method.model import FrozenDiffusionModel, load_model
-from ood_core.pipeline import ProgressHook
-
-_MODELS: dict[tuple[str, str, str], FrozenDiffusionModel] = {}
-_MODELS_LOCK = threading.Lock()
+from ood_core.pipeline.stages import ProgressHook
 
 GPU_TAG = "gpu"
 """Tag of the tasks that run the network; `prefect concurrency-limit create gpu 1` holds one per GPU."""
@@ -29,15 +24,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("tasks")
-
-
-def cached_model(source: str, device: str = "auto", dtype: str = "float32") -> FrozenDiffusionModel:
-    """Load a model once per worker process (tasks of one flow run share it)."""
-    key = (source, device, dtype)
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_model(source, device=device, dtype=dtype)
-        return _MODELS[key]
 
 
 def retry_on_io_error(task: Any, task_run: TaskRun, state: State[Any]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,12 @@ def shipped_model(shipped_model_dir: Path):  # type: ignore[no-untyped-def]
     from ood_core.method.model import load_model
 
     return load_model(shipped_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server for the module's flow runs (what `ood run` starts when no server is set)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -14,7 +14,7 @@ from astropy.io import fits
 
 from ood_cli.main import EXIT_OK, EXIT_USAGE, build_parser, main
 from ood_core.method.model import FrozenDiffusionModel
-from ood_core.pipeline import run_pipeline
+from ood_core.pipeline import run_in_process
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import list_runs, open_run
 
@@ -29,7 +29,7 @@ def finished_store(fits_dir: Path, tmp_path_factory: pytest.TempPathFactory,
     inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("hcg88r_*.fits"))[:3]
     params = PipelineParameters(inputs=inputs, store=str(store), samples=2, steps=8, t0=400, reference_count=4,
                                 device="cpu", batch_size=8)
-    run_pipeline(params, model=shipped_model)
+    run_in_process(params)
     return store
 
 

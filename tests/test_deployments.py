@@ -168,7 +168,7 @@ SMALL = {"samples": 2, "steps": 6, "t0": 400, "reference_count": 4, "batch_size"
 
 
 def test_every_deployment_in_prefect_yaml_is_deployed(deployed: dict[str, Any]) -> None:
-    flows = {"pipeline": "pipeline", "pipeline-cpu": "pipeline", "inbox": "inbox", "ingest": "ingest",
+    flows = {"pipeline": "pipeline", "pipeline-cpu": "pipeline", "inbox": "inbox", "validate": "validate-inputs",
              "evaluate": "evaluate", "train-base": "train-base"}
     names = _deployment_names()
     assert set(names) == set(flows)

@@ -16,7 +16,7 @@ from ood_core.evaluation.metrics import METRIC_DOCS
 from ood_core.io.fits import read_fits_image
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.normalization import NormalizationParams, denormalize, normalize, resize_to_resolution
-from ood_core.pipeline import run_pipeline
+from ood_core.pipeline import run_in_process
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import open_run
 
@@ -43,7 +43,7 @@ def run(glimpse: list[str], shipped_model: FrozenDiffusionModel, tmp_path_factor
     store = tmp_path_factory.mktemp("eval") / "store.zarr"
     params = PipelineParameters(inputs=glimpse[:N_INPUTS], store=str(store), samples=4, steps=8, t0=400,
                                 reference_count=4, batch_size=8, device="cpu", seed=3)
-    result = run_pipeline(params, model=shipped_model)
+    result = run_in_process(params)
     return {"store": str(store), "run_id": result.run_id}
 
 

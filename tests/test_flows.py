@@ -1,5 +1,5 @@
 """The Prefect flows run in-process (temporary Prefect server via prefect_test_harness) on real FITS cutouts
-with the shipped model: artifacts, quarantine, no-usable-input, ingest on a local Dask cluster, train_base."""
+with the shipped model: artifacts, quarantine, no-usable-input, validation on a local Dask cluster, train_base."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from uuid import UUID
 
 import pytest
 
-from ood_core.pipeline import NoUsableInputError
+from ood_core.errors import NoUsableInputError
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import list_runs, open_run
 from ood_core.store.schema import validate_store
@@ -86,7 +86,7 @@ def test_pipeline_flow_quarantines_bad_files_and_attaches_artifacts(mixed_dir: P
 
     artifacts = {a.type: a for a in artifacts_of(state.state_details.flow_run_id)}
     assert {"markdown", "table", "image"} <= set(artifacts)
-    # Progress artifacts belong to the discover/sample subflow runs whose tasks report them.
+    # Progress artifacts are reported by the stage tasks of this pipeline run.
     progress = [a for a in artifacts_of(None) if a.type == "progress"]
     assert {"progress-invert", "progress-sample"} <= {a.key for a in progress}
     assert all(float(a.data) == 100.0 for a in progress if a.key == "progress-sample")
@@ -116,24 +116,24 @@ def test_pipeline_flow_with_nothing_usable_raises_and_writes_no_run(tmp_path: Pa
     assert not store.exists() or list_runs(str(store)) == []
 
 
-def test_ingest_flow_on_a_local_dask_cluster(mixed_dir: Path) -> None:
-    from flows.ingest import IngestParameters, ingest_flow
+def test_validate_flow_on_a_local_dask_cluster(mixed_dir: Path) -> None:
+    from flows.validate import ValidateParameters, validate_flow
 
-    out = ingest_flow(IngestParameters(inputs=[str(mixed_dir)], min_size=64, dask_workers=2))
+    out = validate_flow(ValidateParameters(inputs=[str(mixed_dir)], min_size=64, dask_workers=2))
     assert len(out["usable"]) == 4
     assert {Path(q["path"]).name for q in out["quarantined"]} == {"truncated.fits", "notes.fits"}
     assert all(r["sha256"] for r in out["records"] if r["ok"])
 
 
-def test_ingest_flow_on_an_existing_dask_cluster_by_address(mixed_dir: Path) -> None:
+def test_validate_flow_on_an_existing_dask_cluster_by_address(mixed_dir: Path) -> None:
     from distributed import Client, LocalCluster
 
-    from flows.ingest import IngestParameters, ingest_flow
+    from flows.validate import ValidateParameters, validate_flow
 
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         before = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.task_prefixes))
-        out = ingest_flow(IngestParameters(inputs=[str(mixed_dir / "*.fits")], min_size=64,
+        out = validate_flow(ValidateParameters(inputs=[str(mixed_dir / "*.fits")], min_size=64,
                                            dask_address=cluster.scheduler_address))
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     assert len(out["usable"]) == 4 and len(out["quarantined"]) == 2
@@ -167,17 +167,16 @@ def test_a_retried_sample_task_resumes_instead_of_redoing_work(
 ) -> None:
     import numpy as np
 
-    import tasks.stages
     from flows.pipeline import pipeline_flow
-    from ood_core import pipeline
     from ood_core.method import ddim
+    from ood_core.pipeline import stages
 
     folder = tmp_path / "inputs"
     folder.mkdir()
     for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:3]:
         shutil.copy(path, folder / path.name)
     calls = {"sample": 0, "invert": 0}
-    real_sample, real_invert = pipeline.stage_sample, ddim.invert_and_reconstruct
+    real_sample, real_invert = stages.stage_sample, ddim.invert_and_reconstruct
 
     def flaky_sample(params: Any, model: Any, writer: Any, progress: Any = None, **kwargs: Any) -> Any:
         calls["sample"] += 1
@@ -194,7 +193,7 @@ def test_a_retried_sample_task_resumes_instead_of_redoing_work(
         calls["invert"] += 1
         return real_invert(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.stages, "stage_sample", flaky_sample)
+    monkeypatch.setitem(stages.STAGE_FUNCTIONS, "sample", flaky_sample)
     monkeypatch.setattr(ddim, "invert_and_reconstruct", counting_invert)
     store = tmp_path / "store.zarr"
     result = pipeline_flow(small_params([str(folder)], store, samples=3, batch_size=2))

@@ -1,4 +1,5 @@
-"""End to end on real FITS cutouts with the shipped model: store contents, quarantine, determinism."""
+"""End to end through the pipeline flow users run (temporary Prefect server), on real FITS cutouts with the
+shipped model: store contents, quarantine, duplicates, too few inputs, determinism, resume, failure marking."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flows.pipeline import pipeline_flow
 from ood_core.method.model import FrozenDiffusionModel
-from ood_core.pipeline import NoUsableInputError, run_pipeline
+from ood_core.pipeline import NoUsableInputError, run_in_process, run_stages
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.store import list_runs, open_run
 from ood_core.store.schema import validate_store
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def small_params(inputs: list[str], store: Path, **overrides: object) -> PipelineParameters:
@@ -39,9 +43,9 @@ def test_run_writes_a_complete_valid_run_and_quarantines_bad_files(
     few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel
 ) -> None:
     store = tmp_path / "store.zarr"
-    result = run_pipeline(small_params([str(few_shot_dir)], store), model=shipped_model)
-    assert result.n_inputs == 5 and result.n_samples == 4
-    assert {Path(q["path"]).name for q in result.quarantined} == {"broken.fits", "notes.fits"}
+    result = pipeline_flow(small_params([str(few_shot_dir)], store))
+    assert result["n_inputs"] == 5 and result["n_samples"] == 4
+    assert {Path(q["path"]).name for q in result["quarantined"]} == {"broken.fits", "notes.fits"}
     assert validate_store(str(store)) == []
     ds = open_run(str(store))
     assert ds.sizes["sample"] == 4 and ds.sizes["input"] == 5
@@ -64,8 +68,8 @@ def test_same_seed_gives_identical_samples(
 ) -> None:
     params_a = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "a.zarr", samples=2, eta=0.3)
     params_b = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "b.zarr", samples=2, eta=0.3)
-    run_pipeline(params_a, model=shipped_model)
-    run_pipeline(params_b, model=shipped_model)
+    pipeline_flow(params_a)
+    run_in_process(params_b)  # the same stage sequence without Prefect gives the same samples
     a, b = open_run(str(tmp_path / "a.zarr")), open_run(str(tmp_path / "b.zarr"))
     np.testing.assert_array_equal(a.samples.values, b.samples.values)
     np.testing.assert_array_equal(a.sample_seed.values, b.sample_seed.values)
@@ -77,8 +81,72 @@ def test_nothing_usable_writes_nothing(tmp_path: Path, shipped_model: FrozenDiff
     (bad / "a.fits").write_text("not fits")
     store = tmp_path / "store.zarr"
     with pytest.raises(NoUsableInputError, match=r"a\.fits"):
-        run_pipeline(small_params([str(bad)], store), model=shipped_model)
+        pipeline_flow(small_params([str(bad)], store))
     assert not store.exists() or list_runs(str(store)) == []
+
+
+def test_duplicates_are_quarantined_and_too_few_inputs_stop_before_any_network_work(
+    fits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ood_core.method import ddim
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    originals = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:2]
+    for path in originals:
+        shutil.copy(path, folder / path.name)
+    shutil.copy(originals[0], folder / "zz_copy_of_first.fits")  # byte-identical: not a third shot
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the network ran although the run could not proceed")
+
+    monkeypatch.setattr(ddim, "invert_and_reconstruct", no_network)
+    monkeypatch.setattr(ddim, "in_domain_reference_latents", no_network)
+    store = tmp_path / "store.zarr"
+    with pytest.raises(NoUsableInputError, match="only 2 usable input") as info:
+        pipeline_flow(small_params([str(folder)], store))
+    assert info.value.usable == 2 and info.value.needed == 3
+    [duplicate] = info.value.quarantined
+    assert Path(duplicate.path).name == "zz_copy_of_first.fits" and originals[0].name in duplicate.reason
+    assert not store.exists()
+
+
+def test_a_failing_stage_marks_the_run_failed_once_in_the_sequence(
+    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel
+) -> None:
+    from ood_core.pipeline import execute_stage, prepare_run
+
+    params = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "s.zarr", samples=2)
+    run_id = prepare_run(params, shipped_model)
+    seen: list[str] = []
+
+    def execute(stage: str, p: PipelineParameters, rid: str) -> dict[str, object]:
+        seen.append(stage)
+        if stage == "prior":
+            raise RuntimeError("GPU fell off the bus")
+        return execute_stage(stage, p, rid)
+
+    with pytest.raises(RuntimeError, match="fell off"):
+        run_stages(params, run_id, execute)
+    assert seen == ["invert", "prior"]
+    [info] = list_runs(str(tmp_path / "s.zarr"))
+    assert info.status == "failed"
+    record = open_run(str(tmp_path / "s.zarr"), run_id, allow_incomplete=True).attrs["ood_run"]
+    assert record["error"] == "RuntimeError: GPU fell off the bus"
+
+
+def test_each_stage_needs_the_previous_one_stored(
+    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel
+) -> None:
+    from ood_core import pipeline
+    from ood_core.store import StoreError
+
+    params = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "s.zarr")
+    writer = pipeline.create_run(params, shipped_model, pipeline.ingest(params, 64, 3))
+    with pytest.raises(StoreError, match="'invert' must complete before 'prior'"):
+        pipeline.stage_prior(params, shipped_model, writer)
+    with pytest.raises(StoreError, match="'prior' must complete before 'sample'"):
+        pipeline.stage_sample(params, shipped_model, writer)
 
 
 class _Interrupted(Exception):
@@ -92,7 +160,7 @@ def test_interrupted_run_resumes_without_redoing_completed_stages(
     from ood_core.method import ddim
 
     files = [str(p) for p in sorted(few_shot_dir.glob("glimpse_*.fits"))[:3]]
-    whole = run_pipeline(small_params(files, tmp_path / "whole.zarr", samples=3, batch_size=2), model=shipped_model)
+    whole = run_in_process(small_params(files, tmp_path / "whole.zarr", samples=3, batch_size=2))
 
     params = small_params(files, tmp_path / "cut.zarr", samples=3, batch_size=2)
     ingested = pipeline.ingest(params, shipped_model.resolution, shipped_model.channels)
@@ -115,7 +183,7 @@ def test_interrupted_run_resumes_without_redoing_completed_stages(
 
     monkeypatch.setattr(ddim, "invert_and_reconstruct", must_not_run)
     monkeypatch.setattr(ddim, "in_domain_reference_latents", must_not_run)
-    resumed = run_pipeline(params, model=shipped_model, resume=writer.run_id)
+    resumed = run_in_process(params, resume=writer.run_id)
     assert resumed.run_id == writer.run_id and resumed.n_samples == 3
     assert resumed.median_psnr_db == pytest.approx(whole.median_psnr_db)
     a, b = open_run(str(tmp_path / "whole.zarr")), open_run(str(tmp_path / "cut.zarr"))

@@ -8,13 +8,11 @@ import pytest
 from prefect.states import Completed, Failed
 
 from flows.naming import run_name
-from ood_core.errors import NotFitsError, TruncatedFitsError
-from ood_core.pipeline import NoUsableInputError
-from ood_core.pipeline.config import PipelineParameters
+from ood_core.errors import NotFitsError, NoUsableInputError, TruncatedFitsError
 from tasks.common import GPU_TAG, retry_on_io_error
-from tasks.ingest import expand, key_of, validate_fits
 from tasks.report import _flatten, artifact_key, contact_sheet_path, summary_markdown
 from tasks.stages import finish_task, invert_task, prior_task, sample_task
+from tasks.validate import expand, validate_fits
 
 
 def test_validate_fits_records_good_and_bad_files(fits_dir: Path, tmp_path: Path) -> None:
@@ -33,14 +31,6 @@ def test_expand_lists_unmatched_specs_as_quarantined(fits_dir: Path, tmp_path: P
     paths, unmatched = expand([str(fits_dir / "cutouts_128" / "glimpse_*.fits"), str(tmp_path / "nothing_*.fits")])
     assert paths and all(p.endswith(".fits") for p in paths)
     assert len(unmatched) == 1 and "nothing_" in unmatched[0]["path"] and unmatched[0]["reason"]
-
-
-def test_input_set_key_from_validation_records_ignores_bad_files(tmp_path: Path) -> None:
-    params = PipelineParameters(inputs=["x"], store=str(tmp_path / "s.zarr"))
-    good = [{"ok": True, "sha256": "a"}, {"ok": True, "sha256": "b"}]
-    assert key_of(good, params) == key_of([*reversed(good), {"ok": False, "path": "c"}], params)
-    assert key_of(good, params) != key_of(good[:1], params)
-    assert key_of(good, params) != key_of(good, params.model_copy(update={"samples": 3}))
 
 
 @pytest.mark.parametrize(
@@ -67,7 +57,7 @@ def test_network_stages_carry_the_gpu_tag_and_bookkeeping_does_not() -> None:
 def test_no_usable_input_error_survives_pickling() -> None:
     import pickle
 
-    from ood_core.io.fits import QuarantinedInput
+    from ood_core.errors import QuarantinedInput
 
     error = NoUsableInputError([QuarantinedInput("a.fits", "not FITS", "NotFitsError")])
     copy = pickle.loads(pickle.dumps(error))

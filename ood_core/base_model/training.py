@@ -189,7 +189,7 @@ def train_base_model(
             group["lr"] = config.learning_rate * lr_scale
         loss = F.mse_loss(unet(noisy, timesteps).sample, noise)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's backward() is unannotated
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         ema.step(unet.parameters())

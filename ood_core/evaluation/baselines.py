@@ -192,7 +192,7 @@ def finetune_model(
         prediction = unet(noisy.to(model.device), timesteps.to(model.device)).sample[:, : model.channels]
         loss = F.mse_loss(prediction, noise.to(model.device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's backward() is unannotated
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
         report.losses.append(float(loss.detach()))

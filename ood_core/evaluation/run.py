@@ -27,7 +27,7 @@ import torch
 from ood_core.errors import ConfigurationError
 from ood_core.evaluation import baselines as bl
 from ood_core.evaluation import metrics, plots
-from ood_core.io.fits import expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs
+from ood_core.io.fits import expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs, usable_size
 from ood_core.method.model import FrozenDiffusionModel, load_model
 from ood_core.method.normalization import (
     NormalizationParams,
@@ -116,7 +116,7 @@ def load_reference(
     paths = expand_inputs(list(reference_inputs))
     quarantined = [q.to_dict() for q in unmatched_inputs(list(reference_inputs))]
     tile = parameters.get("tile")
-    images, bad = read_fits_batch(paths, hdu=parameters.get("hdu"), min_size=max(tile or 0, resolution))
+    images, bad = read_fits_batch(paths, hdu=parameters.get("hdu"), min_size=usable_size(resolution, tile))
     quarantined += [q.to_dict() for q in bad]
     input_hashes = {str(entry.get("sha256")) for entry in provenance.get("inputs", [])}
     kept, excluded = [], []
@@ -235,7 +235,7 @@ def evaluate_run(
     novelty_factor = float(parameters.get("novelty_factor", 0.5))
 
     if model is None:
-        model = load_model(provenance["model"]["source"], device=device)  # type: ignore[arg-type]
+        model = load_model(provenance["model"]["source"], device=device)
     _check_model(model, provenance)
     torch_inputs = inputs
 

@@ -34,6 +34,7 @@ from ood_core.errors import (
     MissingInputError,
     NoImageHDUError,
     NotFitsError,
+    QuarantinedInput,
     TruncatedFitsError,
     WrongDimensionError,
 )
@@ -88,22 +89,6 @@ class FitsImage:
             meta[key] = None if value is None else str(value).strip()
         meta["plane"] = self.plane
         return meta
-
-
-@dataclass(frozen=True)
-class QuarantinedInput:
-    """An input that was set aside, with the reason a person reads and the error class name."""
-
-    path: str
-    reason: str
-    error: str
-
-    @classmethod
-    def from_error(cls, error: InvalidInputError) -> QuarantinedInput:
-        return cls(path=error.path, reason=error.reason, error=type(error).__name__)
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason, "error": self.error}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,6 +383,11 @@ def read_fits_image(
         sha256=sha256,
         plane=plane,
     )
+
+
+def usable_size(resolution: int, tile: int | None = None) -> int:
+    """Smallest usable image side for a model of this resolution: the tile size instead when inputs are tiled."""
+    return max(tile or 0, resolution)
 
 
 def read_fits_batch(

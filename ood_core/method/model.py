@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -179,3 +180,22 @@ def load_model(
         unet_config=dict(unet.config),
         scheduler_config=scheduler_config,
     )
+
+
+_CACHE: dict[tuple[str, str, str], FrozenDiffusionModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached_model(source: str | Path, device: DeviceSpec = "auto", dtype: DTypeSpec = "float32") -> FrozenDiffusionModel:
+    """:func:`load_model` once per process and setting (the stages of one run, and task workers, share it)."""
+    key = (str(source), str(device), str(dtype))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_model(source, device=device, dtype=dtype)
+        return _CACHE[key]
+
+
+def clear_model_cache() -> None:
+    """Forget every cached model (benchmarks that time loading)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

@@ -1,57 +1,67 @@
-"""One pipeline run: parameters, ingest, the stages (create -> invert -> prior -> sample -> finish)."""
+"""One pipeline run: parameters, ingest, the stages, and the one stage sequence that drives them.
 
+    ingest -> create_run -> run_stages: invert -> prior -> sample -> finish
+
+Flows run each stage as a Prefect task through :func:`run_stages`; :func:`run_in_process` does the same
+without Prefect.
+"""
+
+from ood_core.errors import NoUsableInputError
 from ood_core.pipeline.config import (
-    DEFAULT_MODEL_DIR,
+    MIN_USABLE_INPUTS,
     PipelineParameters,
+    RunSettings,
     default_model_path,
 )
+from ood_core.pipeline.ingest import IngestResult, drop_duplicates, ingest, input_set_key, read_inputs
+from ood_core.pipeline.sequence import (
+    NETWORK_STAGES,
+    StageExecutor,
+    execute_stage,
+    mark_failed,
+    prepare_run,
+    run_in_process,
+    run_stages,
+)
 from ood_core.pipeline.stages import (
-    REFERENCE_ARRAY,
+    ACCEPTED_PER_SAMPLE,
     STAGES,
-    IngestResult,
-    InversionOutcome,
-    NoUsableInputError,
-    PriorOutcome,
     ProgressHook,
     RunResult,
     create_run,
-    find_run_by_flow_run,
-    find_run_by_key,
     finish_run,
-    ingest,
-    input_set_key,
-    result_from_record,
-    resume_run,
-    run_pipeline,
-    run_stages,
     stage_invert,
     stage_prior,
     stage_sample,
+    stored_prior,
 )
 
 __all__ = [
-    "DEFAULT_MODEL_DIR",
-    "REFERENCE_ARRAY",
+    "ACCEPTED_PER_SAMPLE",
+    "MIN_USABLE_INPUTS",
+    "NETWORK_STAGES",
     "STAGES",
     "IngestResult",
-    "InversionOutcome",
     "NoUsableInputError",
     "PipelineParameters",
-    "PriorOutcome",
     "ProgressHook",
     "RunResult",
+    "RunSettings",
+    "StageExecutor",
     "create_run",
     "default_model_path",
-    "find_run_by_flow_run",
-    "find_run_by_key",
+    "drop_duplicates",
+    "execute_stage",
     "finish_run",
     "ingest",
     "input_set_key",
-    "result_from_record",
-    "resume_run",
-    "run_pipeline",
+    "mark_failed",
+    "prepare_run",
+    "read_inputs",
+    "run_in_process",
     "run_stages",
     "stage_invert",
     "stage_prior",
     "stage_sample",
+    "stored_prior",
 ]

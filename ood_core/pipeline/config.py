@@ -1,4 +1,8 @@
-"""Run parameters, validated: one pydantic model shared by the CLI, the flows (UI forms) and the library."""
+"""Run parameters, validated: one pydantic model shared by the CLI, the flows (UI forms) and the library.
+
+:class:`RunSettings` is how a run computes; :class:`PipelineParameters` adds what it runs on (inputs) and
+where it writes (store). The scheduled inbox flow reuses :class:`RunSettings` rather than re-declaring it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ood_core.io.fits import usable_size
+
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "base64"
+
+MIN_USABLE_INPUTS = 3
+"""The sampler's acceptance band comes from leave-one-out statistics of the inverted inputs: 3 at least."""
 
 
 def default_model_path() -> str:
@@ -15,15 +24,11 @@ def default_model_path() -> str:
     return str(DEFAULT_MODEL_DIR)
 
 
-class PipelineParameters(BaseModel):
-    """Everything that determines a pipeline run; stored verbatim in provenance."""
+class RunSettings(BaseModel):
+    """How a run computes: model, inversion, prior, sampler, normalization and device settings."""
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[str] = Field(
-        min_length=1, description="FITS files, directories or glob patterns of the few-shot set"
-    )
-    store: str = Field(min_length=1, description="zarr store URL (local path or any fsspec URL)")
     model: str = Field(default_factory=default_model_path, description="diffusers model folder or hub id")
     samples: int = Field(default=16, ge=1, le=100_000, description="number of accepted samples to generate")
     seed: int = Field(default=0, ge=0, le=2**62, description="seed of the whole run")
@@ -50,6 +55,29 @@ class PipelineParameters(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where the network runs")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(default="float32", description="network dtype")
 
+    @model_validator(mode="after")
+    def _steps_within_t0(self) -> RunSettings:
+        if self.steps > self.t0 and not self.auto_t0:
+            raise ValueError(f"steps ({self.steps}) must not exceed t0 ({self.t0})")
+        if self.auto_t0 and not self.t0_scan:
+            raise ValueError("auto_t0 needs a non-empty t0_scan")
+        return self
+
+    def min_input_size(self, resolution: int) -> int:
+        """Smallest usable image side: the model resolution, or the tile size when inputs are tiled."""
+        return usable_size(resolution, self.tile)
+
+
+class _RunTarget(BaseModel):
+    """What a run reads and where it writes (listed first in forms)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(
+        min_length=1, description="FITS files, directories or glob patterns of the few-shot set"
+    )
+    store: str = Field(min_length=1, description="zarr store URL (local path or any fsspec URL)")
+
     @field_validator("inputs")
     @classmethod
     def _no_blank_inputs(cls, value: list[str]) -> list[str]:
@@ -57,10 +85,8 @@ class PipelineParameters(BaseModel):
             raise ValueError("input paths must not be blank")
         return value
 
-    @model_validator(mode="after")
-    def _steps_within_t0(self) -> PipelineParameters:
-        if self.steps > self.t0 and not self.auto_t0:
-            raise ValueError(f"steps ({self.steps}) must not exceed t0 ({self.t0})")
-        if self.auto_t0 and not self.t0_scan:
-            raise ValueError("auto_t0 needs a non-empty t0_scan")
-        return self
+
+class PipelineParameters(RunSettings, _RunTarget):
+    """Everything that determines a pipeline run; stored verbatim in provenance."""
+
+    model_config = ConfigDict(extra="forbid")

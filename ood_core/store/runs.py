@@ -48,6 +48,10 @@ class StoreError(OODError):
     """The store or a run in it cannot be used as asked; the message says why."""
 
 
+class StoreNotFoundError(StoreError):
+    """There is no store at that URL yet."""
+
+
 class RunNotFoundError(StoreError):
     """No run with that id (or no complete run at all) in the store."""
 
@@ -82,7 +86,9 @@ SAMPLE_ARRAYS: dict[str, ArraySpec] = {
     "sample_nearest_input_distance": ArraySpec(("sample",), "float32"),
 }
 COORDINATE_ARRAYS: dict[str, ArraySpec] = {"criterion": ArraySpec(("criterion",), "str")}
-RUN_ARRAYS: dict[str, ArraySpec] = {**INPUT_ARRAYS, **SAMPLE_ARRAYS, **COORDINATE_ARRAYS}
+REFERENCE_ARRAYS: dict[str, ArraySpec] = {"reference_latents": ArraySpec(("reference", *_IMAGE_DIMS), "float32")}
+"""Written by the prior stage (in-domain reference latents at t0); its length is known only then."""
+RUN_ARRAYS: dict[str, ArraySpec] = {**INPUT_ARRAYS, **SAMPLE_ARRAYS, **COORDINATE_ARRAYS, **REFERENCE_ARRAYS}
 
 
 # --------------------------------------------------------------------------------------------- opening
@@ -142,7 +148,7 @@ def _open_root_readonly(url: str, storage_options: Mapping[str, Any] | None) -> 
     try:
         root = zarr.open_group(store, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
-        raise StoreError(f"{url}: no store here") from exc
+        raise StoreNotFoundError(f"{url}: no store here") from exc
     _check_root(root, url)
     return root
 
@@ -183,8 +189,8 @@ class RunWriter:
         self._group = group
         self.store_url = store_url
         self.run_id = run_id
-        self._record: dict[str, Any] = dict(group.attrs[RUN_ATTR])  # type: ignore[arg-type]
-        self._progress: dict[str, Any] = dict(group.attrs[PROGRESS_ATTR])  # type: ignore[arg-type]
+        self._record: dict[str, Any] = _attr_dict(group, RUN_ATTR)
+        self._progress: dict[str, Any] = _attr_dict(group, PROGRESS_ATTR)
         self._samples = {name: _array(group, name) for name in SAMPLE_ARRAYS}
 
     @classmethod
@@ -232,32 +238,7 @@ class RunWriter:
         except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
             raise StoreError(f"{store_url}: run {run_id} already exists; runs never share a group") from exc
 
-        image = (channels, height, width)
-        fixed_shapes = {
-            "inputs": (n_inputs, *image), "input_mask": (n_inputs, height, width),
-            "input_latents": (n_inputs, *image), "reconstructions": (n_inputs, *image),
-            "reconstruction_psnr": (n_inputs,),
-        }
-        for name, shape in fixed_shapes.items():
-            spec = INPUT_ARRAYS[name]
-            group.create_array(name, shape=shape, dtype=spec.dtype, chunks=(1, *shape[1:]),
-                               dimension_names=spec.dims, fill_value=_fill(spec.dtype))
-        trailing = {
-            "samples": image, "samples_physical": (height, width), "sample_latents": image,
-            "sample_seed": (), "sample_parent": (), "sample_criteria": (len(names),),
-            "sample_nearest_input_distance": (),
-        }
-        for name, rest in trailing.items():
-            spec = SAMPLE_ARRAYS[name]
-            first = sample_chunk if len(rest) >= 2 else vector_chunk
-            group.create_array(
-                name, shape=(0, *rest), dtype=spec.dtype, chunks=(first, *rest), dimension_names=spec.dims,
-                fill_value=_fill(spec.dtype),
-                attributes={"units": units} if name == "samples_physical" else None,
-            )
-        criterion = group.create_array("criterion", shape=(len(names),), dtype=np.dtypes.StringDType(),
-                                       dimension_names=("criterion",))
-        criterion[:] = np.array(names, dtype=np.dtypes.StringDType())
+        _create_arrays(group, n_inputs, (channels, height, width), names, sample_chunk, vector_chunk, units)
         return cls(group, store_url, run_id)
 
     @classmethod
@@ -306,16 +287,66 @@ class RunWriter:
     ) -> None:
         """Write the fixed-size per-input arrays (whole arrays, shapes must match the run's)."""
         self._require_writing()
-        data = {"inputs": inputs, "input_mask": input_mask, "input_latents": input_latents,
-                "reconstructions": reconstructions, "reconstruction_psnr": reconstruction_psnr}
+        self._write_fixed({"inputs": inputs, "input_mask": input_mask, "input_latents": input_latents,
+                           "reconstructions": reconstructions, "reconstruction_psnr": reconstruction_psnr})
+        self._progress["inputs_written"] = True
+        self._save()
+
+    def write_normalized_inputs(self, inputs: npt.ArrayLike, input_mask: npt.ArrayLike) -> None:
+        """Write the normalized model-space inputs and their mask (the run's first stage)."""
+        self._require_writing()
+        self._write_fixed({"inputs": inputs, "input_mask": input_mask})
+
+    def write_inversion(
+        self, input_latents: npt.ArrayLike, reconstructions: npt.ArrayLike, reconstruction_psnr: npt.ArrayLike
+    ) -> None:
+        """Write the inverted latents at t0, the round-trip images and their PSNR."""
+        self._require_writing()
+        self._write_fixed({"input_latents": input_latents, "reconstructions": reconstructions,
+                           "reconstruction_psnr": reconstruction_psnr})
+        self._progress["inputs_written"] = True
+        self._save()
+
+    def write_reference_latents(self, latents: npt.ArrayLike) -> None:
+        """Write (or replace) the in-domain reference latents at t0, shape (reference, channel, y, x)."""
+        self._require_writing()
+        spec = REFERENCE_ARRAYS["reference_latents"]
+        values = _as_dtype("reference_latents", latents, spec.dtype)
+        image = _array(self._group, "inputs").shape[1:]
+        if values.ndim != 4 or values.shape[1:] != image:
+            raise StoreError(f"reference_latents: shape {values.shape}, the run expects (reference, *{image})")
+        self._group.create_array(
+            "reference_latents", shape=values.shape, dtype=spec.dtype, chunks=values.shape,
+            dimension_names=spec.dims, overwrite=True,
+        )[...] = values
+
+    def read(self, name: str) -> npt.NDArray[Any]:
+        """One whole array of the run as numpy (the per-sample arrays up to the committed count)."""
+        if name not in RUN_ARRAYS:
+            raise StoreError(f"{name!r} is not an array of the run contract ({', '.join(RUN_ARRAYS)})")
+        arr = _array(self._group, name)
+        if name in SAMPLE_ARRAYS:
+            return np.asarray(arr[: self.n_samples])
+        return np.asarray(arr[...])
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of inputs of the run (fixed at creation)."""
+        return int(_array(self._group, "inputs").shape[0])
+
+    def record_timing(self, stage: str, seconds: float) -> None:
+        """Add one stage's wall time (s) to the provenance ``timings``."""
+        timings = dict(self._record.get("timings") or {})
+        timings[stage] = round(float(seconds), 3)
+        self.update_provenance(timings=timings)
+
+    def _write_fixed(self, data: Mapping[str, npt.ArrayLike]) -> None:
         for name, values in data.items():
             arr = _array(self._group, name)
             checked = _as_dtype(name, values, INPUT_ARRAYS[name].dtype)
             if checked.shape != arr.shape:
                 raise StoreError(f"{name}: shape {checked.shape}, the run expects {arr.shape}")
             arr[...] = checked
-        self._progress["inputs_written"] = True
-        self._save()
 
     def append_samples(
         self,
@@ -415,6 +446,54 @@ class RunWriter:
         self._group.update_attributes({RUN_ATTR: self._record, PROGRESS_ATTR: self._progress})
 
 
+
+def _create_arrays(
+    group: zarr.Group,
+    n_inputs: int,
+    image: tuple[int, int, int],
+    criterion_names: list[str],
+    sample_chunk: int,
+    vector_chunk: int,
+    units: str,
+) -> None:
+    """The arrays of a new run group: per-input arrays at full size, per-sample arrays empty (they grow)."""
+    names = criterion_names
+    _, height, width = image
+    fixed_shapes = {
+        "inputs": (n_inputs, *image), "input_mask": (n_inputs, height, width),
+        "input_latents": (n_inputs, *image), "reconstructions": (n_inputs, *image),
+        "reconstruction_psnr": (n_inputs,),
+    }
+    for name, shape in fixed_shapes.items():
+        spec = INPUT_ARRAYS[name]
+        group.create_array(name, shape=shape, dtype=spec.dtype, chunks=(1, *shape[1:]),
+                           dimension_names=spec.dims, fill_value=_fill(spec.dtype))
+    trailing = {
+        "samples": image, "samples_physical": (height, width), "sample_latents": image,
+        "sample_seed": (), "sample_parent": (), "sample_criteria": (len(names),),
+        "sample_nearest_input_distance": (),
+    }
+    for name, rest in trailing.items():
+        spec = SAMPLE_ARRAYS[name]
+        first = sample_chunk if len(rest) >= 2 else vector_chunk
+        group.create_array(
+            name, shape=(0, *rest), dtype=spec.dtype, chunks=(first, *rest), dimension_names=spec.dims,
+            fill_value=_fill(spec.dtype),
+            attributes={"units": units} if name == "samples_physical" else None,
+        )
+    criterion = group.create_array("criterion", shape=(len(names),), dtype=np.dtypes.StringDType(),
+                                   dimension_names=("criterion",))
+    criterion[:] = np.array(names, dtype=np.dtypes.StringDType())
+
+
+def _attr_dict(group: zarr.Group, name: str) -> dict[str, Any]:
+    """A JSON-object attribute of a run group (StoreError naming the run when it is missing or not an object)."""
+    value = group.attrs.get(name)
+    if not isinstance(value, dict):
+        raise StoreError(f"{group.path}: attribute {name!r} is missing or not a JSON object; not a run written here")
+    return dict(value)
+
+
 def _fill(dtype: str) -> Any:
     # NaN marks never-written float cells; integers and booleans have no such value.
     return np.nan if dtype.startswith("float") else 0 if dtype != "bool" else False
@@ -491,20 +570,34 @@ def _run_info(group: zarr.Group, run_id: str) -> RunInfo:
     )
 
 
-def list_runs(
-    store_url: str, *, include_incomplete: bool = True, storage_options: Mapping[str, Any] | None = None
-) -> list[RunInfo]:
-    """Every run in the store, oldest first (run ids sort by time)."""
-    root = _open_root_readonly(store_url, storage_options)
+def _run_groups(root: zarr.Group, store_url: str) -> list[tuple[str, zarr.Group]]:
+    """(run id, group) of every run in the store, oldest first (run ids sort by time)."""
     if RUNS_GROUP not in root:
         return []
     runs = root[RUNS_GROUP]
     if not isinstance(runs, zarr.Group):
         raise StoreError(f"{store_url}: {RUNS_GROUP} is not a group")
-    infos = [_run_info(group, name) for name, group in runs.groups()]
+    return sorted(runs.groups(), key=lambda item: item[0])
+
+
+def list_runs(
+    store_url: str, *, include_incomplete: bool = True, storage_options: Mapping[str, Any] | None = None
+) -> list[RunInfo]:
+    """Every run in the store, oldest first (run ids sort by time)."""
+    root = _open_root_readonly(store_url, storage_options)
+    infos = [_run_info(group, name) for name, group in _run_groups(root, store_url)]
     if not include_incomplete:
         infos = [info for info in infos if info.status == "complete"]
-    return sorted(infos, key=lambda info: info.run_id)
+    return infos
+
+
+def run_records(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The provenance record (``ood_run``) of every run, oldest first; empty when there is no store yet."""
+    try:
+        root = _open_root_readonly(store_url, storage_options)
+    except StoreNotFoundError:
+        return []
+    return [_run_record(group) for _, group in _run_groups(root, store_url)]
 
 
 def latest_complete_run_id(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> str:

@@ -82,7 +82,7 @@ def _check_arrays(group: zarr.Group, where: str) -> tuple[list[str], dict[str, z
         except (FileNotFoundError, zarr.errors.NodeNotFoundError, KeyError):
             problems.append(f"{where}: array {name!r} is missing")
             continue
-        dims = tuple(node.metadata.dimension_names or ())  # type: ignore[union-attr]
+        dims = tuple(node.metadata.dimension_names or ())  # type: ignore[union-attr]  # zarr v2 metadata has no dimension_names; v3 stores only here
         if dims != spec.dims:
             problems.append(f"{where}/{name}: dimension names {list(dims)}, expected {list(spec.dims)}")
         if not _dtype_matches(node, spec):

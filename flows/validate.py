@@ -1,4 +1,8 @@
-"""Ingest flow: validate and hash FITS inputs in parallel (on a Dask cluster via prefect-dask by default)."""
+"""Validate flow: check and hash many FITS files in parallel (on a Dask cluster via prefect-dask by default).
+
+A standalone check of a folder of candidate inputs (deployment ``validate``); the pipeline itself reads its
+inputs once, in its create-run task.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,11 @@ from prefect_dask.task_runners import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.naming import run_name
-from ood_core.io.fits import QuarantinedInput
-from ood_core.pipeline import NoUsableInputError
-from tasks.ingest import expand, validate_fits
+from ood_core.errors import NoUsableInputError, QuarantinedInput
+from tasks.validate import expand, validate_fits
 
 
-class IngestParameters(BaseModel):
+class ValidateParameters(BaseModel):
     """What to validate and where to run the validation."""
 
     model_config = ConfigDict(extra="forbid")
@@ -31,7 +34,7 @@ class IngestParameters(BaseModel):
     dask_processes: bool = Field(default=True, description="local cluster workers are processes (else threads)")
 
 
-def dask_runner(params: IngestParameters) -> DaskTaskRunner:
+def dask_runner(params: ValidateParameters) -> DaskTaskRunner:
     """A DaskTaskRunner on the given scheduler, or on a new local cluster."""
     if params.dask_address:
         return DaskTaskRunner(address=params.dask_address)
@@ -52,8 +55,9 @@ def quarantine_records(records: list[dict[str, Any]], unmatched: list[dict[str, 
     return [*unmatched, *bad]
 
 
-@flow(name="ingest", flow_run_name=run_name("ingest", "min_size", "dask_address"), validate_parameters=True)
-def ingest_flow(params: IngestParameters) -> dict[str, Any]:
+@flow(name="validate-inputs", flow_run_name=run_name("validate", "min_size", "dask_address"),
+      validate_parameters=True)
+def validate_flow(params: ValidateParameters) -> dict[str, Any]:
     """Validate every input; returns usable paths, per-file records and quarantined files with reasons.
 
     Raises NoUsableInputError (with every reason) when nothing is usable.
@@ -69,7 +73,7 @@ def ingest_flow(params: IngestParameters) -> dict[str, Any]:
         records = [future.result() for future in futures]
     quarantined = quarantine_records(records, unmatched)
     usable = [r["path"] for r in records if r["ok"]]
-    logger.info("ingest: %d usable, %d quarantined", len(usable), len(quarantined))
+    logger.info("validate: %d usable, %d quarantined", len(usable), len(quarantined))
     if not usable:
         raise NoUsableInputError([QuarantinedInput(q["path"], q["reason"], q["error"]) for q in quarantined])
     return {"usable": usable, "records": records, "quarantined": quarantined}

@@ -1,0 +1,82 @@
+"""Ingest: the few-shot set as the run will use it. Read and validate every input once, set aside what is
+unusable (with its reason), drop byte-identical copies, tile, check there are enough shots, normalize.
+
+Nothing here touches the store or the network: a run that cannot proceed stops here, before anything is
+written and before any network evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ood_core.errors import NoUsableInputError, QuarantinedInput
+from ood_core.io.fits import FitsImage, expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs
+from ood_core.method.normalization import NormalizedBatch, prepare_batch
+from ood_core.pipeline.config import MIN_USABLE_INPUTS, PipelineParameters
+
+KEY_IGNORED_PARAMETERS = ("inputs", "store", "batch_size")
+"""Parameters that do not change what a run computes from the same input files (the idempotence key ignores them)."""
+
+
+@dataclass
+class IngestResult:
+    """The usable images (after tiling), what was set aside and why, and the normalized batch."""
+
+    images: list[FitsImage]
+    quarantined: list[QuarantinedInput]
+    batch: NormalizedBatch
+
+
+def drop_duplicates(images: Sequence[FitsImage]) -> tuple[list[FitsImage], list[QuarantinedInput]]:
+    """Keep the first of byte-identical files (same sha256); the others are quarantined as duplicates."""
+    first: dict[str, FitsImage] = {}
+    kept: list[FitsImage] = []
+    duplicates: list[QuarantinedInput] = []
+    for image in images:
+        original = first.setdefault(image.sha256, image)
+        if original is image:
+            kept.append(image)
+        else:
+            duplicates.append(QuarantinedInput(image.path, f"duplicate of {original.path} (same sha256)",
+                                               "DuplicateInputError"))
+    return kept, duplicates
+
+
+def read_inputs(params: PipelineParameters, resolution: int) -> tuple[list[FitsImage], list[QuarantinedInput]]:
+    """Every usable input image (tiled when asked) and every set-aside input with its reason."""
+    quarantined: list[QuarantinedInput] = list(unmatched_inputs(params.inputs))
+    images, bad = read_fits_batch(expand_inputs(params.inputs), hdu=params.hdu,
+                                  min_size=params.min_input_size(resolution))
+    images, duplicates = drop_duplicates(images)
+    quarantined += [*bad, *duplicates]
+    if params.tile:
+        images = [tile for image in images for tile in tile_cutouts(image, params.tile)]
+    return images, quarantined
+
+
+def ingest(params: PipelineParameters, resolution: int, channels: int) -> IngestResult:
+    """Read, validate, deduplicate, tile and normalize the inputs.
+
+    Raises NoUsableInputError when fewer than MIN_USABLE_INPUTS images are usable (nothing is written then).
+    """
+    images, quarantined = read_inputs(params, resolution)
+    if len(images) < MIN_USABLE_INPUTS:
+        raise NoUsableInputError(quarantined, usable=len(images), needed=MIN_USABLE_INPUTS)
+    batch = prepare_batch(
+        images, resolution=resolution, channels=channels, mode=params.normalization, stretch=params.stretch
+    )
+    return IngestResult(images, quarantined, batch)
+
+
+def input_set_key(input_sha256s: Sequence[str], params: PipelineParameters) -> str:
+    """Idempotence key of a run: sha256 of the sorted distinct input-file hashes and the parameters.
+
+    File paths, the store and the batch size are left out: the same files with the same settings give the same
+    key wherever they lie, so a scheduled flow can tell that it already processed them.
+    """
+    settings = params.model_dump(mode="json", exclude=set(KEY_IGNORED_PARAMETERS))
+    payload = json.dumps({"inputs": sorted(set(input_sha256s)), "parameters": settings}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()

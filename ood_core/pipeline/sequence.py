@@ -1,0 +1,100 @@
+"""The one stage sequence of a run. The Prefect flow, the CLI (through the flow), the benchmarks and the tests
+all go through :func:`run_stages`; only *how* a stage executes differs (a Prefect task, or a plain call).
+
+    prepare_run (ingest + create_run) -> run_stages: invert -> prior -> sample -> finish
+
+A stage that raises marks the run "failed" (with the error) here, in one place, and the error propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ood_core.method.model import FrozenDiffusionModel, cached_model
+from ood_core.pipeline.config import PipelineParameters
+from ood_core.pipeline.ingest import ingest
+from ood_core.pipeline.stages import STAGE_FUNCTIONS, ProgressHook, RunResult, create_run, finish_run
+from ood_core.store.runs import RunWriter, StoreError
+
+log = logging.getLogger(__name__)
+
+NETWORK_STAGES = ("invert", "prior", "sample")
+"""Stages run by :func:`run_stages` before ``finish``, in this order."""
+
+StageExecutor = Callable[[str, PipelineParameters, str], dict[str, Any]]
+"""execute(stage, params, run_id) -> stage report; ``stage`` is one of NETWORK_STAGES or "finish"
+(which must return the RunResult as a dict)."""
+
+
+def run_stages(params: PipelineParameters, run_id: str, execute: StageExecutor) -> dict[str, Any]:
+    """invert -> prior -> sample -> finish on the run ``run_id``, each through ``execute``; returns the result.
+
+    Stages already complete in the store are skipped by the stages themselves, so this also resumes a run.
+    On an exception the run is marked "failed" and the exception propagates.
+    """
+    try:
+        for stage in NETWORK_STAGES:
+            execute(stage, params, run_id)
+        return execute("finish", params, run_id)
+    except BaseException as exc:
+        mark_failed(params.store, run_id, exc)
+        raise
+
+
+def mark_failed(store: str, run_id: str, error: BaseException | str) -> None:
+    """Mark a run "failed" with its error (readers skip it); a run already complete or failed is left alone."""
+    try:
+        writer = RunWriter.open(store, run_id)
+    except StoreError:  # not "writing" any more: nothing to mark
+        return
+    writer.fail(error)
+
+
+def execute_stage(
+    stage: str, params: PipelineParameters, run_id: str, progress: ProgressHook | None = None
+) -> dict[str, Any]:
+    """Run one stage in this process (the model is loaded once per process)."""
+    writer = RunWriter.open(params.store, run_id)
+    if stage == "finish":
+        return finish_run(writer).to_dict()
+    model = cached_model(params.model, params.device, params.dtype)
+    return STAGE_FUNCTIONS[stage](params, model, writer, progress)
+
+
+def prepare_run(
+    params: PipelineParameters,
+    model: FrozenDiffusionModel,
+    *,
+    run_id: str | None = None,
+    extra_provenance: dict[str, Any] | None = None,
+) -> str:
+    """Ingest the inputs, create the "writing" run with them, return its id (NoUsableInputError: nothing written)."""
+    started = time.perf_counter()
+    ingested = ingest(params, model.resolution, model.channels)
+    writer = create_run(params, model, ingested, run_id=run_id, extra_provenance=extra_provenance,
+                        ingest_seconds=time.perf_counter() - started)
+    log.info("created run %s in %s with %d inputs", writer.run_id, params.store, writer.n_inputs)
+    return writer.run_id
+
+
+def run_in_process(
+    params: PipelineParameters,
+    *,
+    resume: str | None = None,
+    progress: ProgressHook | None = None,
+) -> RunResult:
+    """A whole run in this process, without Prefect (benchmarks, notebooks): prepare, then :func:`run_stages`.
+
+    ``resume``: id of a "writing" run in ``params.store`` to continue instead of starting a new one.
+    """
+    model = cached_model(params.model, params.device, params.dtype)
+    run_id = resume or prepare_run(params, model)
+
+    def execute(stage: str, p: PipelineParameters, rid: str) -> dict[str, Any]:
+        return execute_stage(stage, p, rid, progress)
+
+    result = run_stages(params, run_id, execute)
+    return RunResult(**result)

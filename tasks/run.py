@@ -1,0 +1,61 @@
+"""Run tasks: what the model needs, and creating the run (ingest + normalized inputs written to the store)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment, flow_run
+
+from ood_core.method.model import cached_model
+from ood_core.pipeline.config import PipelineParameters
+from ood_core.pipeline.sequence import prepare_run
+from ood_core.store.runs import run_records
+from tasks.common import retry_on_io_error, run_logger
+
+
+@task(name="model-info", retries=2, retry_delay_seconds=1, retry_condition_fn=retry_on_io_error,
+      cache_policy=NO_CACHE)
+def model_info(model: str, device: str = "auto", dtype: str = "float32") -> dict[str, Any]:
+    """Resolution, channels and checksum of the model (loaded once per process)."""
+    loaded = cached_model(model, device, dtype)
+    return {"resolution": loaded.resolution, "channels": loaded.channels, "weights_sha256": loaded.weights_sha256,
+            "device": str(loaded.device)}
+
+
+def prefect_origin() -> dict[str, Any]:
+    """The Prefect flow run (and deployment) a run is created by, as recorded in its provenance."""
+    flow_run_id = flow_run.get_id()
+    name = deployment.get_name()
+    return {"flow_run_id": str(flow_run_id) if flow_run_id else None, "flow_run_name": flow_run.get_name(),
+            "deployment_name": str(name) if name else None}
+
+
+def run_of_flow_run(store: str, flow_run_id: str) -> str | None:
+    """Id of a "writing" run this flow run created before (a retried flow run resumes it), or None."""
+    for record in reversed(run_records(store)):
+        origin = record.get("prefect")
+        if (record.get("status") == "writing" and isinstance(origin, dict)
+                and origin.get("flow_run_id") == flow_run_id):
+            return str(record["run_id"])
+    return None
+
+
+@task(name="create-run", cache_policy=NO_CACHE)
+def create_run_task(params: PipelineParameters) -> str:
+    """Ingest the inputs and create the "writing" run with them; returns the run id.
+
+    A retried flow run finds the run it started before and returns it, so completed stages are not redone.
+    Raises NoUsableInputError (nothing written) when too few inputs are usable.
+    """
+    origin = prefect_origin()
+    if origin["flow_run_id"]:
+        existing = run_of_flow_run(params.store, origin["flow_run_id"])
+        if existing:
+            run_logger().info("resuming run %s of this flow run", existing)
+            return existing
+    model = cached_model(params.model, params.device, params.dtype)
+    run_id = prepare_run(params, model, extra_provenance={"prefect": origin})
+    run_logger().info("created run %s in %s", run_id, params.store)
+    return run_id
