@@ -129,3 +129,30 @@ def test_finetune_bounds() -> None:
         bl.FinetuneConfig(steps=0)
     with pytest.raises(ConfigurationError):
         bl.FinetuneConfig(batch_size=0)
+
+
+def test_registry_has_every_baseline_and_draws_what_the_functions_draw(
+    shipped_model: FrozenDiffusionModel, inputs: torch.Tensor
+) -> None:
+    assert tuple(bl.REGISTRY) == bl.BASELINE_NAMES
+    grid = ddim.timestep_grid(400, 4, shipped_model.num_train_timesteps)
+    latents = ddim.ddim_invert(shipped_model, inputs, grid)
+    ctx = bl.BaselineContext(shipped_model, inputs, latents, grid, steps=3, seed=4, finetune_steps=1,
+                             finetune_batch_size=2)
+    augmented = bl.draw_baseline("augmentation", ctx, 3)
+    images, parents, transforms = bl.augmentation_samples(inputs, 3, seed=4)
+    assert torch.equal(augmented.images, images) and augmented.parents is not None
+    assert augmented.parents.tolist() == parents.tolist()
+    assert augmented.info["transform_index"] == transforms.tolist()
+    in_domain = bl.draw_baseline("in_domain", ctx, 2)
+    assert torch.equal(in_domain.images, bl.in_domain_samples(shipped_model, 2, 3, seed=4))
+    assert in_domain.parents is None and in_domain.info == {"noise": "N(0, I) at the last timestep", "steps": 3,
+                                                            "seed": 4}
+    prior = bl.draw_baseline("prior_unscreened", ctx, 2)
+    assert torch.equal(prior.images, bl.unscreened_prior_samples(shipped_model, latents, grid, 2, seed=4))
+    assert prior.info["t0"] == 400 and prior.info["steps"] == 4
+    tuned = bl.draw_baseline("finetune", ctx, 1)
+    assert tuned.images.shape == (1, *inputs.shape[1:]) and tuned.info["steps"] == 1
+    assert tuned.info["sample_steps"] == 3
+    with pytest.raises(ConfigurationError, match="choose from"):
+        bl.draw_baseline("gan", ctx, 1)

@@ -1,4 +1,5 @@
-"""evaluate_run end to end: a real run of the shipped model on GLIMPSE cutouts against held-out cutouts."""
+"""evaluate_run end to end: a real run of the shipped model on GLIMPSE cutouts against held-out cutouts; and
+the run's own report on that run (contact sheet in physical units, criteria table, the report task's artifacts)."""
 
 from __future__ import annotations
 
@@ -187,9 +188,12 @@ def test_evaluate_flow_writes_results_and_artifacts(
 
     artifacts = asyncio.run(read())
     kinds = [a.type for a in artifacts]
-    assert kinds.count("markdown") == 1 and kinds.count("image") == 6
+    # Every figure is embedded in the one summary; no image artifact (Prefect prints its URL as text).
+    assert kinds == ["markdown"]
     summary = next(a.data for a in artifacts if a.type == "markdown")
-    assert "| augmentation |" in summary and "domain_separation" in summary and "data:image/png;base64," in summary
+    assert "| augmentation |" in summary and "domain_separation" in summary
+    assert summary.count("](data:image/png;base64,") == len(result["plots"]) == 6
+    assert "d_in = RMS distance" in summary
     assert sorted(result["artifacts"]) == sorted(a.key for a in artifacts)
 
 
@@ -216,3 +220,107 @@ def test_per_image_normalization_paths(run: dict[str, Any], glimpse: list[str],
     np.testing.assert_allclose(physical[1], denormalize(np.zeros((4, 4)), first))
     with pytest.raises(ConfigurationError, match="parent"):
         to_physical(x, [first, other])
+
+
+def test_novelty_numbers_come_from_the_method_s_own_novelty_module(evaluation: dict[str, Any],
+                                                                   run: dict[str, Any]) -> None:
+    from ood_core.method.novelty import NoveltyRule, input_nearest_neighbour_distances
+
+    inputs = torch.from_numpy(open_run(run["store"], run["run_id"], chunks=None)["inputs"].values)
+    expected = input_nearest_neighbour_distances(inputs)
+    assert evaluation["novelty"]["inputs_nn_distances"] == expected.tolist()
+    assert evaluation["novelty"]["near_copy_threshold"] == NoveltyRule(factor=0.5).threshold(inputs)
+    assert evaluation["sets"]["method"]["inputs_nn_median"] == pytest.approx(float(expected.median()))
+
+
+def test_evaluation_contact_sheet_is_grey_and_readable(evaluation: dict[str, Any]) -> None:
+    from matplotlib.image import imread
+
+    pixels = imread(evaluation["plots"]["contact_sheet"])
+    assert pixels.shape[0] > 1000 and pixels.shape[1] > 800  # 7 rows of 4-5 panels
+    np.testing.assert_allclose(pixels[..., 0], pixels[..., 2], atol=1e-6)
+
+
+def test_no_function_in_the_evaluation_package_is_longer_than_80_lines() -> None:
+    import ast
+
+    import ood_core.evaluation
+
+    folder = Path(ood_core.evaluation.__file__).parent
+    lengths = {}
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lengths[f"{path.name}:{node.name}"] = (node.end_lineno or node.lineno) - node.lineno + 1
+    assert "run.py:evaluate_run" in lengths and len(lengths) > 50
+    assert {name: n for name, n in lengths.items() if n > 80} == {}
+
+
+# --------------------------------------------------------------------------------------------- the run report
+
+
+def test_run_contact_sheet_in_physical_units_grey_and_explained(
+    run: dict[str, Any], glimpse: list[str], tmp_path: Path
+) -> None:
+    from matplotlib.image import imread
+
+    from ood_core.evaluation.sheets import _run_physical, run_contact_sheet
+
+    ds = open_run(run["store"], run["run_id"], chunks=None)
+    record = ds.attrs["ood_run"]
+    sheet = run_contact_sheet(ds, tmp_path / "sheet.png")
+    pixels = imread(sheet.path)
+    assert pixels.shape[0] > 368 and pixels.shape[1] > 336 * 2  # 3 rows x 4 columns, each panel > 150 px
+    np.testing.assert_allclose(pixels[..., 0], pixels[..., 1], atol=1e-6)
+    assert sheet.units == "MJy/sr" and "MJy/sr" in sheet.caption
+    threshold = record["novelty"]["threshold"]
+    assert f"below {threshold:.3f}" in sheet.caption and "d_in = RMS distance" in sheet.caption
+    # Rows in physical units: inputs as read from FITS and normalized with the run's parameters; samples as
+    # stored in samples_physical.
+    rows, units = _run_physical(ds, 8)
+    params = NormalizationParams.from_dict(record["normalization"]["params"][0])
+    image = read_fits_image(glimpse[0])
+    plane, _ = resize_to_resolution(image.data, image.mask, ds.sizes["y"])
+    np.testing.assert_allclose(rows["inputs"][0], denormalize(normalize(plane, params), params), rtol=1e-5,
+                               atol=1e-4)
+    np.testing.assert_array_equal(rows["samples"], ds["samples_physical"].values)
+    assert units == "MJy/sr" and rows["reconstructions"].shape == rows["inputs"].shape
+
+
+def test_report_task_attaches_summary_and_exact_seed_table(prefect_harness: None, run: dict[str, Any]) -> None:
+    import asyncio
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tasks.report import report_task
+
+    @flow(name="report-only")
+    def report_only(result: dict[str, Any]) -> dict[str, Any]:
+        return report_task(result, key_prefix="Report Test")
+
+    result = {"store": run["store"], "run_id": run["run_id"], "n_inputs": N_INPUTS, "n_samples": 4}
+    state = report_only(result, return_state=True)
+    assert state.is_completed(), state
+    out = state.result()
+    png = Path(out["contact_sheet"])
+    assert png.parent == Path(run["store"]).parent and png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(out["artifact_keys"]) == ["report-test-criteria", "report-test-summary"]
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            flow_filter = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=flow_filter))
+
+    artifacts = {a.type: a for a in asyncio.run(read())}
+    assert set(artifacts) == {"markdown", "table"}, "no image artifact: Prefect would print its base64 URL"
+    summary = artifacts["markdown"].data
+    assert summary.count("](data:image/png;base64,") == 1 and "d_in = RMS distance" in summary
+    assert "Separable from the model's own domain" in summary and "Gaussian enough" in summary
+    assert "<details><summary>" in summary
+    table = artifacts["table"].data
+    rows = table if isinstance(table, list) else json.loads(table)
+    seeds = open_run(run["store"], run["run_id"], chunks=None)["sample_seed"].values
+    assert [row["seed"] for row in rows] == [str(int(s)) for s in seeds]
+    assert all(int(row["seed"]) == int(s) for row, s in zip(rows, seeds, strict=True))

@@ -1,4 +1,5 @@
-"""Task-level pieces without a Prefect server: validation records, retry rules, artifact helpers, run names."""
+"""Task-level pieces without a Prefect server: validation records, retry rules, run names (report pieces:
+test_report.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from prefect.states import Completed, Failed
 from flows.naming import run_name
 from ood_core.errors import NotFitsError, NoUsableInputError, TruncatedFitsError
 from tasks.common import GPU_TAG, retry_on_io_error
-from tasks.report import _flatten, artifact_key, contact_sheet_path, summary_markdown
 from tasks.stages import finish_task, invert_task, prior_task, sample_task
 from tasks.validate import expand, validate_fits
 
@@ -62,31 +62,6 @@ def test_no_usable_input_error_survives_pickling() -> None:
     error = NoUsableInputError([QuarantinedInput("a.fits", "not FITS", "NotFitsError")])
     copy = pickle.loads(pickle.dumps(error))
     assert isinstance(copy, NoUsableInputError) and copy.quarantined[0].path == "a.fits" and "a.fits" in str(copy)
-
-
-def test_artifact_keys_and_contact_sheet_paths(tmp_path: Path) -> None:
-    assert artifact_key("Pipeline_Run 20261125T1800Z-ab") == "pipeline-run-20261125t1800z-ab"
-    assert contact_sheet_path(str(tmp_path / "s.zarr"), "r1") == tmp_path / "r1_contact.png"
-    remote = contact_sheet_path("memory://bucket/s.zarr", "r2")
-    assert remote.name == "r2_contact.png" and remote.parent.is_dir()
-
-
-def test_summary_markdown_lists_quarantine_reasons_and_headline_numbers() -> None:
-    result = {"run_id": "r1", "store": "/data/s.zarr", "n_inputs": 2, "n_samples": 3}
-    record = {
-        "status": "complete", "input_set_key": "k" * 64,
-        "inputs": [{"path": "/in/a.fits", "sha256": "f" * 64, "shape": [128, 128], "BUNIT": "MJy/sr", "OBJECT": None}],
-        "quarantined": [{"path": "/in/bad.fits", "reason": "not a FITS file | really", "error": "NotFitsError"}],
-        "inversion": {"t0": 500, "steps": 10, "median_psnr_db": 38.25, "min_psnr_db": 36.0, "max_psnr_db": 40.0},
-        "prior": {"diagnostics": {"norm": {"ratio": 1.01}, "angles_deg": [88.0, 90.0]}},
-        "sampler": {"requested": 3, "tried": 256, "accepted": 40, "acceptance_rate": 0.15625},
-        "timings": {"invert": 1.5},
-    }
-    text = summary_markdown(result, record, Path("/data/r1_contact.png"), "AAAA")
-    for expected in ("r1", "/data/s.zarr", "/in/bad.fits", "not a FITS file / really", "38.25", "0.1562",
-                     "norm.ratio", "a.fits", "/data/r1_contact.png", "data:image/png;base64,AAAA"):
-        assert expected in text, expected
-    assert _flatten({"a": {"b": 1.0}, "c": [1, 2.0]}) == [("a.b", 1.0), ("c", "1, 2.0000")]
 
 
 def test_run_name_outside_a_run_is_the_prefix() -> None:

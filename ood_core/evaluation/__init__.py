@@ -1,18 +1,37 @@
-"""Evaluation: fidelity metrics, baselines through the frozen model, plots, the evaluate_run report."""
+"""Evaluation: a run's samples and baselines against real reference images (DESIGN section 7).
+
+Modules, in the order ``evaluate_run`` uses them: ``loading`` (run + reference images), ``baselines``
+(REGISTRY of what the method is judged against), ``metrics`` and ``scoring`` (numbers per set), ``plots``
+and ``sheets`` (figures, contact sheets), ``report`` (JSON, table, markdown); ``run_report`` is what a
+person reads about one run (summary, per-sample table, prior diagnostics in words).
+"""
 
 from ood_core.evaluation.baselines import (
     BASELINE_NAMES,
     MAX_FINETUNE_STEPS,
+    REGISTRY,
+    BaselineContext,
+    BaselineDraw,
     FinetuneConfig,
     FinetuneReport,
     ProgressHook,
     augmentation_samples,
     check_baselines,
     dihedral,
+    draw_baseline,
     finetune_model,
     finetune_samples,
     in_domain_samples,
     unscreened_prior_samples,
+)
+from ood_core.evaluation.loading import (
+    ImageSet,
+    ReferenceSet,
+    RunData,
+    load_reference,
+    load_run,
+    run_normalization,
+    to_physical,
 )
 from ood_core.evaluation.metrics import (
     DOMAIN_QUANTILES,
@@ -35,7 +54,6 @@ from ood_core.evaluation.metrics import (
     gini,
     image_morphology,
     isotropic_power_spectrum,
-    leave_one_out_nearest,
     m20,
     minkowski_curves,
     minkowski_thresholds,
@@ -47,40 +65,48 @@ from ood_core.evaluation.metrics import (
     wasserstein_1,
 )
 from ood_core.evaluation.plots import (
-    contact_sheet,
     minkowski_panels,
     morphology_panels,
     novelty_histograms,
     pixel_histograms,
     power_spectra,
+    save_figure,
 )
-from ood_core.evaluation.run import (
-    DEFAULT_BASELINES,
-    TABLE_COLUMNS,
-    ImageSet,
-    ReferenceSet,
-    evaluate_run,
-    format_table,
-    load_reference,
-    to_physical,
+from ood_core.evaluation.report import evaluation_markdown, format_table, write_json, write_plots
+from ood_core.evaluation.run import ANCHOR_SEED_OFFSET, DEFAULT_BASELINES, evaluate_run
+from ood_core.evaluation.run_report import (
+    PriorVerdict,
+    criteria_rows,
+    prior_verdict,
+    run_summary_markdown,
 )
+from ood_core.evaluation.scoring import TABLE_COLUMNS, Scores, novelty_summary, score_sets, table_rows
+from ood_core.evaluation.sheets import RunSheet, contact_sheet, distance_labels, distance_note, run_contact_sheet
 
 __all__ = [
+    "ANCHOR_SEED_OFFSET",
     "BASELINE_NAMES",
     "DEFAULT_BASELINES",
     "DOMAIN_QUANTILES",
     "MAX_FINETUNE_STEPS",
     "METRIC_DOCS",
     "MINKOWSKI_QUANTILES",
+    "REGISTRY",
     "TABLE_COLUMNS",
+    "BaselineContext",
+    "BaselineDraw",
     "FinetuneConfig",
     "FinetuneReport",
     "ImageSet",
     "MinkowskiCurves",
     "Morphology",
     "PowerSpectrum",
+    "PriorVerdict",
     "ProgressHook",
     "ReferenceSet",
+    "RunData",
+    "RunSheet",
+    "Scores",
     "SetStatistics",
     "SourceDetection",
     "asymmetry",
@@ -90,12 +116,17 @@ __all__ = [
     "compare_statistics",
     "concentration",
     "contact_sheet",
+    "criteria_rows",
     "curve_distance",
     "detect_image_sources",
     "dihedral",
+    "distance_labels",
+    "distance_note",
     "domain_features",
     "domain_separation",
+    "draw_baseline",
     "evaluate_run",
+    "evaluation_markdown",
     "excursion_functionals",
     "finetune_model",
     "finetune_samples",
@@ -104,8 +135,8 @@ __all__ = [
     "image_morphology",
     "in_domain_samples",
     "isotropic_power_spectrum",
-    "leave_one_out_nearest",
     "load_reference",
+    "load_run",
     "m20",
     "minkowski_curves",
     "minkowski_panels",
@@ -115,11 +146,21 @@ __all__ = [
     "nearest_indices",
     "novelty_histograms",
     "novelty_statistics",
+    "novelty_summary",
     "pixel_histograms",
     "power_spectra",
+    "prior_verdict",
+    "run_contact_sheet",
+    "run_normalization",
+    "run_summary_markdown",
+    "save_figure",
+    "score_sets",
     "set_statistics",
     "spectrum_distance",
+    "table_rows",
     "to_physical",
     "unscreened_prior_samples",
     "wasserstein_1",
+    "write_json",
+    "write_plots",
 ]

@@ -7,6 +7,9 @@
 - ``finetune``: the paper's tuning baseline: a short, bounded fine-tune of a *copy* of the base model on
   the inputs with the DDPM noise-prediction loss (as in ``ood_core.base_model.training``), then sampling from N(0, I).
   The frozen model itself is never modified.
+
+``REGISTRY`` maps each name to a function ``(BaselineContext, n) -> BaselineDraw`` that makes n images of that
+baseline from what the run provides; ``ood_core.evaluation.run`` only looks names up in it.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
+import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -225,3 +230,81 @@ def finetune_samples(
     """Fine-tune a copy of the model on the inputs, then draw n images from N(0, I) with K = ``steps``."""
     tuned, report = finetune_model(model, inputs, config, progress=progress)
     return in_domain_samples(tuned, n, steps, seed=seed, batch_size=batch_size), report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry: name -> function that makes a baseline's images from what the run provides
+
+
+@dataclass(frozen=True)
+class BaselineContext:
+    """What every baseline may draw on: the run's frozen model, inputs, inverted latents and DDIM grid."""
+
+    model: FrozenDiffusionModel
+    inputs: torch.Tensor
+    input_latents: torch.Tensor
+    grid: Sequence[int]
+    steps: int
+    """K of the baselines that sample from N(0, I)."""
+    eta: float = 0.0
+    prior_kind: str = "scalar"
+    seed: int = 0
+    batch_size: int = 16
+    finetune_steps: int = 200
+    finetune_batch_size: int = 8
+    finetune_learning_rate: float = 1e-4
+
+
+@dataclass
+class BaselineDraw:
+    """n images of one baseline (model space), how they were made, and (if known) the input each derives from."""
+
+    images: torch.Tensor
+    info: dict[str, Any]
+    parents: npt.NDArray[np.int64] | None = None
+
+
+BaselineFunction = Callable[[BaselineContext, int], BaselineDraw]
+
+
+def _in_domain(ctx: BaselineContext, n: int) -> BaselineDraw:
+    images = in_domain_samples(ctx.model, n, ctx.steps, seed=ctx.seed, batch_size=ctx.batch_size)
+    return BaselineDraw(images, {"noise": "N(0, I) at the last timestep", "steps": ctx.steps, "seed": ctx.seed})
+
+
+def _prior_unscreened(ctx: BaselineContext, n: int) -> BaselineDraw:
+    images = unscreened_prior_samples(ctx.model, ctx.input_latents, ctx.grid, n,
+                                      prior_kind=cast(PriorKind, ctx.prior_kind), seed=ctx.seed, eta=ctx.eta,
+                                      batch_size=ctx.batch_size)
+    info = {"prior": ctx.prior_kind, "t0": ctx.grid[-1], "steps": len(ctx.grid) - 1, "eta": ctx.eta,
+            "seed": ctx.seed}
+    return BaselineDraw(images, info)
+
+
+def _augmentation(ctx: BaselineContext, n: int) -> BaselineDraw:
+    images, parents, transforms = augmentation_samples(ctx.inputs, n, seed=ctx.seed)
+    info = {"transforms": "7 non-identity flips/rotations", "parents": parents.tolist(),
+            "transform_index": transforms.tolist()}
+    return BaselineDraw(images, info, parents.numpy().astype(np.int64))
+
+
+def _finetune(ctx: BaselineContext, n: int) -> BaselineDraw:
+    config = FinetuneConfig(steps=ctx.finetune_steps, batch_size=ctx.finetune_batch_size,
+                            learning_rate=ctx.finetune_learning_rate, seed=ctx.seed)
+    images, report = finetune_samples(ctx.model, ctx.inputs, n, ctx.steps, config, seed=ctx.seed,
+                                      batch_size=ctx.batch_size)
+    return BaselineDraw(images, {**report.to_dict(), "sample_steps": ctx.steps})
+
+
+REGISTRY: dict[str, BaselineFunction] = {
+    "in_domain": _in_domain,
+    "prior_unscreened": _prior_unscreened,
+    "augmentation": _augmentation,
+    "finetune": _finetune,
+}
+"""Every baseline by name, in the order of ``BASELINE_NAMES``."""
+
+
+def draw_baseline(name: str, ctx: BaselineContext, n: int) -> BaselineDraw:
+    """n images of the named baseline (names are checked with :func:`check_baselines`)."""
+    return REGISTRY[check_baselines([name])[0]](ctx, n)

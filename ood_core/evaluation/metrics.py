@@ -461,17 +461,6 @@ def nearest_indices(candidates: torch.Tensor | npt.ArrayLike, others: torch.Tens
     return out.astype(np.int64)
 
 
-def leave_one_out_nearest(images: torch.Tensor | npt.ArrayLike) -> FloatArray:
-    """(N,) RMS distance from each image to its nearest other image of the same set."""
-    tensor = _as_tensor(images)
-    if tensor.shape[0] < 2:
-        raise ConfigurationError("leave-one-out distances need at least 2 images")
-    distances = rms_distances(tensor, tensor)
-    distances.fill_diagonal_(float("inf"))
-    out: FloatArray = distances.min(dim=1).values.numpy().astype(np.float64)
-    return out
-
-
 def novelty_statistics(
     candidates: torch.Tensor | npt.ArrayLike, inputs: torch.Tensor | npt.ArrayLike, factor: float = 0.5
 ) -> dict[str, float]:

@@ -1,8 +1,8 @@
-"""PNG figures of an evaluation: contact sheets, power spectra, pixel histograms, morphology, Minkowski curves.
+"""PNG figures of an evaluation's statistics: power spectra, pixel histograms, morphology, Minkowski curves,
+novelty. (Image contact sheets are ``ood_core.evaluation.sheets``.)
 
 Uses matplotlib's object API (``Figure`` + Agg canvas) so nothing depends on an interactive backend or on
-pyplot's global state. Every image panel of one contact sheet shares one display normalization, fitted on
-the reference set (asinh stretch over the 0.5-99.8 percentile interval), so brightness compares across rows.
+pyplot's global state.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from astropy.visualization import AsinhStretch, AsymmetricPercentileInterval, ImageNormalize
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
@@ -24,7 +23,8 @@ _COLORS = ("black", "tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purpl
            "tab:gray", "tab:olive", "tab:cyan")
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write a figure as PNG at 110 dpi, creating the folder."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -44,48 +44,6 @@ def _style(i: int) -> str:
     return _STYLES[i % len(_STYLES)]
 
 
-def contact_sheet(
-    sets: Mapping[str, npt.ArrayLike],
-    path: str | Path,
-    *,
-    per_row: int = 8,
-    display_reference: str | None = None,
-    units: str = "",
-) -> Path:
-    """One row per set (its first ``per_row`` images, (N, H, W) physical), a shared asinh display scale
-    fitted on ``display_reference`` (default: the first set)."""
-    if not sets:
-        raise ConfigurationError("contact_sheet needs at least one set of images")
-    stacks = {name: np.asarray(images, dtype=np.float64) for name, images in sets.items()}
-    for name, stack in stacks.items():
-        if stack.ndim != 3:
-            raise ConfigurationError(f"set {name!r} must be (N, H, W), got shape {stack.shape}")
-    key = display_reference if display_reference in stacks else next(iter(stacks))
-    ref = stacks[str(key)]
-    norm = ImageNormalize(ref[np.isfinite(ref)], interval=AsymmetricPercentileInterval(0.5, 99.8),
-                          stretch=AsinhStretch(0.1))
-    rows = len(stacks)
-    cols = max(1, min(per_row, max(s.shape[0] for s in stacks.values())))
-    fig = Figure(figsize=(1.3 * cols + 1.6, 1.3 * rows + 0.6), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    image = None
-    for r, (name, stack) in enumerate(stacks.items()):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < stack.shape[0]:
-                image = ax.imshow(stack[c], origin="lower", cmap="magma", norm=norm, interpolation="nearest")
-            else:
-                ax.set_axis_off()
-        axes[r][0].set_ylabel(f"{name}\n(n={stack.shape[0]})", fontsize=8)
-    if image is not None:
-        bar = fig.colorbar(image, ax=axes, shrink=0.6)
-        bar.set_label(units or "physical units", fontsize=8)
-    fig.suptitle(f"contact sheet (display: asinh, 0.5-99.8 % of {key})", fontsize=9)
-    return _save(fig, path)
-
-
 def power_spectra(spectra: Mapping[str, PowerSpectrum], path: str | Path, *, units: str = "") -> Path:
     """Isotropic power spectra of every set on log-log axes."""
     fig = Figure(figsize=(6.0, 4.2))
@@ -99,7 +57,7 @@ def power_spectra(spectra: Mapping[str, PowerSpectrum], path: str | Path, *, uni
     ax.set_title("isotropic power spectrum (Hann window, mean over images)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pixel_histograms(
@@ -126,7 +84,7 @@ def pixel_histograms(
     ax.set_ylabel("density")
     ax.set_title("pixel-intensity distribution (values outside the range piled at its ends)", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def morphology_panels(morphology: Mapping[str, Mapping[str, npt.ArrayLike]], path: str | Path) -> Path:
@@ -144,7 +102,7 @@ def morphology_panels(morphology: Mapping[str, Mapping[str, npt.ArrayLike]], pat
         ax.set_xticks(range(1, len(names) + 1), names, rotation=60, fontsize=7, ha="right")
         ax.set_title(stat, fontsize=9)
     fig.suptitle("image-level morphology per set", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def minkowski_panels(
@@ -178,7 +136,7 @@ def minkowski_panels(
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle("Minkowski functionals of excursion sets (mean per image)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def novelty_histograms(
@@ -203,4 +161,4 @@ def novelty_histograms(
     ax.set_ylabel("images")
     ax.set_title("novelty: nearest-input distance", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
