@@ -241,21 +241,6 @@ def test_evaluation_contact_sheet_is_grey_and_readable(evaluation: dict[str, Any
     np.testing.assert_allclose(pixels[..., 0], pixels[..., 2], atol=1e-6)
 
 
-def test_no_function_in_the_evaluation_package_is_longer_than_80_lines() -> None:
-    import ast
-
-    import ood_core.evaluation
-
-    folder = Path(ood_core.evaluation.__file__).parent
-    lengths = {}
-    for path in folder.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                lengths[f"{path.name}:{node.name}"] = (node.end_lineno or node.lineno) - node.lineno + 1
-    assert "run.py:evaluate_run" in lengths and len(lengths) > 50
-    assert {name: n for name, n in lengths.items() if n > 80} == {}
-
-
 # --------------------------------------------------------------------------------------------- the run report
 
 

@@ -73,7 +73,7 @@ from ood_core.evaluation.plots import (
     save_figure,
 )
 from ood_core.evaluation.report import evaluation_markdown, format_table, write_json, write_plots
-from ood_core.evaluation.run import ANCHOR_SEED_OFFSET, DEFAULT_BASELINES, evaluate_run
+from ood_core.evaluation.run import ANCHOR_STREAM, DEFAULT_BASELINES, evaluate_run
 from ood_core.evaluation.run_report import (
     PriorVerdict,
     criteria_rows,
@@ -84,7 +84,7 @@ from ood_core.evaluation.scoring import TABLE_COLUMNS, Scores, novelty_summary, 
 from ood_core.evaluation.sheets import RunSheet, contact_sheet, distance_labels, distance_note, run_contact_sheet
 
 __all__ = [
-    "ANCHOR_SEED_OFFSET",
+    "ANCHOR_STREAM",
     "BASELINE_NAMES",
     "DEFAULT_BASELINES",
     "DOMAIN_QUANTILES",

@@ -31,14 +31,15 @@ from ood_core.evaluation.metrics import METRIC_DOCS, MINKOWSKI_QUANTILES
 from ood_core.evaluation.report import write_json, write_plots
 from ood_core.evaluation.scoring import Scores, score_sets, table_rows
 from ood_core.method.model import FrozenDiffusionModel, load_model
+from ood_core.method.seeds import child_seed
 from ood_core.store.provenance import utc_now_iso
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASELINES: tuple[bl.BaselineName, ...] = ("in_domain", "prior_unscreened", "augmentation", "finetune")
-ANCHOR_SEED_OFFSET = 7919
-"""The domain classifier's in-domain anchor draws its noise from seed + this (a prime), a stream of its own,
-disjoint from the ``in_domain`` baseline's (seed)."""
+ANCHOR_STREAM = "evaluation-anchor"
+"""The domain classifier's in-domain anchor draws its noise from ``child_seed(seed, ANCHOR_STREAM)``: a named
+stream of its own, apart from the ``in_domain`` baseline's (``seed``)."""
 
 Progress = Callable[[str], None]
 
@@ -150,7 +151,7 @@ def evaluate_run(
         finetune_learning_rate=finetune_learning_rate)
     with _timed(timings, "in_domain_anchor"):
         anchor = bl.in_domain_samples(model, int(in_domain_anchor_count or max(n, 16)), ctx.steps,
-                                      seed=seed + ANCHOR_SEED_OFFSET, batch_size=batch_size)
+                                      seed=child_seed(seed, ANCHOR_STREAM), batch_size=batch_size)
     sets, baseline_info = _all_sets(run, ctx, names, n, say, timings)
     say("metrics")
     with _timed(timings, "metrics"):
