@@ -69,6 +69,9 @@ def provenance(seed: int) -> dict[str, Any]:
     }
 
 
+N_REFERENCES = 4
+
+
 def start_run(store: str, seed: int) -> RunWriter:
     """Create a run and write its inputs."""
     writer = RunWriter.create(
@@ -76,6 +79,8 @@ def start_run(store: str, seed: int) -> RunWriter:
         provenance=provenance(seed), units="MJy/sr",
     )
     writer.write_inputs(**make_inputs(seed))
+    rng = np.random.default_rng(seed + 1000)
+    writer.write_reference_latents(rng.standard_normal((N_REFERENCES, CHANNELS, SIZE, SIZE)).astype(np.float32))
     return writer
 
 

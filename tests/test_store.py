@@ -58,7 +58,7 @@ def test_batches_read_back_identical_with_named_dims(store: str) -> None:
     ds = open_run(store)
     assert ds.attrs["ood_run"]["run_id"] == run_id
     assert ds.attrs["ood_run"]["status"] == "complete"
-    assert ds.sizes == {"input": 3, "channel": 3, "y": 16, "x": 16, "sample": 20, "criterion": 3}
+    assert ds.sizes == {"input": 3, "channel": 3, "y": 16, "x": 16, "sample": 20, "criterion": 3, "reference": 4}
     assert ds["samples"].dims == ("sample", "channel", "y", "x")
     assert ds["samples_physical"].dims == ("sample", "y", "x")
     assert ds["input_mask"].dims == ("input", "y", "x")

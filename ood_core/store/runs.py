@@ -87,7 +87,7 @@ SAMPLE_ARRAYS: dict[str, ArraySpec] = {
 }
 COORDINATE_ARRAYS: dict[str, ArraySpec] = {"criterion": ArraySpec(("criterion",), "str")}
 REFERENCE_ARRAYS: dict[str, ArraySpec] = {"reference_latents": ArraySpec(("reference", *_IMAGE_DIMS), "float32")}
-"""Written by the prior stage (in-domain reference latents at t0); its length is known only then."""
+"""Created empty with the run; the prior stage fills it (in-domain reference latents at t0, count known then)."""
 RUN_ARRAYS: dict[str, ArraySpec] = {**INPUT_ARRAYS, **SAMPLE_ARRAYS, **COORDINATE_ARRAYS, **REFERENCE_ARRAYS}
 
 
@@ -315,10 +315,9 @@ class RunWriter:
         image = _array(self._group, "inputs").shape[1:]
         if values.ndim != 4 or values.shape[1:] != image:
             raise StoreError(f"reference_latents: shape {values.shape}, the run expects (reference, *{image})")
-        self._group.create_array(
-            "reference_latents", shape=values.shape, dtype=spec.dtype, chunks=values.shape,
-            dimension_names=spec.dims, overwrite=True,
-        )[...] = values
+        arr = _array(self._group, "reference_latents")
+        arr.resize(values.shape)
+        arr[...] = values
 
     def read(self, name: str) -> npt.NDArray[Any]:
         """One whole array of the run as numpy (the per-sample arrays up to the committed count)."""
@@ -481,6 +480,9 @@ def _create_arrays(
             fill_value=_fill(spec.dtype),
             attributes={"units": units} if name == "samples_physical" else None,
         )
+    spec = REFERENCE_ARRAYS["reference_latents"]
+    group.create_array("reference_latents", shape=(0, *image), dtype=spec.dtype, chunks=(64, *image),
+                       dimension_names=spec.dims, fill_value=_fill(spec.dtype))
     criterion = group.create_array("criterion", shape=(len(names),), dtype=np.dtypes.StringDType(),
                                    dimension_names=("criterion",))
     criterion[:] = np.array(names, dtype=np.dtypes.StringDType())
