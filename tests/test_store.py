@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from astropy.io import fits
 
 from ood_core.store import (
     SCHEMA_VERSION,
+    BackgroundWriteError,
     RunNotCompleteError,
     RunNotFoundError,
     RunWriter,
@@ -94,7 +96,8 @@ def test_chunking_one_input_per_chunk_and_blocks_of_samples(store: str) -> None:
     run_id = proc.write_complete_run(store, seed=1)
     group = zarr.open_group(store, path=f"runs/{run_id}", mode="r")
     assert group["inputs"].chunks == (1, 3, 16, 16)
-    assert group["samples"].chunks == (16, 3, 16, 16)
+    assert group["samples"].chunks == (64, 3, 16, 16)  # several samples per chunk (default: <= 4 MiB, <= 64)
+    assert group["samples"].shards == (256, 3, 16, 16)  # many chunks per shard (one file)
     assert group["sample_seed"].chunks[0] >= 1024
     assert group["samples"].metadata.dimension_names == ("sample", "channel", "y", "x")
 
@@ -127,6 +130,7 @@ def test_status_protocol_and_latest_complete(store: str) -> None:
     failed.fail(RuntimeError("GPU fell over"))
     writing = proc.start_run(store, seed=4)
     writing.append_samples(**proc.make_batch(4, 0))
+    writing.flush()  # appends are written in the background; flush waits for the commit
 
     infos = list_runs(store)
     assert [i.run_id for i in infos] == sorted(i.run_id for i in infos)
@@ -190,6 +194,7 @@ def test_provenance_updates_and_stages_survive_reopening(store: str) -> None:
     with pytest.raises(StoreError, match="status"):
         writer.update_provenance(status="complete")
     writer.append_samples(**proc.make_batch(5, 0))
+    writer.flush()
 
     resumed = RunWriter.open(store, writer.run_id)
     assert resumed.completed_stages() == ["invert", "prior"]
@@ -306,3 +311,106 @@ def test_two_concurrent_writer_processes_both_complete(store: str) -> None:
     assert all(infos[r].status == "complete" for r in run_ids)
     for run_id, seed in zip(run_ids, (31, 32), strict=True):
         assert_run_matches(open_run(store, run_id, chunks=None), seed=seed)
+
+
+# --------------------------------------------------------------------------------------------- background writer
+
+
+def test_complete_runs_open_with_consolidated_metadata(store: str) -> None:
+    first = proc.write_complete_run(store, seed=41)
+    ds = xr.open_zarr(store, group=f"runs/{first}", consolidated=True)
+    assert_run_matches(ds, seed=41)
+    assert ds.attrs["ood_run"]["status"] == "complete"
+    # a run started after the consolidation is still listed and resumable: the library reads the real metadata
+    writing = proc.start_run(store, seed=42)
+    writing.append_samples(**proc.make_batch(42, 0))
+    writing.flush()
+    assert {i.run_id: i.n_samples for i in list_runs(store)}[writing.run_id] == proc.BATCH
+    assert RunWriter.open(store, writing.run_id).n_samples == proc.BATCH
+    second = proc.write_complete_run(store, seed=43)  # completing re-consolidates: both complete runs are in it
+    for run_id, seed in ((first, 41), (second, 43)):
+        assert_run_matches(xr.open_zarr(store, group=f"runs/{run_id}", consolidated=True), seed=seed)
+        assert_run_matches(open_run(store, run_id), seed=seed)
+
+
+def test_appends_are_committed_in_the_background_and_flush_waits(store: str) -> None:
+    writer = RunWriter.create(store, n_inputs=proc.N_INPUTS, channels=proc.CHANNELS, height=proc.SIZE,
+                              width=proc.SIZE, criterion_names=proc.CRITERIA, provenance=proc.provenance(51),
+                              units="MJy/sr", expected_samples=proc.BATCH * proc.N_BATCHES + 100)
+    writer.write_inputs(**proc.make_inputs(51))
+    for index in range(proc.N_BATCHES):
+        assert writer.append_samples(**proc.make_batch(51, index)) == proc.BATCH * (index + 1)
+    assert writer.n_samples == proc.BATCH * proc.N_BATCHES  # appended, whatever the thread has written yet
+    writer.flush()
+    assert writer.committed_samples == writer.n_samples
+    assert [i.n_samples for i in list_runs(store)] == [writer.n_samples]
+    # the pre-sized arrays were cut to the committed samples
+    group = zarr.open_group(store, path=f"runs/{writer.run_id}", mode="r")
+    assert group["samples"].shape[0] == group["sample_seed"].shape[0] == writer.n_samples
+    writer.complete()
+    assert_run_matches(open_run(store), seed=51)
+
+
+def test_a_slow_writer_commits_within_the_commit_interval(store: str) -> None:
+    writer = proc.start_run(store, seed=52)
+    writer.append_samples(**proc.make_batch(52, 0))  # far less than a shard: it waits for more, 2 s at most
+    _wait_for_committed(store, writer.run_id, minimum=proc.BATCH, timeout=10.0)
+    assert writer.committed_samples == proc.BATCH
+
+
+def _block_first_shard(store: str, run_id: str) -> Path:
+    """A directory where the first shard of ``samples`` must go: writing the shard fails (a real OSError)."""
+    blocker = Path(store) / "runs" / run_id / "samples" / "c" / "0" / "0" / "0" / "0"
+    blocker.mkdir(parents=True)
+    (blocker / "keep").write_text("not a shard")
+    return blocker
+
+
+def test_a_background_write_error_is_raised_by_the_next_call_and_nothing_is_committed(store: str) -> None:
+    writer = proc.start_run(store, seed=53)
+    blocker = _block_first_shard(store, writer.run_id)
+    writer.append_samples(**proc.make_batch(53, 0))
+    with pytest.raises(BackgroundWriteError, match="background") as caught:
+        writer.flush()
+    assert isinstance(caught.value.__cause__, OSError)
+    with pytest.raises(BackgroundWriteError):
+        writer.append_samples(**proc.make_batch(53, 1))
+    with pytest.raises(BackgroundWriteError):
+        writer.complete()
+    assert list_runs(store)[0].status == "writing" and list_runs(store)[0].n_samples == 0
+    # the obstacle gone, a new writer resumes from the last commit and completes the run
+    shutil.rmtree(blocker)
+    resumed = RunWriter.open(store, writer.run_id)
+    assert resumed.n_samples == 0
+    for index in range(proc.N_BATCHES):
+        resumed.append_samples(**proc.make_batch(53, index))
+    resumed.complete()
+    assert_run_matches(open_run(store, writer.run_id), seed=53)
+
+
+def test_reopening_a_run_in_the_same_process_lets_the_old_writer_finish_first(store: str) -> None:
+    old = proc.start_run(store, seed=54)
+    for index in range(3):
+        old.append_samples(**proc.make_batch(54, index))
+    new = RunWriter.open(store, old.run_id)  # e.g. a retried task: the old writer's batches are written first
+    assert new.n_samples == 3 * proc.BATCH
+    with pytest.raises(BackgroundWriteError, match="abandoned"):
+        old.append_samples(**proc.make_batch(54, 3))
+    for index in range(3, proc.N_BATCHES):
+        new.append_samples(**proc.make_batch(54, index))
+    new.complete()
+    assert_run_matches(open_run(store, old.run_id), seed=54)
+
+
+def test_fail_drops_what_was_not_committed(store: str) -> None:
+    writer = proc.start_run(store, seed=55)
+    writer.append_samples(**proc.make_batch(55, 0))
+    writer.flush()
+    for index in range(1, proc.N_BATCHES):
+        writer.append_samples(**proc.make_batch(55, index))
+    writer.fail(RuntimeError("out of memory"))
+    committed = list_runs(store)[0].n_samples
+    time.sleep(0.3)  # nothing is committed after fail() returned
+    [info] = list_runs(store)
+    assert info.status == "failed" and info.n_samples == committed
+    assert committed % proc.BATCH == 0 and committed >= proc.BATCH

@@ -112,6 +112,7 @@ def create_run(
         params.store, run_id=run_id, n_inputs=batch.images.shape[0], channels=model.channels,
         height=model.resolution, width=model.resolution, criterion_names=list(CRITERION_NAMES),
         provenance=provenance, units=batch.params[0].units if batch.params else "",
+        expected_samples=params.samples,
     )
     writer.write_normalized_inputs(batch.images.astype(np.float32), batch.mask.astype(bool))
     writer.mark_stage_complete("ingest")
@@ -244,6 +245,7 @@ def _denoise_and_commit(
             sample_parent=parents.astype(np.int32),
             sample_criteria=accepted.criteria[sel].numpy()[keep].astype(np.float32),
             sample_nearest_input_distance=novelty.distance.numpy()[keep].astype(np.float32),
+            copy=False,  # fresh arrays, never touched again: the store's thread writes them while we go on
         )
     return int(novelty.is_near_copy.sum())
 

@@ -1,5 +1,6 @@
 """The sample store (DESIGN section 5): zarr run groups, provenance, contract checks, FITS export."""
 
+from ood_core.store.appender import BackgroundAppender, BackgroundWriteError
 from ood_core.store.fits_export import (
     CRITERION_KEYWORDS,
     SHA_PREFIX_LENGTH,
@@ -38,6 +39,7 @@ from ood_core.store.runs import (
     RunNotFoundError,
     RunWriter,
     StoreError,
+    consolidate_store,
     latest_complete_run_id,
     list_runs,
     open_run,
@@ -71,6 +73,8 @@ __all__ = [
     "STORE_ATTR",
     "TRACKED_PACKAGES",
     "ArraySpec",
+    "BackgroundAppender",
+    "BackgroundWriteError",
     "RunInfo",
     "RunNotCompleteError",
     "RunNotFoundError",
@@ -78,6 +82,7 @@ __all__ = [
     "StoreError",
     "StoreSchemaError",
     "check_store",
+    "consolidate_store",
     "criterion_keyword",
     "environment_info",
     "export_run_fits",

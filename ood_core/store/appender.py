@@ -1,0 +1,299 @@
+"""Background appends of sample batches to a run's arrays, so the caller (the GPU) never waits on the disk.
+
+:class:`BackgroundAppender` owns one writer thread per run writer. The caller hands it whole batches (dicts of
+arrays, one entry per sample array) and goes on; the thread gathers them into whole shards of the sample axis,
+writes every array, and only then calls ``commit(stop)``, the store's record that rows ``[0, stop)`` are whole.
+The commit protocol of the store is therefore unchanged: a process killed at any instant leaves a committed
+count that every array holds.
+
+- Bounded: at most ``max_pending`` batches wait in the queue (``submit`` blocks beyond that) plus less than one
+  shard in the thread's buffer, so memory does not grow with the number of samples.
+- Whole shards: rows are written up to the last shard boundary reached, so a shard is written once in the
+  common case. Rows past it wait for more data, for :meth:`flush`, or at most ``commit_interval`` seconds (a
+  slow CPU run still commits its batches every few seconds; the partial shard is rewritten later).
+- Arrays grow ahead of the data (doubling) so that a resize is rare; they are cut back to the written rows by
+  :meth:`flush`. Readers go by the committed count, never by an array's length, until the run is complete.
+- Errors raised by the thread are re-raised (as :class:`BackgroundWriteError`, the original as its cause) by
+  the next :meth:`submit` or :meth:`flush`; nothing is written after the first error.
+- The thread exits after ``idle_exit`` seconds with nothing to do, and restarts on the next batch. It is not a
+  daemon thread: at a normal interpreter exit every batch handed over is written and committed first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+
+from ood_core.errors import OODError
+
+_LEAST_GROWTH_UNITS, _MOST_GROWTH_UNITS = 4, 16
+
+Batch = dict[str, npt.NDArray[Any]]
+"""One batch: sample-array name -> rows (first axis = samples), every entry the same length."""
+
+
+class BackgroundWriteError(OODError):
+    """Writing samples in the background failed; the cause is the original error. Nothing past the last
+    commit was recorded, so the run can be resumed from its committed samples."""
+
+
+class _FlushRequest:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Due:
+    """Marker: the buffered rows waited ``commit_interval``; write them."""
+
+
+DUE = _Due()
+
+
+class BackgroundAppender:
+    """Writes batches to pre-existing zarr arrays along their first axis from a background thread.
+
+    ``arrays``: the arrays to grow (all holding rows ``[0, start)``, all ``capacity`` long);
+    ``commit(stop)`` is called after every array holds rows ``[0, stop)``; ``units``: per array, the rows of
+    one shard (or of one chunk when the array is not sharded). Each array is written in whole units when it
+    can: its rows wait in a staging buffer of one unit until the unit is full (or a flush or
+    ``commit_interval`` comes), so no unit is read back and rewritten in the common case. The commit follows
+    the slowest array.
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, zarr.Array[Any]],
+        commit: Callable[[int], None],
+        *,
+        start: int,
+        units: Mapping[str, int],
+        capacity: int | None = None,
+        name: str = "ood-store-appender",
+        max_pending: int = 4,
+        commit_interval: float = 2.0,
+        idle_exit: float = 1.0,
+    ) -> None:
+        if set(units) != set(arrays) or min(units.values()) < 1 or max_pending < 1:
+            raise ValueError(f"need a unit >= 1 for every array and max_pending >= 1, got {dict(units)}, {max_pending}")
+        self._arrays = dict(arrays)
+        self._commit = commit
+        self._units = {name: int(units[name]) for name in self._arrays}
+        self._name = name
+        self._max_pending = max_pending
+        self._commit_interval = commit_interval
+        self._idle_exit = idle_exit
+        self._cond = threading.Condition()
+        self._queue: deque[Batch | _FlushRequest] = deque()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._abandoned = False
+        # owned by the thread
+        self._staged = {name: _Staging(unit, int(start)) for name, unit in self._units.items()}
+        self._staged_since = 0.0
+        self._committed = int(start)
+        # the length of every array (all equal, e.g. pre-sized by RunWriter.create; >= start)
+        self._capacity = int(start if capacity is None else max(start, capacity))
+
+    # ----------------------------------------------------------------------------------------- caller side
+
+    def submit(self, batch: Batch) -> None:
+        """Queue one batch (arrays the caller will not touch again); blocks while ``max_pending`` are queued."""
+        with self._cond:
+            while len(self._queue) >= self._max_pending and self._error is None and not self._abandoned:
+                self._cond.wait()
+            self._raise_if_failed()
+            if self._abandoned:
+                raise BackgroundWriteError("this writer was abandoned (the run failed or was reopened)")
+            self._queue.append(batch)
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Block until every batch submitted so far is written and committed; re-raise a background error."""
+        request = _FlushRequest()
+        with self._cond:
+            self._raise_if_failed()
+            if self._abandoned:
+                return
+            self._queue.append(request)
+            self._ensure_thread()
+            self._cond.notify_all()
+        request.done.wait()
+        with self._cond:
+            self._raise_if_failed()
+
+    def abandon(self) -> None:
+        """Drop whatever is queued or buffered and write nothing more (the run failed); waits for a write that is
+        under way to end, so no commit happens after this returns."""
+        with self._cond:
+            self._abandoned = True
+            self._release_waiters()
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The first error the thread met, if any."""
+        return self._error
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise BackgroundWriteError(f"writing samples in the background failed: {self._error!r}") from self._error
+
+    def _ensure_thread(self) -> None:  # caller holds the condition
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=False)
+            self._thread.start()
+
+    def _release_waiters(self) -> None:  # caller holds the condition: nothing queued will ever be written
+        for item in self._queue:
+            if isinstance(item, _FlushRequest):
+                item.done.set()
+        self._queue.clear()
+
+    # ----------------------------------------------------------------------------------------- thread side
+
+    @property
+    def _pending_rows(self) -> bool:
+        return any(stage.rows for stage in self._staged.values())
+
+    def _next_item(self) -> Batch | _FlushRequest | _Due | None:
+        """The next queued item, DUE when the staged rows are due, or None: the thread must exit (idle,
+        failed or abandoned), decided under the lock so that no batch submitted meanwhile is stranded."""
+        with self._cond:
+            while not self._queue and not self._abandoned and self._error is None:
+                if self._pending_rows:
+                    remaining = self._staged_since + self._commit_interval - time.monotonic()
+                    if remaining <= 0:
+                        return DUE
+                    self._cond.wait(remaining)
+                elif not self._cond.wait(self._idle_exit) and not self._queue:
+                    break
+            if self._queue and not self._abandoned and self._error is None:
+                item = self._queue.popleft()
+                self._cond.notify_all()
+                return item
+            self._thread = None  # submit() starts a new thread for the next batch
+            return None
+
+    def _run(self) -> None:
+        while True:
+            item = self._next_item()
+            if item is None:
+                self._drop_staging()
+                return
+            try:
+                if isinstance(item, _FlushRequest):
+                    self._write_staged()
+                    self._trim()
+                    item.done.set()
+                elif isinstance(item, _Due):
+                    self._write_staged()  # commit_interval passed: write the partial units
+                else:
+                    self._add(item)
+            except BaseException as exc:  # recorded and re-raised in the caller's thread
+                with self._cond:
+                    self._error = exc
+                    if isinstance(item, _FlushRequest):
+                        item.done.set()
+                    self._release_waiters()
+                    self._thread = None
+                    self._cond.notify_all()
+                self._drop_staging()
+                return
+
+    def _drop_staging(self) -> None:
+        for stage in self._staged.values():
+            stage.rows, stage.buffer = 0, None
+
+    def _add(self, batch: Batch) -> None:
+        """Stage one batch array by array, writing each unit that fills; then commit what every array holds."""
+        if not self._pending_rows:
+            self._staged_since = time.monotonic()
+        for name, values in batch.items():
+            stage, offset = self._staged[name], 0
+            while offset < len(values):
+                room = stage.unit - (stage.written + stage.rows) % stage.unit
+                take = min(room, len(values) - offset)
+                if stage.rows == 0 and take == room:  # a whole unit straight from the batch, no staging copy
+                    self._write_rows(name, values[offset:offset + take])
+                else:
+                    stage.put(values[offset:offset + take])
+                    if take == room:
+                        self._write_rows(name, stage.take())
+                offset += take
+        self._commit_written()
+
+    def _write_staged(self) -> None:
+        for name, stage in self._staged.items():
+            if stage.rows:
+                self._write_rows(name, stage.take())
+        self._commit_written()
+
+    def _write_rows(self, name: str, values: npt.NDArray[Any]) -> None:
+        """Write ``values`` after the rows this array already holds."""
+        stage = self._staged[name]
+        start = stage.written
+        stop = start + len(values)
+        self._ensure_capacity(stop)
+        self._arrays[name][start:stop] = values
+        stage.written = stop
+
+    def _ensure_capacity(self, stop: int) -> None:
+        """Grow every array ahead of the data, all to one length (a metadata write each, so rarely): doubling,
+        by 4 to 16 of the largest units at a time. Rows past the commit are never read."""
+        if self._capacity >= stop:
+            return
+        unit = max(self._units.values())
+        step = min(max(self._capacity, _LEAST_GROWTH_UNITS * unit), _MOST_GROWTH_UNITS * unit)
+        self._capacity = max(stop, self._capacity + step)
+        for arr in self._arrays.values():
+            arr.resize((self._capacity, *arr.shape[1:]))
+
+    def _commit_written(self) -> None:
+        stop = min(stage.written for stage in self._staged.values())
+        if stop <= self._committed:
+            return
+        with self._cond:
+            if self._abandoned:
+                return  # the run failed meanwhile: rows past the commit are trimmed by the next writer
+        self._commit(stop)
+        self._committed = stop
+
+    def _trim(self) -> None:
+        """Cut every array back to the committed rows (they grow ahead of the data, see _write_rows)."""
+        if self._capacity > self._committed:
+            for arr in self._arrays.values():
+                arr.resize((self._committed, *arr.shape[1:]))
+            self._capacity = self._committed
+
+
+class _Staging:
+    """Rows of one array waiting for their unit (shard or chunk) to fill: a reusable buffer of one unit."""
+
+    def __init__(self, unit: int, written: int) -> None:
+        self.unit = unit
+        self.written = written
+        self.rows = 0
+        self.buffer: npt.NDArray[Any] | None = None
+
+    def put(self, values: npt.NDArray[Any]) -> None:
+        if self.buffer is None:
+            self.buffer = np.empty((self.unit, *values.shape[1:]), values.dtype)
+        self.buffer[self.rows:self.rows + len(values)] = values
+        self.rows += len(values)
+
+    def take(self) -> npt.NDArray[Any]:
+        """The staged rows (a view of the buffer, valid until the next put); empties the stage."""
+        assert self.buffer is not None
+        rows, self.rows = self.rows, 0
+        return self.buffer[:rows]
