@@ -65,9 +65,9 @@ def nbytes(batch: dict[str, Any]) -> int:
 
 
 def write_zarr(store: str, pool: list[dict[str, Any]], n_batches: int, args: argparse.Namespace
-               ) -> tuple[float, float, list[float]]:
-    """One run streamed through RunWriter: (total seconds to complete, seconds the caller spent inside
-    append_samples, RSS after each append)."""
+               ) -> tuple[float, float, float, list[float]]:
+    """One run streamed through RunWriter: (total seconds to complete, CPU seconds of the process (all
+    threads), seconds the caller spent inside append_samples, RSS after each append)."""
     n_inputs = 8
     writer = RunWriter.create(
         store, n_inputs=n_inputs, channels=args.channels, height=args.size, width=args.size,
@@ -80,24 +80,24 @@ def write_zarr(store: str, pool: list[dict[str, Any]], n_batches: int, args: arg
                         np.zeros(n_inputs, np.float32))
     rss_trace = []
     in_append = 0.0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for index in range(n_batches):
         before = time.perf_counter()
         writer.append_samples(**pool[index % len(pool)], copy=False)  # as the pipeline does: fresh arrays
         in_append += time.perf_counter() - before
         rss_trace.append(rss_mib())
     writer.complete()
-    return time.perf_counter() - start, in_append, rss_trace
+    return time.perf_counter() - start, time.process_time() - cpu, in_append, rss_trace
 
 
-def write_numpy(npy_dir: Path, pool: list[dict[str, Any]], n_batches: int) -> float:
-    """The same batches with numpy.save, one file per array and batch; seconds."""
+def write_numpy(npy_dir: Path, pool: list[dict[str, Any]], n_batches: int) -> tuple[float, float]:
+    """The same batches with numpy.save, one file per array and batch; (seconds, CPU seconds)."""
     npy_dir.mkdir()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for index in range(n_batches):
         for name, values in pool[index % len(pool)].items():
             np.save(npy_dir / f"{name}_{index:05d}.npy", values)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -122,7 +122,7 @@ def main() -> None:
           f"sample_chunk={args.sample_chunk or 'default'} data={total_mb:.1f} MB per repetition, "
           f"{args.repeats} repetitions (zarr and numpy.save interleaved, order alternating) in {work}")
     try:
-        zarr_times, caller_times, npy_times = [], [], []
+        zarr_times, zarr_cpu, caller_times, npy_times, npy_cpu = [], [], [], [], []
         rss_start, peak_start = rss_mib(), peak_rss_mib()
         rss_trace: list[float] = []
         for rep in range(args.repeats):
@@ -131,11 +131,14 @@ def main() -> None:
             for kind, where in steps if rep % 2 == 0 else steps[::-1]:
                 os.sync()  # untimed: each side starts without the other's dirty pages still being written back
                 if kind == "zarr":
-                    total, in_append, rss_trace = write_zarr(str(where), pool, n_batches, args)
+                    total, cpu, in_append, rss_trace = write_zarr(str(where), pool, n_batches, args)
                     zarr_times.append(total)
+                    zarr_cpu.append(cpu)
                     caller_times.append(in_append)
                 else:
-                    npy_times.append(write_numpy(Path(where), pool, n_batches))
+                    wall, cpu = write_numpy(Path(where), pool, n_batches)
+                    npy_times.append(wall)
+                    npy_cpu.append(cpu)
             if rep < args.repeats - 1:  # both sides' files go: dirty pages left behind slow the next writes
                 shutil.rmtree(work / f"npy{rep}")
                 shutil.rmtree(store)
@@ -176,6 +179,9 @@ def main() -> None:
               f"({100 * caller_s / zarr_s:.0f} %; the rest overlaps the caller's own work in a pipeline)")
         print(f"write numpy.save : median {npy_s:6.2f} s  {total_mb / npy_s:7.1f} MB/s  {runs(npy_times)} s")
         print(f"write ratio zarr/numpy.save throughput: {npy_s / zarr_s:.2f} (target >= 0.5)")
+        zarr_c, npy_c = statistics.median(zarr_cpu), statistics.median(npy_cpu)
+        print(f"CPU seconds (all threads, median): zarr {zarr_c:.2f}, numpy.save {npy_c:.2f}, "
+              f"ratio {npy_c / zarr_c:.2f} (steadier than wall time on a shared machine)")
         print(f"read open_run(...).samples.values: {read_s:6.2f} s  {samples_mb / read_s:7.1f} MB/s "
               f"(first call in the process: {cold_s:.2f} s)")
         print(f"read open_run(..., chunks=None)  : {eager_s:6.2f} s  {samples_mb / eager_s:7.1f} MB/s")
