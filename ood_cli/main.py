@@ -56,8 +56,12 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     parser.add_argument("--prior", choices=["scalar", "ppca"], help="OOD prior family (default scalar)")
     parser.add_argument("--candidate-budget", type=int, help="most candidates screened (default 20000)")
     parser.add_argument("--resolution", type=int, help="model resolution expected (checked against the model)")
-    parser.add_argument("--batch-size", type=int, help="images per network evaluation (default 16)")
+    parser.add_argument("--batch-size", type=int,
+                        help="images per network evaluation (default: 16 on the CPU, from free GPU memory on CUDA)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the network runs (default auto)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="network dtype (default auto: bfloat16 on CUDA, guarded by the reconstruction check)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA; ~30 s to compile)")
     if not demo:
         parser.add_argument("--tile", type=int, help="cut large inputs into square tiles of this size first")
         parser.add_argument("--hdu", type=int, help="HDU index to read (default: first image HDU)")
@@ -67,13 +71,15 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
     from ood_core.pipeline.config import PipelineParameters
 
     fields: dict[str, Any] = {"inputs": inputs, "store": store}
-    for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "tile", "hdu",
-                 "candidate_budget"):
+    for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "dtype", "tile",
+                 "hdu", "candidate_budget"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
     if args.auto_t0:
         fields["auto_t0"] = True
+    if args.compile:
+        fields["compile"] = True
     params = PipelineParameters(**fields)
     if args.resolution is not None:
         _check_resolution(params.model, args.resolution)

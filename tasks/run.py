@@ -55,7 +55,7 @@ def create_run_task(params: PipelineParameters) -> str:
         if existing:
             run_logger().info("resuming run %s of this flow run", existing)
             return existing
-    model = cached_model(params.model, params.device, params.dtype)
+    model = cached_model(params.model, params.device, params.dtype, compile=params.compile)
     run_id = prepare_run(params, model, extra_provenance={"prefect": origin})
     run_logger().info("created run %s in %s", run_id, params.store)
     return run_id

@@ -13,7 +13,9 @@ from ood_core.method.ddim import (
     timestep_grid,
 )
 from ood_core.method.model import (
+    CPU_BATCH_SIZE,
     FrozenDiffusionModel,
+    auto_batch_size,
     load_model,
     resolve_device,
     resolve_dtype,
@@ -45,6 +47,7 @@ from ood_core.method.novelty import (
     nearest_input_distance,
     rms_distances,
 )
+from ood_core.method.precision import DEFAULT_TOLERANCE_DB, PrecisionDecision, guarded_reconstruction
 from ood_core.method.prior import (
     DEFAULT_EXPLAINED_VARIANCE,
     MAX_KS_VALUES,
@@ -74,12 +77,14 @@ from ood_core.method.sampler import (
 )
 
 __all__ = [
+    "CPU_BATCH_SIZE",
     "CRITERION_NAMES",
     "DEFAULT_EXPLAINED_VARIANCE",
     "DEFAULT_LOWER_PERCENTILE",
     "DEFAULT_MARGIN",
     "DEFAULT_REFERENCE_GAP",
     "DEFAULT_STRETCH_PARAMS",
+    "DEFAULT_TOLERANCE_DB",
     "DEFAULT_UPPER_PERCENTILE",
     "MAX_FIT_PIXELS",
     "MAX_KS_VALUES",
@@ -95,11 +100,13 @@ __all__ = [
     "NoveltyResult",
     "NoveltyRule",
     "PPCAPrior",
+    "PrecisionDecision",
     "Reconstruction",
     "SamplerConfig",
     "SamplerReport",
     "ScalarGaussianPrior",
     "StepProgress",
+    "auto_batch_size",
     "bands_to_channels",
     "candidate_seed",
     "channels_to_band",
@@ -114,6 +121,7 @@ __all__ = [
     "fit_prior",
     "flatten_latents",
     "generator_from_seed",
+    "guarded_reconstruction",
     "in_domain_reference_latents",
     "input_nearest_neighbour_distances",
     "invert_and_reconstruct",

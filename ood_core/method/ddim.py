@@ -9,6 +9,10 @@ One DDIM move from step t to step s, in either direction:
 with sigma = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s) when generating (s < t) and
 sigma = 0 when inverting. The grid is t_0 = 0 < t_1 < ... < t_K = t0; state 0 is the clean image
 (a = 1), so inversion and generation each take exactly K network evaluations.
+
+On a GPU the walk never waits for the device: a_t are read from the host copy of the schedule, every chunk's
+result stays on the device, and the only transfer back is the whole result at the end (``output="host"``, the
+default) or none at all (``output="device"``, for a caller that goes on computing there).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,6 +30,9 @@ from ood_core.method.model import FrozenDiffusionModel
 
 StepProgress = Callable[[int, int], None]
 """Called as progress(steps_done, steps_total) after each network evaluation over the whole batch."""
+
+Output = Literal["host", "device"]
+"""Where ddim_invert / ddim_generate return their result: the CPU, or the model's device."""
 
 
 def timestep_grid(t0: int, steps: int, num_train_timesteps: int) -> list[int]:
@@ -40,7 +47,7 @@ def timestep_grid(t0: int, steps: int, num_train_timesteps: int) -> list[int]:
 
 def _alpha(model: FrozenDiffusionModel, grid: Sequence[int], k: int) -> float:
     """a at grid index k; index 0 is the clean image (a = 1)."""
-    return 1.0 if k == 0 else float(model.alphas_cumprod[grid[k]])
+    return 1.0 if k == 0 else model.alphas_host[grid[k]]
 
 
 def _ddim_move(x: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) -> torch.Tensor:
@@ -62,10 +69,11 @@ def ddim_invert(
     *,
     batch_size: int = 16,
     progress: StepProgress | None = None,
+    output: Output = "host",
 ) -> torch.Tensor:
     """Walk clean images (N, C, H, W) in [-1, 1] up the grid to their latents at t0 (eta = 0)."""
     steps = len(grid) - 1
-    out = torch.empty(images.shape, dtype=torch.float32)
+    out = torch.empty(images.shape, dtype=torch.float32, device=model.device)
     chunks = _chunks(images.shape[0], batch_size)
     done = 0
     for chunk in chunks:
@@ -76,13 +84,24 @@ def ddim_invert(
             done += 1
             if progress is not None:
                 progress(done, steps * len(chunks))
-        out[chunk] = x.cpu()
-    return out
+        out[chunk] = x
+    return _returned(out, output)
+
+
+def _returned(out: torch.Tensor, output: Output) -> torch.Tensor:
+    return out if output == "device" else out.cpu()
 
 
 def _per_sample_noise(generators: list[torch.Generator], shape: Sequence[int]) -> torch.Tensor:
     # One generator per sample: a sample's noise does not depend on its batch neighbours.
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators])
+
+
+def _to_device(noise: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """CPU-drawn noise onto the device without making the host wait (pinned memory, asynchronous copy)."""
+    if device.type == "cpu":
+        return noise
+    return noise.pin_memory().to(device, non_blocking=True)
 
 
 @torch.no_grad()
@@ -96,6 +115,7 @@ def ddim_generate(
     batch_size: int = 16,
     clip: bool = True,
     progress: StepProgress | None = None,
+    output: Output = "host",
 ) -> torch.Tensor:
     """Walk latents (N, C, H, W) at t0 down the grid to images; eta > 0 needs one seed per latent."""
     if not 0.0 <= eta <= 1.0:
@@ -103,7 +123,7 @@ def ddim_generate(
     if eta > 0 and (seeds is None or len(seeds) != latents.shape[0]):
         raise ConfigurationError("eta > 0 adds noise: pass one seed per latent so samples are reproducible")
     steps = len(grid) - 1
-    out = torch.empty(latents.shape, dtype=torch.float32)
+    out = torch.empty(latents.shape, dtype=torch.float32, device=model.device)
     chunks = _chunks(latents.shape[0], batch_size)
     done = 0
     for chunk in chunks:
@@ -118,12 +138,12 @@ def ddim_generate(
             sigma = eta * math.sqrt((1.0 - a_s) / (1.0 - a_t)) * math.sqrt(1.0 - a_t / a_s) if eta > 0 else 0.0
             x = math.sqrt(a_s) * x0_hat + math.sqrt(max(1.0 - a_s - sigma**2, 0.0)) * eps
             if sigma > 0:
-                x = x + sigma * _per_sample_noise(generators, x.shape[1:]).to(x.device)
+                x = x + sigma * _to_device(_per_sample_noise(generators, x.shape[1:]), x.device)
             done += 1
             if progress is not None:
                 progress(done, steps * len(chunks))
-        out[chunk] = (x.clamp(-1.0, 1.0) if clip else x).cpu()
-    return out
+        out[chunk] = x.clamp(-1.0, 1.0) if clip else x
+    return _returned(out, output)
 
 
 def psnr(reference: torch.Tensor, estimate: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
@@ -170,7 +190,7 @@ def invert_and_reconstruct(
         def half(done: int, total: int) -> None:
             report(done, 2 * total)
 
-    latents = ddim_invert(model, images, grid, batch_size=batch_size, progress=half)
+    latents = ddim_invert(model, images, grid, batch_size=batch_size, progress=half, output="device")
     second: StepProgress | None = None
     if progress is not None:
         report2 = progress
@@ -179,6 +199,7 @@ def invert_and_reconstruct(
             report2(total + done, 2 * total)
 
     reconstructions = ddim_generate(model, latents, grid, eta=0.0, batch_size=batch_size, progress=second)
+    latents = latents.cpu()
     return Reconstruction(grid, latents, reconstructions, psnr(images.clamp(-1, 1), reconstructions))
 
 
@@ -250,7 +271,7 @@ def in_domain_reference_latents(
     shape = (count, model.channels, model.resolution, model.resolution)
     noise = torch.randn(shape, generator=generator)
     full_grid = timestep_grid(model.num_train_timesteps - 1, steps, model.num_train_timesteps)
-    images = ddim_generate(model, noise, full_grid, batch_size=batch_size, progress=progress)
+    images = ddim_generate(model, noise, full_grid, batch_size=batch_size, progress=progress, output="device")
     latents = ddim_invert(model, images, timestep_grid(t0, steps, model.num_train_timesteps),
                           batch_size=batch_size)
-    return images, latents
+    return images.cpu(), latents

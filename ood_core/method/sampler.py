@@ -446,11 +446,17 @@ class GeometricSampler:
         reference_latents: Tensor,
         config: SamplerConfig | None = None,
         seed: int = 0,
+        device: torch.device | str | None = None,
     ) -> None:
         self.prior = prior
         self.config = config or SamplerConfig()
         self.seed = int(seed)
+        # ``device``: where the screening's matrix products run and accepted latents live (e.g. the GPU the
+        # network runs on); candidates are still drawn on the CPU from their own seeds, then moved in one copy.
         self._ood = flatten_latents(ood_latents).float()
+        if device is not None:
+            self._ood = self._ood.to(device)
+            reference_latents = reference_latents.to(device)
         if self._ood.shape[1] != prior.dim:
             raise ConfigurationError(f"OOD latents have D={self._ood.shape[1]}, the prior D={prior.dim}")
         if self.config.strategy == "slerp_ood_ood" and self._ood.shape[0] < 2:
@@ -473,32 +479,36 @@ class GeometricSampler:
         low, high = self.config.slerp_range
         parents: list[int] = []
         lams: list[float] = []
-        others: list[Tensor] = []
+        draws: list[Tensor] = []  # prior draws, on the CPU (the prior's own generator per candidate)
+        seconds: list[int] = []  # the other OOD latent of slerp_ood_ood
         for seed in seeds:
             generator = generator_from_seed(seed)  # fixed draw order: parent, lam, then the other end
             if strategy == "prior":
                 parents.append(-1)
-                others.append(self.prior.sample(1, generator)[0].to(self._ood.device))
+                draws.append(self.prior.sample(1, generator)[0])
                 continue
             parent = int(torch.randint(n, (1,), generator=generator).item())
             uniform = float(torch.rand((1,), generator=generator, dtype=torch.float64).item())
             lam = low + (high - low) * uniform
             if strategy == "slerp_ood_prior":
-                other = self.prior.sample(1, generator)[0].to(self._ood.device)
+                draws.append(self.prior.sample(1, generator)[0])
             else:
                 second = int(torch.randint(n - 1, (1,), generator=generator).item())
-                other = self._ood[second + (second >= parent)]
+                seconds.append(second + (second >= parent))
             parents.append(parent)
             lams.append(lam)
-            others.append(other)
         parent_index = torch.tensor(parents, dtype=torch.int32)
+        device = self._ood.device
         if not seeds:
-            return torch.empty((0, self._ood.shape[1]), device=self._ood.device), parent_index
-        stacked = torch.stack(others)
+            return torch.empty((0, self._ood.shape[1]), device=device), parent_index
+        if strategy == "slerp_ood_ood":
+            others = self._ood[torch.tensor(seconds, dtype=torch.long, device=device)]
+        else:
+            others = torch.stack(draws).to(device)  # one copy per candidate batch
         if strategy == "prior":
-            return stacked, parent_index
-        starts = self._ood[parent_index.to(self._ood.device, torch.long)]
-        return slerp(starts, stacked, torch.tensor(lams, dtype=torch.float64)), parent_index
+            return others, parent_index
+        starts = self._ood[parent_index.to(device, torch.long)]
+        return slerp(starts, others, torch.tensor(lams, dtype=torch.float64, device=device)), parent_index
 
     def regenerate_candidate(self, seed: int) -> Tensor:
         """The (D,) candidate latent that ``seed`` produces in this sampler's setting."""

@@ -60,8 +60,17 @@ def execute_stage(
     writer = RunWriter.open(params.store, run_id)
     if stage == "finish":
         return finish_run(writer).to_dict()
-    model = cached_model(params.model, params.device, params.dtype)
-    return STAGE_FUNCTIONS[stage](params, model, writer, progress)
+    return STAGE_FUNCTIONS[stage](params, stage_model(params, writer), writer, progress)
+
+
+def stage_model(params: PipelineParameters, writer: RunWriter) -> FrozenDiffusionModel:
+    """The network a stage of this run uses: the parameters' dtype, or float32 once the invert stage recorded that
+    reduced precision failed the reconstruction check (provenance ``precision``)."""
+    precision = writer.provenance.get("precision")
+    dtype: str = params.dtype
+    if isinstance(precision, dict) and precision.get("fell_back"):
+        dtype = str(precision["used"])
+    return cached_model(params.model, params.device, dtype, compile=params.compile)
 
 
 def prepare_run(
@@ -90,7 +99,7 @@ def run_in_process(
 
     ``resume``: id of a "writing" run in ``params.store`` to continue instead of starting a new one.
     """
-    model = cached_model(params.model, params.device, params.dtype)
+    model = cached_model(params.model, params.device, params.dtype, compile=params.compile)
     run_id = resume or prepare_run(params, model)
 
     def execute(stage: str, p: PipelineParameters, rid: str) -> dict[str, Any]:

@@ -26,9 +26,10 @@ import torch
 
 from ood_core.errors import QuarantinedInput
 from ood_core.method import ddim
-from ood_core.method.model import FrozenDiffusionModel
+from ood_core.method.model import FrozenDiffusionModel, auto_batch_size
 from ood_core.method.normalization import NormalizationParams, model_to_physical
 from ood_core.method.novelty import NoveltyRule
+from ood_core.method.precision import guarded_reconstruction
 from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, prior_diagnostics
 from ood_core.method.sampler import CRITERION_NAMES, AcceptedBatch, GeometricSampler, SamplerConfig
 from ood_core.method.seeds import child_seed
@@ -71,6 +72,19 @@ def _stage_progress(progress: ProgressHook | None, stage: str) -> ddim.StepProgr
         hook(stage, done, total)
 
     return report
+
+
+def batch_size(params: PipelineParameters, model: FrozenDiffusionModel, writer: RunWriter) -> int:
+    """Images per network evaluation for this run: the parameter, or chosen once (free GPU memory on CUDA, 16
+    on the CPU) and recorded in provenance ``compute``, so every stage and a resumed stage use the same."""
+    record = writer.provenance.get("compute")
+    if isinstance(record, dict) and isinstance(record.get("batch_size"), int):
+        return int(record["batch_size"])
+    chosen = params.batch_size or auto_batch_size(model)
+    source = "parameter" if params.batch_size else ("free GPU memory" if model.device.type == "cuda" else "CPU default")
+    writer.update_provenance(compute={"device": str(model.device), "batch_size": chosen, "batch_size_from": source,
+                                      "channels_last": model.channels_last, "compiled": model.compiled})
+    return chosen
 
 
 def _tensor(writer: RunWriter, name: str) -> torch.Tensor:
@@ -131,21 +145,29 @@ def stage_invert(
         return dict(writer.provenance["inversion"])
     with _stage(writer, "invert"):
         images = _tensor(writer, "inputs")
+        batch = batch_size(params, model, writer)
         t0, scan_record = params.t0, None
         if params.auto_t0:
             scan = ddim.scan_bandwidth(
                 model, images, params.t0_scan, params.steps, threshold_db=params.psnr_threshold_db,
-                batch_size=params.batch_size, progress=_stage_progress(progress, "bandwidth_scan"),
+                batch_size=batch, progress=_stage_progress(progress, "bandwidth_scan"),
             )
             t0, scan_record = scan.chosen_t0, scan.to_dict()
         steps = min(params.steps, t0)
-        recon = ddim.invert_and_reconstruct(
-            model, images, t0, steps, batch_size=params.batch_size, progress=_stage_progress(progress, "invert")
+        # reduced precision only if it reconstructs the inputs as well as float32 (the later stages load the
+        # model in the dtype recorded here: ood_core.pipeline.sequence.stage_model)
+        _, recon, precision = guarded_reconstruction(
+            model, images, t0, steps, batch_size=batch, progress=_stage_progress(progress, "invert")
         )
+        if precision.fell_back:
+            log.warning("run %s: %s reconstructs %.2f dB below float32 (median); the run uses float32",
+                        writer.run_id, precision.requested,
+                        precision.median_psnr_db["float32"] - precision.median_psnr_db[precision.requested])
         writer.write_inversion(recon.latents.numpy(), recon.reconstructions.numpy(),
                                recon.psnr_db.numpy().astype(np.float32))
         writer.update_provenance(inversion={"t0": t0, "steps": steps, "eta_inversion": 0.0, "grid": recon.grid,
-                                            "bandwidth_scan": scan_record, **recon.summary()})
+                                            "bandwidth_scan": scan_record, **recon.summary()},
+                                 precision=precision.to_dict())
     return dict(writer.provenance["inversion"])
 
 
@@ -175,7 +197,7 @@ def stage_prior(
         seed = child_seed(params.seed, "reference")
         _, reference = ddim.in_domain_reference_latents(
             model, params.reference_count, int(inversion["t0"]), int(inversion["steps"]), seed=seed,
-            batch_size=params.batch_size, progress=_stage_progress(progress, "reference"),
+            batch_size=batch_size(params, model, writer), progress=_stage_progress(progress, "reference"),
         )
         writer.write_reference_latents(reference.numpy())
         ood_flat = _flat(_tensor(writer, "input_latents"))
@@ -195,7 +217,7 @@ def stage_prior(
 class _SampleContext:
     """What the sample stage reads once from the store: inputs, t0 grid, normalization, novelty rule."""
 
-    def __init__(self, params: PipelineParameters, writer: RunWriter) -> None:
+    def __init__(self, params: PipelineParameters, writer: RunWriter, batch: int) -> None:
         self.images = _tensor(writer, "inputs")
         inversion = writer.provenance["inversion"]
         self.grid = [int(t) for t in inversion["grid"]]
@@ -203,7 +225,7 @@ class _SampleContext:
         self.norm_params = [NormalizationParams.from_dict(p) for p in writer.provenance["normalization"]["params"]]
         self.rule = NoveltyRule(factor=params.novelty_factor)
         self.eta = params.eta
-        self.batch_size = params.batch_size
+        self.batch_size = batch
 
     def physical(self, samples: npt.NDArray[Any], parents: npt.NDArray[np.int64],
                  nearest: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
@@ -237,13 +259,14 @@ def _denoise_and_commit(
     if keep.size:
         parents = accepted.parents[sel].numpy()[keep].astype(np.int64)
         kept = samples[keep].numpy()
+        keep_on_device = torch.from_numpy(keep).to(latents.device)
         writer.append_samples(
             samples=kept,
             samples_physical=ctx.physical(kept, parents, novelty.index.numpy()[keep].astype(np.int64)),
-            sample_latents=latents[keep].numpy(),
+            sample_latents=latents[keep_on_device].cpu().numpy(),
             sample_seed=seeds[keep].astype(np.int64),
             sample_parent=parents.astype(np.int32),
-            sample_criteria=accepted.criteria[sel].numpy()[keep].astype(np.float32),
+            sample_criteria=accepted.criteria[sel][keep_on_device].cpu().numpy().astype(np.float32),
             sample_nearest_input_distance=novelty.distance.numpy()[keep].astype(np.float32),
             copy=False,  # fresh arrays, never touched again: the store's thread writes them while we go on
         )
@@ -262,16 +285,16 @@ def stage_sample(
     if "sample" in writer.completed_stages():
         return dict(writer.provenance["sampler"])
     with _stage(writer, "sample"):
-        ctx = _SampleContext(params, writer)
+        ctx = _SampleContext(params, writer, batch_size(params, model, writer))
         prior, ood_flat, reference_flat = stored_prior(writer, params.prior)
         config = SamplerConfig(strategy=params.strategy, candidate_budget=params.candidate_budget)
-        sampler = GeometricSampler(prior, ood_flat, reference_flat, config, seed=params.seed)
+        sampler = GeometricSampler(prior, ood_flat, reference_flat, config, seed=params.seed, device=model.device)
         near_copies = int((writer.provenance.get("sample_progress") or {}).get("near_copies_rejected", 0))
         skip_through = int(writer.read("sample_seed")[-1]) if writer.n_samples else None
         if writer.n_samples:
             log.info("run %s: resuming sampling after %d committed samples", writer.run_id, writer.n_samples)
         wanted = params.samples * ACCEPTED_PER_SAMPLE if writer.n_samples < params.samples else 0
-        for accepted in sampler.batches(wanted, params.batch_size):
+        for accepted in sampler.batches(wanted, ctx.batch_size):
             sel, skip_through = _unseen(accepted, skip_through)
             if sel is None:
                 continue
