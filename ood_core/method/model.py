@@ -126,15 +126,14 @@ class FrozenDiffusionModel:
     def predict_noise(self, x: torch.Tensor, timestep: int) -> torch.Tensor:
         """eps(x, t) for a batch at one integer timestep; returns float32 of x's shape, on the model's device.
 
-        A compiled model always sees the batch size of its first call (smaller batches are padded with zeros and
-        cut again: every image is computed on its own, so padding changes nothing), so it compiles once."""
+        A compiled model sees one batch size (:meth:`reserve_batch`, else the largest so far): smaller batches
+        are padded with zeros and cut again (every image is computed on its own), so it compiles once."""
         batch = x.shape[0]
         x = x.to(self.device, self.dtype)
         forward: Callable[..., Any] = self.unet
         if self._forward is not None:
             forward = self._forward
-            if not self._compiled_batch:
-                self._compiled_batch.append(batch)
+            self.reserve_batch(batch)
             if batch < self._compiled_batch[0]:
                 x = torch.cat([x, x.new_zeros((self._compiled_batch[0] - batch, *x.shape[1:]))])
         if self.channels_last:
@@ -144,6 +143,15 @@ class FrozenDiffusionModel:
         if self.learned_variance:
             out = out[:, : self.channels]
         return out.float()
+
+    def reserve_batch(self, batch: int) -> None:
+        """The batch size a compiled model is compiled for (at least ``batch``); no effect when not compiled."""
+        if self._forward is None:
+            return
+        if not self._compiled_batch:
+            self._compiled_batch.append(batch)
+        elif batch > self._compiled_batch[0]:
+            self._compiled_batch[0] = batch  # one more compilation, then smaller batches pad up to this one
 
     def with_dtype(self, dtype: torch.dtype) -> FrozenDiffusionModel:
         """This model with its weights in another dtype (a copy; not compiled): the precision check's reference."""

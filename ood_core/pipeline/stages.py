@@ -79,8 +79,10 @@ def batch_size(params: PipelineParameters, model: FrozenDiffusionModel, writer: 
     on the CPU) and recorded in provenance ``compute``, so every stage and a resumed stage use the same."""
     record = writer.provenance.get("compute")
     if isinstance(record, dict) and isinstance(record.get("batch_size"), int):
+        model.reserve_batch(int(record["batch_size"]))
         return int(record["batch_size"])
     chosen = params.batch_size or auto_batch_size(model)
+    model.reserve_batch(chosen)  # a compiled network is compiled once, for this batch size
     source = "parameter" if params.batch_size else ("free GPU memory" if model.device.type == "cuda" else "CPU default")
     writer.update_provenance(compute={"device": str(model.device), "batch_size": chosen, "batch_size_from": source,
                                       "channels_last": model.channels_last, "compiled": model.compiled})
