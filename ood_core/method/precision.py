@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ood_core.method.ddim import Reconstruction, StepProgress, invert_and_reconstruct
+from ood_core.method import ddim
+from ood_core.method.ddim import Reconstruction, StepProgress
 from ood_core.method.model import FrozenDiffusionModel
 
 DEFAULT_TOLERANCE_DB = 0.5
@@ -60,14 +61,14 @@ def guarded_reconstruction(
     keep the float32 one if the reduced precision loses more than ``tolerance_db`` of median PSNR.
 
     Returns (the model to use for the rest of the run, its reconstruction, the decision)."""
-    fast = invert_and_reconstruct(model, images, t0, steps, batch_size=batch_size, progress=progress)
+    fast = ddim.invert_and_reconstruct(model, images, t0, steps, batch_size=batch_size, progress=progress)
     requested = _name(model.dtype)
     if model.dtype == torch.float32:
         decision = PrecisionDecision(requested, requested, False, {requested: _median(fast)}, tolerance_db,
                                      rule="float32 requested: no check")
         return model, fast, decision
     reference_model = model.with_dtype(torch.float32)
-    reference = invert_and_reconstruct(reference_model, images, t0, steps, batch_size=batch_size)
+    reference = ddim.invert_and_reconstruct(reference_model, images, t0, steps, batch_size=batch_size)
     medians = {requested: _median(fast), "float32": _median(reference)}
     fell_back = medians[requested] < medians["float32"] - tolerance_db
     used = "float32" if fell_back else requested
