@@ -415,6 +415,31 @@ class AcceptedBatch:
         return int(self.latents.shape[0])
 
 
+@dataclass(frozen=True, eq=False)
+class ScreenedCandidates:
+    """Screened candidates: latents (B, D) float32 and criteria (B, 3) float64 on the sampler's device, accepted
+    (B,) bool on that device, parents (B,) int32 on the CPU."""
+
+    latents: Tensor
+    criteria: Tensor
+    accepted: Tensor
+    parents: Tensor
+
+
+def slot_candidate_seed(seed: int, slot: int, attempt: int) -> int:
+    """Seed of the ``attempt``-th candidate of sample slot ``slot`` in a run with ``seed``.
+
+    Each slot has its own stream (index ``slot * SLOT_STRIDE + attempt`` of :func:`candidate_seed`), so a sample
+    depends on its slot only, never on which process or batch handled the slots before it."""
+    if not 0 <= attempt < SLOT_STRIDE:
+        raise ConfigurationError(f"attempt must lie in 0..{SLOT_STRIDE - 1}, got {attempt}")
+    return candidate_seed(seed, slot * SLOT_STRIDE + attempt)
+
+
+SLOT_STRIDE = 1 << 24
+"""Candidates a sample slot may try at most (streams of different slots never share a seed)."""
+
+
 @dataclass(frozen=True)
 class SamplerReport:
     """What a sampler run screened and accepted (JSON-safe via ``to_dict``)."""
@@ -509,6 +534,13 @@ class GeometricSampler:
             return others, parent_index
         starts = self._ood[parent_index.to(device, torch.long)]
         return slerp(starts, others, torch.tensor(lams, dtype=torch.float64, device=device)), parent_index
+
+    def screen(self, seeds: Sequence[int]) -> ScreenedCandidates:
+        """Draw the candidates of ``seeds`` and score them against the band (no counters, no stream state): the
+        building block of streams other than :meth:`batches`' own, e.g. one stream per sample slot."""
+        latents, parents = self._draw_candidates(seeds)
+        criteria = self._geometry.criteria(latents, chunk_size=self.config.candidate_batch)
+        return ScreenedCandidates(latents, criteria, self.band.contains(criteria), parents)
 
     def regenerate_candidate(self, seed: int) -> Tensor:
         """The (D,) candidate latent that ``seed`` produces in this sampler's setting."""

@@ -62,6 +62,18 @@ class RunSettings(BaseModel):
                     "of float32; float32 on the CPU)",
     )
     compile: bool = Field(default=False, description="torch.compile the network (on CUDA; compiling takes ~30 s)")
+    shards: int = Field(
+        default=1, ge=1, le=4096,
+        description="split the sample stage into this many shards (seed ranges), run as tasks on a Dask cluster; "
+                    "the samples are the same for any number",
+    )
+    dask_address: str | None = Field(
+        default=None, description="Dask scheduler for the shards (tcp://host:8786, e.g. a dask-cuda cluster with "
+                                  "one worker per GPU); empty: a local cluster",
+    )
+    dask_workers: int | None = Field(
+        default=None, ge=1, le=1024, description="workers of the local Dask cluster (default: one per shard)"
+    )
 
     @model_validator(mode="after")
     def _steps_within_t0(self) -> RunSettings:

@@ -17,7 +17,7 @@ from ood_core.io.fits import FitsImage, expand_inputs, read_fits_batch, tile_cut
 from ood_core.method.normalization import NormalizedBatch, prepare_batch
 from ood_core.pipeline.config import MIN_USABLE_INPUTS, PipelineParameters
 
-KEY_IGNORED_PARAMETERS = ("inputs", "store", "batch_size", "compile")
+KEY_IGNORED_PARAMETERS = ("inputs", "store", "batch_size", "compile", "shards", "dask_address", "dask_workers")
 """Parameters that do not change what a run computes from the same input files (the idempotence key ignores them)."""
 
 

@@ -14,10 +14,20 @@ from collections.abc import Callable
 from typing import Any
 
 from ood_core.method.model import FrozenDiffusionModel, cached_model
+from ood_core.pipeline import sampling
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.pipeline.ingest import ingest
-from ood_core.pipeline.stages import STAGE_FUNCTIONS, ProgressHook, RunResult, create_run, finish_run
+from ood_core.pipeline.sampling import RunSource
+from ood_core.pipeline.stages import (
+    STAGE_FUNCTIONS,
+    ProgressHook,
+    RunResult,
+    create_run,
+    finish_run,
+    finish_sample,
+)
 from ood_core.store.runs import RunWriter, StoreError
+from ood_core.store.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +73,7 @@ def execute_stage(
     return STAGE_FUNCTIONS[stage](params, stage_model(params, writer), writer, progress)
 
 
-def stage_model(params: PipelineParameters, writer: RunWriter) -> FrozenDiffusionModel:
+def stage_model(params: PipelineParameters, writer: RunSource) -> FrozenDiffusionModel:
     """The network a stage of this run uses: the parameters' dtype, or float32 once the invert stage recorded that
     reduced precision failed the reconstruction check (provenance ``precision``)."""
     precision = writer.provenance.get("precision")
@@ -71,6 +81,31 @@ def stage_model(params: PipelineParameters, writer: RunWriter) -> FrozenDiffusio
     if isinstance(precision, dict) and precision.get("fell_back"):
         dtype = str(precision["used"])
     return cached_model(params.model, params.device, dtype, compile=params.compile)
+
+
+def prepare_sample_shards(params: PipelineParameters, run_id: str) -> int:
+    """Give a run's sample arrays to its shards (once; a completed sample stage has none); returns their number."""
+    writer = RunWriter.open(params.store, run_id)
+    if "sample" in writer.completed_stages():
+        return 0
+    if "prior" not in writer.completed_stages():
+        raise StoreError(f"run {run_id}: stage 'prior' must complete before 'sample'")
+    return len(sampling.prepare_shards(params, writer))
+
+
+def execute_shard(
+    params: PipelineParameters, run_id: str, index: int, progress: ProgressHook | None = None
+) -> dict[str, Any]:
+    """One shard of a sharded sample stage in this process (a Dask task of the pipeline flow), from its last
+    committed block."""
+    shard = ShardWriter(params.store, run_id, index)
+    return sampling.run_shard(params, stage_model(params, shard), shard, progress)
+
+
+def finish_sample_shards(params: PipelineParameters, run_id: str) -> dict[str, Any]:
+    """Merge the shards of a run's sample stage (every one must be done) and complete the stage."""
+    writer = RunWriter.open(params.store, run_id)
+    return finish_sample(params, stage_model(params, writer), writer)
 
 
 def prepare_run(

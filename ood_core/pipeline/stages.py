@@ -21,31 +21,28 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from ood_core.errors import QuarantinedInput
 from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel, auto_batch_size
-from ood_core.method.normalization import NormalizationParams, model_to_physical
-from ood_core.method.novelty import NoveltyRule
 from ood_core.method.precision import guarded_reconstruction
 from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, prior_diagnostics
-from ood_core.method.sampler import CRITERION_NAMES, AcceptedBatch, GeometricSampler, SamplerConfig
+from ood_core.method.sampler import CRITERION_NAMES
 from ood_core.method.seeds import child_seed
+from ood_core.pipeline import sampling
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.pipeline.ingest import IngestResult, input_set_key
 from ood_core.store.provenance import environment_info, utc_now_iso
 from ood_core.store.runs import RunWriter, StoreError
+from ood_core.store.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[str, int, int], None]
 """progress(stage, done, total): called during long stages."""
 
-ACCEPTED_PER_SAMPLE = 4
-"""Accepted candidates screened at most per requested sample: near-copies are only found after denoising and
-are dropped, so the sampler is asked for up to 4x the samples before the run stops short (and says so)."""
+ACCEPTED_PER_SAMPLE = sampling.ACCEPTED_PER_SAMPLE
 
 
 @contextmanager
@@ -183,8 +180,7 @@ def stored_prior(writer: RunWriter, kind: PriorKind) -> tuple[LatentPrior, torch
     diagnostics are stored, not its D-sized parameters.
     """
     _require(writer, "prior", "reading the prior")
-    ood_flat = _flat(_tensor(writer, "input_latents"))
-    return fit_prior(ood_flat, kind), ood_flat, _flat(_tensor(writer, "reference_latents"))
+    return sampling.prior_from(writer, kind)
 
 
 def stage_prior(
@@ -216,107 +212,63 @@ def stage_prior(
 # --------------------------------------------------------------------------------------------- sample
 
 
-class _SampleContext:
-    """What the sample stage reads once from the store: inputs, t0 grid, normalization, novelty rule."""
-
-    def __init__(self, params: PipelineParameters, writer: RunWriter, batch: int) -> None:
-        self.images = _tensor(writer, "inputs")
-        inversion = writer.provenance["inversion"]
-        self.grid = [int(t) for t in inversion["grid"]]
-        self.t0, self.steps = int(inversion["t0"]), int(inversion["steps"])
-        self.norm_params = [NormalizationParams.from_dict(p) for p in writer.provenance["normalization"]["params"]]
-        self.rule = NoveltyRule(factor=params.novelty_factor)
-        self.eta = params.eta
-        self.batch_size = batch
-
-    def physical(self, samples: npt.NDArray[Any], parents: npt.NDArray[np.int64],
-                 nearest: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
-        """Samples in physical units: the run's normalization, or (per-image mode) the parent's / nearest input's."""
-        owners = parents if len(self.norm_params) == 1 else np.where(parents >= 0, parents, nearest)
-        return model_to_physical(samples, self.norm_params, owners)
-
-
-def _unseen(accepted: AcceptedBatch, skip_through: int | None) -> tuple[slice | None, int | None]:
-    """The part of an accepted batch not committed before an interruption (None: the whole batch was)."""
-    if skip_through is None:
-        return slice(0, None), None
-    hits = np.nonzero(accepted.seeds.numpy() == skip_through)[0]
-    if hits.size == 0:
-        return None, skip_through  # this whole batch was handled before the interruption
-    start = int(hits[0]) + 1
-    return (slice(start, None) if start < len(accepted.seeds) else None), None
-
-
-def _denoise_and_commit(
-    model: FrozenDiffusionModel, ctx: _SampleContext, writer: RunWriter, accepted: AcceptedBatch, sel: slice,
-    wanted: int,
-) -> int:
-    """Denoise accepted latents, drop near-copies, append up to ``wanted`` samples; returns near-copies dropped."""
-    latents = accepted.latents[sel].reshape(-1, *ctx.images.shape[1:]).float()
-    seeds = accepted.seeds.numpy()[sel]
-    samples = ddim.ddim_generate(model, latents, ctx.grid, eta=ctx.eta, seeds=[int(s) for s in seeds],
-                                 batch_size=ctx.batch_size)
-    novelty = ctx.rule.evaluate(samples, ctx.images)
-    keep = torch.nonzero(~novelty.is_near_copy).flatten()[:wanted].numpy()
-    if keep.size:
-        parents = accepted.parents[sel].numpy()[keep].astype(np.int64)
-        kept = samples[keep].numpy()
-        keep_on_device = torch.from_numpy(keep).to(latents.device)
-        writer.append_samples(
-            samples=kept,
-            samples_physical=ctx.physical(kept, parents, novelty.index.numpy()[keep].astype(np.int64)),
-            sample_latents=latents[keep_on_device].cpu().numpy(),
-            sample_seed=seeds[keep].astype(np.int64),
-            sample_parent=parents.astype(np.int32),
-            sample_criteria=accepted.criteria[sel][keep_on_device].cpu().numpy().astype(np.float32),
-            sample_nearest_input_distance=novelty.distance.numpy()[keep].astype(np.float32),
-            copy=False,  # fresh arrays, never touched again: the store's thread writes them while we go on
-        )
-    return int(novelty.is_near_copy.sum())
-
-
 def stage_sample(
     params: PipelineParameters, model: FrozenDiffusionModel, writer: RunWriter, progress: ProgressHook | None = None
 ) -> dict[str, Any]:
-    """Screen candidates, denoise, reject near-copies and stream samples to the store; returns the sampler report.
+    """Fill the run's sample slots (screen, denoise, drop near-copies) and stream them to the store; returns the
+    sampler record (:mod:`ood_core.pipeline.sampling` says how slots, blocks and shards work).
 
-    Resumable: the candidate stream is deterministic, so a resumed stage skips every accepted candidate up to
-    the last committed sample (by its seed) and denoises only what is missing.
+    One shard: here, through the run's writer, resuming after the last committed block. Several: here, one after
+    another (``run_in_process``); the pipeline flow runs :func:`sampling.run_shard` as Dask tasks instead and
+    calls :func:`finish_sample` when they are done.
     """
     _require(writer, "prior", "sample")
     if "sample" in writer.completed_stages():
         return dict(writer.provenance["sampler"])
+    batch_size(params, model, writer)
+    if params.shards > 1 or writer.sample_regions:
+        sampling.prepare_shards(params, writer)
+        for index in range(len(writer.sample_regions)):
+            sampling.run_shard(params, model, ShardWriter(params.store, writer.run_id, index), progress)
+        return finish_sample(params, model, writer)
     with _stage(writer, "sample"):
-        ctx = _SampleContext(params, writer, batch_size(params, model, writer))
-        prior, ood_flat, reference_flat = stored_prior(writer, params.prior)
-        config = SamplerConfig(strategy=params.strategy, candidate_budget=params.candidate_budget)
-        sampler = GeometricSampler(prior, ood_flat, reference_flat, config, seed=params.seed, device=model.device)
-        near_copies = int((writer.provenance.get("sample_progress") or {}).get("near_copies_rejected", 0))
-        skip_through = int(writer.read("sample_seed")[-1]) if writer.n_samples else None
+        ctx = sampling.SampleContext(params, writer, model)
         if writer.n_samples:
             log.info("run %s: resuming sampling after %d committed samples", writer.run_id, writer.n_samples)
-        wanted = params.samples * ACCEPTED_PER_SAMPLE if writer.n_samples < params.samples else 0
-        for accepted in sampler.batches(wanted, ctx.batch_size):
-            sel, skip_through = _unseen(accepted, skip_through)
-            if sel is None:
-                continue
-            near_copies += _denoise_and_commit(model, ctx, writer, accepted, sel, params.samples - writer.n_samples)
-            writer.update_provenance(sample_progress={"committed": writer.n_samples,
-                                                      "near_copies_rejected": near_copies})
-            if progress is not None:
-                progress("sample", writer.n_samples, params.samples)
-            if writer.n_samples >= params.samples:
-                break
-        writer.update_provenance(
-            sampler={**sampler.report().to_dict(), "seed": params.seed, "requested": params.samples,
-                     "written": writer.n_samples, "accepted_per_sample_limit": ACCEPTED_PER_SAMPLE},
-            novelty={**ctx.rule.to_dict(), "threshold": float(ctx.rule.threshold(ctx.images)),
-                     "near_copies_rejected": near_copies},
-            generation={"eta": params.eta, "steps": ctx.steps, "t0": ctx.t0,
-                        "physical_params_from": "run" if len(ctx.norm_params) == 1
-                        else "parent input (nearest if none)"},
-        )
+        counters = sampling.run_blocks(ctx, model, sampling.appender_of(writer), range(ctx.plan.blocks),
+                                       writer.sample_checkpoint, progress, writer.n_samples)
+        writer.flush()
+        _record_sampling(params, ctx, writer, counters, shards=1)
     return dict(writer.provenance["sampler"])
+
+
+def finish_sample(params: PipelineParameters, model: FrozenDiffusionModel, writer: RunWriter) -> dict[str, Any]:
+    """After every shard is done: move their samples together, record the sampler provenance and the stage's wall
+    time (from the shards' start), mark the stage complete; returns the sampler record."""
+    if "sample" in writer.completed_stages():
+        return dict(writer.provenance["sampler"])
+    shards = len(writer.sample_regions)
+    counters = sampling.merge_shards(writer)
+    _record_sampling(params, sampling.SampleContext(params, writer, model), writer, counters, shards=shards)
+    started = (writer.provenance.get("sharding") or {}).get("started_unix")
+    if isinstance(started, (int, float)):
+        writer.record_timing("sample", time.time() - started)
+    writer.mark_stage_complete("sample")
+    return dict(writer.provenance["sampler"])
+
+
+def _record_sampling(params: PipelineParameters, ctx: sampling.SampleContext, writer: RunWriter,
+                     counters: sampling.Counters, shards: int) -> None:
+    if writer.n_samples < params.samples:
+        log.warning("run %s: %d of %d samples (%d slots found no candidate within their budget or made only "
+                    "near-copies)", writer.run_id, writer.n_samples, params.samples, counters.failed_slots)
+    writer.update_provenance(
+        sampler=sampling.sampler_record(params, ctx, counters, writer.n_samples, shards),
+        novelty={**ctx.rule.to_dict(), "threshold": float(ctx.rule.threshold(ctx.images)),
+                 "near_copies_rejected": counters.near_copies},
+        generation={"eta": params.eta, "steps": ctx.steps, "t0": ctx.t0,
+                    "physical_params_from": "run" if len(ctx.norm_params) == 1 else "parent input (nearest if none)"},
+    )
 
 
 # --------------------------------------------------------------------------------------------- finish

@@ -38,6 +38,18 @@ _LEAST_GROWTH_UNITS, _MOST_GROWTH_UNITS = 4, 16
 Batch = dict[str, npt.NDArray[Any]]
 """One batch: sample-array name -> rows (first axis = samples), every entry the same length."""
 
+Checkpoint = dict[str, Any] | None
+"""What a caller wants recorded with the commit of a batch (e.g. where to resume); None: nothing new."""
+
+Commit = Callable[[int, Checkpoint], None]
+"""commit(stop, checkpoint): every array holds rows [0, stop), which ends a batch; checkpoint is that batch's."""
+
+
+class _Submitted:
+    def __init__(self, batch: Batch, checkpoint: Checkpoint) -> None:
+        self.batch = batch
+        self.checkpoint = checkpoint
+
 
 class BackgroundWriteError(OODError):
     """Writing samples in the background failed; the cause is the original error. Nothing past the last
@@ -60,7 +72,9 @@ class BackgroundAppender:
     """Writes batches to pre-existing zarr arrays along their first axis from a background thread.
 
     ``arrays``: the arrays to grow (all holding rows ``[0, start)``, all ``capacity`` long);
-    ``commit(stop)`` is called after every array holds rows ``[0, stop)``; ``units``: per array, the rows of
+    ``commit(stop, checkpoint)`` is called after every array holds rows ``[0, stop)``, only ever at the end of a
+    submitted batch (so a commit covers whole batches, and carries that batch's checkpoint); ``units``: per
+    array, the rows of
     one shard (or of one chunk when the array is not sharded). Each array is written in whole units when it
     can: its rows wait in a staging buffer of one unit until the unit is full (or a flush or
     ``commit_interval`` comes), so no unit is read back and rewritten in the common case. The commit follows
@@ -70,11 +84,13 @@ class BackgroundAppender:
     def __init__(
         self,
         arrays: Mapping[str, zarr.Array[Any]],
-        commit: Callable[[int], None],
+        commit: Commit,
         *,
         start: int,
         units: Mapping[str, int],
         capacity: int | None = None,
+        limit: int | None = None,
+        trim: bool = True,
         name: str = "ood-store-appender",
         max_pending: int = 4,
         commit_interval: float = 2.0,
@@ -89,8 +105,11 @@ class BackgroundAppender:
         self._max_pending = max_pending
         self._commit_interval = commit_interval
         self._idle_exit = idle_exit
+        self._limit = limit  # no row at or past it is ever written (a shard's region ends there)
+        self._trim_on_flush = trim  # False: the arrays are shared (regions of shards), never resized here
+        self._submitted = int(start)  # caller side: rows handed over so far
         self._cond = threading.Condition()
-        self._queue: deque[Batch | _FlushRequest] = deque()
+        self._queue: deque[_Submitted | _FlushRequest] = deque()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._abandoned = False
@@ -98,20 +117,27 @@ class BackgroundAppender:
         self._staged = {name: _Staging(unit, int(start)) for name, unit in self._units.items()}
         self._staged_since = 0.0
         self._committed = int(start)
+        self._received = int(start)  # thread side: rows taken from the queue
+        self._ends: deque[tuple[int, Checkpoint]] = deque()  # (row after a batch, its checkpoint), not committed
         # the length of every array (all equal, e.g. pre-sized by RunWriter.create; >= start)
         self._capacity = int(start if capacity is None else max(start, capacity))
 
     # ----------------------------------------------------------------------------------------- caller side
 
-    def submit(self, batch: Batch) -> None:
-        """Queue one batch (arrays the caller will not touch again); blocks while ``max_pending`` are queued."""
+    def submit(self, batch: Batch, checkpoint: Checkpoint = None) -> None:
+        """Queue one batch (arrays the caller will not touch again); blocks while ``max_pending`` are queued.
+        ``checkpoint`` is handed to ``commit`` with the commit that covers this batch."""
+        rows = len(next(iter(batch.values())))
+        if self._limit is not None and self._submitted + rows > self._limit:
+            raise ValueError(f"{rows} more rows would pass row {self._limit}, the end of this writer's region")
         with self._cond:
             while len(self._queue) >= self._max_pending and self._error is None and not self._abandoned:
                 self._cond.wait()
             self._raise_if_failed()
             if self._abandoned:
                 raise BackgroundWriteError("this writer was abandoned (the run failed or was reopened)")
-            self._queue.append(batch)
+            self._queue.append(_Submitted(batch, checkpoint))
+            self._submitted += rows
             self._ensure_thread()
             self._cond.notify_all()
 
@@ -166,7 +192,7 @@ class BackgroundAppender:
     def _pending_rows(self) -> bool:
         return any(stage.rows for stage in self._staged.values())
 
-    def _next_item(self) -> Batch | _FlushRequest | _Due | None:
+    def _next_item(self) -> _Submitted | _FlushRequest | _Due | None:
         """The next queued item, DUE when the staged rows are due, or None: the thread must exit (idle,
         failed or abandoned), decided under the lock so that no batch submitted meanwhile is stranded."""
         with self._cond:
@@ -194,7 +220,8 @@ class BackgroundAppender:
             try:
                 if isinstance(item, _FlushRequest):
                     self._write_staged()
-                    self._trim()
+                    if self._trim_on_flush:
+                        self._trim()
                     item.done.set()
                 elif isinstance(item, _Due):
                     self._write_staged()  # commit_interval passed: write the partial units
@@ -215,10 +242,13 @@ class BackgroundAppender:
         for stage in self._staged.values():
             stage.rows, stage.buffer = 0, None
 
-    def _add(self, batch: Batch) -> None:
+    def _add(self, submitted: _Submitted) -> None:
         """Stage one batch array by array, writing each unit that fills; then commit what every array holds."""
+        batch = submitted.batch
         if not self._pending_rows:
             self._staged_since = time.monotonic()
+        self._received += len(next(iter(batch.values())))
+        self._ends.append((self._received, submitted.checkpoint))
         for name, values in batch.items():
             stage, offset = self._staged[name], 0
             while offset < len(values):
@@ -260,13 +290,18 @@ class BackgroundAppender:
             arr.resize((self._capacity, *arr.shape[1:]))
 
     def _commit_written(self) -> None:
-        stop = min(stage.written for stage in self._staged.values())
-        if stop <= self._committed:
-            return
+        """Commit up to the last batch end that every array holds (rows of a batch half written wait)."""
+        written = min(stage.written for stage in self._staged.values())
+        stop, checkpoint = self._committed, None
+        while self._ends and self._ends[0][0] <= written:
+            stop, batch_checkpoint = self._ends.popleft()
+            checkpoint = batch_checkpoint if batch_checkpoint is not None else checkpoint
+        if stop <= self._committed and checkpoint is None:
+            return  # nothing new (an empty batch with a checkpoint still commits it)
         with self._cond:
             if self._abandoned:
                 return  # the run failed meanwhile: rows past the commit are trimmed by the next writer
-        self._commit(stop)
+        self._commit(stop, checkpoint)
         self._committed = stop
 
     def _trim(self) -> None:

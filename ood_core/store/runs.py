@@ -23,6 +23,7 @@ consolidated copy, which only describes runs as they were at the last completion
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import warnings
@@ -285,6 +286,8 @@ class RunWriter:
         if status != "writing":
             raise StoreError(f"run {run_id} has status {status!r}; only a 'writing' run can be resumed")
         writer = cls(group, store_url, run_id, storage_options)
+        if writer.sample_regions:  # shards own the sample arrays until their regions are merged
+            return writer
         committed = writer.committed_samples
         for arr in writer._samples.values():
             if arr.shape[0] != committed:  # a killed append left rows nobody committed
@@ -396,35 +399,37 @@ class RunWriter:
         sample_nearest_input_distance: npt.ArrayLike,
         *,
         copy: bool = True,
+        checkpoint: dict[str, Any] | None = None,
     ) -> int:
         """Hand one batch to the background writer and return the new sample count (:attr:`n_samples`).
 
         The batch is written to every sample array and then committed by a thread while the caller goes on;
         :meth:`flush` waits for it, and an error of the thread is raised by the next append, flush or complete.
-        The arrays are copied unless ``copy=False``, for callers that hand over fresh arrays they never touch
-        again (the pipeline does): the thread reads them later.
+        A commit always covers whole batches; ``checkpoint`` (JSON) is recorded with the commit that covers this
+        batch (:attr:`sample_checkpoint`: where a resumed writer goes on). The arrays are copied unless
+        ``copy=False``, for callers that hand over fresh arrays they never touch again (the pipeline does).
         """
         self._require_writing()
+        if self.sample_regions:
+            raise StoreError(f"run {self.run_id}: its samples are written by shards (ood_core.store.shards)")
         batch = {"samples": samples, "samples_physical": samples_physical, "sample_latents": sample_latents,
                  "sample_seed": sample_seed, "sample_parent": sample_parent,
                  "sample_criteria": sample_criteria,
                  "sample_nearest_input_distance": sample_nearest_input_distance}
-        checked = {name: _as_dtype(name, values, SAMPLE_ARRAYS[name].dtype) for name, values in batch.items()}
-        lengths = {name: values.shape[0] if values.ndim else -1 for name, values in checked.items()}
-        n = lengths["samples"]
-        if set(lengths.values()) != {n}:
-            raise StoreError(f"append_samples: batch arrays differ in length: {lengths}")
-        for name, values in checked.items():
-            expected = self._samples[name].shape[1:]
-            if values.shape[1:] != expected:
-                raise StoreError(f"{name}: per-sample shape {values.shape[1:]}, the run expects {expected}")
-        if n == 0:
+        owned = checked_sample_batch(batch, {name: arr.shape[1:] for name, arr in self._samples.items()}, copy)
+        n = len(owned["samples"])
+        if n == 0 and checkpoint is None:
             return self.n_samples
-        # The thread writes later: it gets arrays that nobody else holds (a converted array is already a copy).
-        owned = {name: v.copy() if copy and v is batch[name] else v for name, v in checked.items()}
-        self._background().submit(owned)
+        self._background().submit(owned, _json_object(checkpoint))
         self._appended += n
         return self._appended
+
+    @property
+    def sample_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint recorded with the last committed batch (None before any)."""
+        with self._save_lock:
+            value = self._progress.get("sample_checkpoint")
+        return dict(value) if isinstance(value, dict) else None
 
     def flush(self) -> None:
         """Wait until every appended batch is written and committed, and the sample arrays are cut to the
@@ -515,9 +520,62 @@ class RunWriter:
             _LIVE_APPENDERS[(self.store_url, self.run_id)] = self._appender
         return self._appender
 
-    def _commit(self, stop: int) -> None:
-        """Called by the appender thread once every sample array holds rows [0, stop)."""
-        self._save(progress={"samples_committed": stop})
+    def _commit(self, stop: int, checkpoint: dict[str, Any] | None) -> None:
+        """Called by the appender thread once every sample array holds rows [0, stop) (a batch end)."""
+        update: dict[str, Any] = {"samples_committed": stop}
+        if checkpoint is not None:
+            update["sample_checkpoint"] = checkpoint
+        self._save(progress=update)
+
+    # -- regions: the sample arrays written by several shards at once (ood_core.store.shards)
+
+    @property
+    def sample_regions(self) -> list[tuple[int, int]]:
+        """[start, stop) rows of each shard while shards own the sample arrays (empty otherwise)."""
+        with self._save_lock:
+            regions = self._progress.get("sample_regions") or []
+        return [(int(a), int(b)) for a, b in regions]
+
+    def assign_sample_regions(self, regions: Sequence[tuple[int, int]], unit: int) -> None:
+        """Hand the sample arrays to shards: re-make them ``regions[-1][1]`` rows long, stored in units of ``unit``
+        rows (every region starts on a unit, so two shards never write one file), and record the regions."""
+        self._require_writing()
+        self.flush()
+        if self.committed_samples or self.n_samples:
+            raise StoreError(f"run {self.run_id}: samples were appended already; regions need empty arrays")
+        if any(b <= a for a, b in regions) or any(a % unit for a, _ in regions):
+            raise StoreError(f"regions {list(regions)} must be non-empty and start on multiples of {unit}")
+        rows = int(regions[-1][1])
+        units = str(self._samples["samples_physical"].attrs.get("units", ""))
+        image_bytes = 4 * int(np.prod(self._samples["samples"].shape[1:]))
+        layout = _SampleLayout(math.gcd(unit, default_sample_chunk(image_bytes)), unit, unit, rows)
+        for name, spec in SAMPLE_ARRAYS.items():
+            rest = tuple(self._samples[name].shape[1:])
+            self._samples[name] = self._group.create_array(
+                name, shape=(rows, *rest), dtype=spec.dtype, dimension_names=spec.dims, fill_value=_fill(spec.dtype),
+                attributes={"units": units} if name == "samples_physical" else None, overwrite=True,
+                **_sample_chunking(rest, layout),
+            )
+        self._save(progress={"sample_regions": [[int(a), int(b)] for a, b in regions]})
+
+    def merge_sample_regions(self, rows: Sequence[int], checkpoint: dict[str, Any] | None = None) -> int:
+        """Take the sample arrays back from the shards, which committed ``rows[k]`` rows at the start of region k:
+        move them together (region order), cut the arrays to the total and commit it; returns the total."""
+        self._require_writing()
+        regions = self.sample_regions
+        if len(rows) != len(regions) or any(not 0 <= n <= b - a for n, (a, b) in zip(rows, regions, strict=True)):
+            raise StoreError(f"rows {list(rows)} do not fit the regions {regions}")
+        total = 0
+        for n, (a, _) in zip(rows, regions, strict=True):
+            if n and a != total:
+                _move_rows(self._samples, a, total, n)
+            total += n
+        for arr in self._samples.values():
+            arr.resize((total, *arr.shape[1:]))
+        self._appended = total
+        self._save(progress={"samples_committed": total, "sample_regions": [],
+                             "sample_checkpoint": _json_object(checkpoint)})
+        return total
 
 
 _LIVE_APPENDERS: weakref.WeakValueDictionary[tuple[str, str], BackgroundAppender] = weakref.WeakValueDictionary()
@@ -614,6 +672,41 @@ def _create_arrays(
     criterion = group.create_array("criterion", shape=(len(names),), dtype=np.dtypes.StringDType(),
                                    dimension_names=("criterion",))
     criterion[:] = np.array(names, dtype=np.dtypes.StringDType())
+
+
+def _json_object(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    safe = json_safe(dict(value))
+    assert isinstance(safe, dict)
+    return safe
+
+
+def checked_sample_batch(
+    batch: Mapping[str, npt.ArrayLike], shapes: Mapping[str, tuple[int, ...]], copy: bool
+) -> dict[str, npt.NDArray[Any]]:
+    """A batch of every sample array in the contract's dtypes, one length, the run's per-sample shapes; arrays
+    the caller passed are copied when ``copy`` (a background thread writes them later)."""
+    checked = {name: _as_dtype(name, values, SAMPLE_ARRAYS[name].dtype) for name, values in batch.items()}
+    lengths = {name: values.shape[0] if values.ndim else -1 for name, values in checked.items()}
+    if set(checked) != set(SAMPLE_ARRAYS):
+        raise StoreError(f"a sample batch needs {sorted(SAMPLE_ARRAYS)}, got {sorted(checked)}")
+    if len(set(lengths.values())) != 1 or -1 in lengths.values():
+        raise StoreError(f"append_samples: batch arrays differ in length: {lengths}")
+    for name, values in checked.items():
+        if values.shape[1:] != tuple(shapes[name]):
+            raise StoreError(f"{name}: per-sample shape {values.shape[1:]}, the run expects {tuple(shapes[name])}")
+    # a converted array is already a copy nobody else holds
+    return {name: v.copy() if copy and v is batch[name] else v for name, v in checked.items()}
+
+
+def _move_rows(arrays: Mapping[str, zarr.Array[Any]], source: int, target: int, count: int,
+               step: int = 4096) -> None:
+    """Copy rows [source, source + count) of every array to [target, ...), target < source, in pieces."""
+    for arr in arrays.values():
+        for offset in range(0, count, step):
+            n = min(step, count - offset)
+            arr[target + offset:target + offset + n] = arr[source + offset:source + offset + n]
 
 
 def _attr_dict(group: zarr.Group, name: str) -> dict[str, Any]:

@@ -1,0 +1,369 @@
+"""The sample stage's work, cut so that any number of processes can share it and still make the same samples.
+
+**Slots.** A run asks for ``samples`` samples: slot j is filled by the first candidate of its own stream
+(:func:`ood_core.method.sampler.slot_candidate_seed`: seed, j, attempt 0, 1, ...) that passes the geometric
+screening and, once denoised, is not a near-copy of an input. A slot tries at most ``ceil(candidate_budget /
+samples)`` candidates and keeps trying after at most ``ACCEPTED_PER_SAMPLE`` near-copies; a slot that runs out stays
+empty, and the run has fewer samples (and says so in its provenance).
+
+**Blocks.** Slots are handled ``batch`` at a time: each round screens the pending slots' next candidates together
+and denoises the accepted ones in one batch. What a block makes depends on the block alone, never on the process
+that runs it or on what that process ran before, so the samples are the same bit for bit whether one process runs
+every block or N shards split them.
+
+**Shards.** A shard is a range of consecutive blocks (a range of seeds) and writes its own region of the run's
+pre-sized sample arrays (:mod:`ood_core.store.shards`); the regions are moved together once every shard is done.
+One shard is the whole run and writes through the run's own writer. A block's samples are committed with a
+checkpoint (next block, counters), so an interrupted shard resumes at its first unfinished block.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ood_core.method import ddim
+from ood_core.method.model import FrozenDiffusionModel
+from ood_core.method.normalization import NormalizationParams, model_to_physical
+from ood_core.method.novelty import NoveltyRule
+from ood_core.method.prior import LatentPrior, PriorKind, fit_prior
+from ood_core.method.sampler import GeometricSampler, SamplerConfig, slot_candidate_seed
+from ood_core.pipeline.config import PipelineParameters
+from ood_core.store.runs import RunWriter
+from ood_core.store.shards import ShardWriter, assign_regions, merge_regions
+
+log = logging.getLogger(__name__)
+
+ACCEPTED_PER_SAMPLE = 4
+"""Accepted candidates a slot denoises at most (near-copies are found only after denoising and dropped): after
+that many near-copies the slot stays empty."""
+
+FIRST_LOOK = 4
+"""Candidates of a slot screened in its first look for an acceptable one (then 8, 16, ...)."""
+
+ProgressHook = Callable[[str, int, int], None]
+
+
+class RunSource(Protocol):
+    """What the sample stage reads from a run: its provenance and its per-input / reference arrays."""
+
+    @property
+    def provenance(self) -> dict[str, Any]: ...
+
+    def read(self, name: str) -> npt.NDArray[Any]: ...
+
+
+Append = Callable[[dict[str, Any], dict[str, Any]], int]
+"""append(batch, checkpoint) -> rows appended so far: where a block's samples go (the run's writer for one
+shard, a ShardWriter for one of several)."""
+
+
+def appender_of(writer: RunWriter | ShardWriter) -> Append:
+    """The :data:`Append` of a writer: fresh arrays handed over uncopied, each batch with its checkpoint."""
+
+    def append(batch: dict[str, Any], checkpoint: dict[str, Any]) -> int:
+        return writer.append_samples(copy=False, checkpoint=checkpoint, **batch)
+
+    return append
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def prior_from(source: RunSource, kind: PriorKind) -> tuple[LatentPrior, torch.Tensor, torch.Tensor]:
+    """The OOD prior refitted from the stored latents (deterministic, milliseconds), with the flattened OOD and
+    reference latents."""
+    ood_flat = _flat(torch.from_numpy(source.read("input_latents")))
+    return fit_prior(ood_flat, kind), ood_flat, _flat(torch.from_numpy(source.read("reference_latents")))
+
+
+def recorded_batch_size(source: RunSource) -> int:
+    """The batch size the run chose at its invert stage (provenance ``compute``)."""
+    record = source.provenance.get("compute")
+    if not isinstance(record, dict) or not isinstance(record.get("batch_size"), int):
+        raise ValueError("the run has no recorded batch size (provenance 'compute'): run its invert stage first")
+    return int(record["batch_size"])
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """``samples`` slots in blocks of ``block``; each slot tries at most ``tries`` candidates."""
+
+    samples: int
+    block: int
+    tries: int
+
+    @classmethod
+    def of(cls, params: PipelineParameters, block: int) -> SlotPlan:
+        return cls(params.samples, block, max(1, math.ceil(params.candidate_budget / params.samples)))
+
+    @property
+    def blocks(self) -> int:
+        return math.ceil(self.samples / self.block)
+
+    def slots(self, block: int) -> range:
+        return range(block * self.block, min((block + 1) * self.block, self.samples))
+
+    def shard_blocks(self, shards: int) -> list[range]:
+        """Consecutive blocks per shard, as even as possible (fewer shards than asked when blocks are few)."""
+        count = max(1, min(shards, self.blocks))
+        edges = [round(i * self.blocks / count) for i in range(count + 1)]
+        return [range(edges[i], edges[i + 1]) for i in range(count)]
+
+    def regions(self, shards: int) -> list[tuple[int, int]]:
+        """[first slot, end slot) of each shard: where its samples go in the run's arrays."""
+        return [(blocks.start * self.block, min(blocks.stop * self.block, self.samples))
+                for blocks in self.shard_blocks(shards)]
+
+
+# --------------------------------------------------------------------------------------------- one block
+
+
+class SampleContext:
+    """Everything a block needs, read once from the run: inputs, grid, normalization, novelty rule, sampler."""
+
+    def __init__(self, params: PipelineParameters, source: RunSource, model: FrozenDiffusionModel) -> None:
+        record = source.provenance
+        self.images = torch.from_numpy(source.read("inputs"))
+        inversion = record["inversion"]
+        self.grid = [int(t) for t in inversion["grid"]]
+        self.t0, self.steps = int(inversion["t0"]), int(inversion["steps"])
+        self.norm_params = [NormalizationParams.from_dict(p) for p in record["normalization"]["params"]]
+        self.rule = NoveltyRule(factor=params.novelty_factor)
+        self.eta, self.seed = params.eta, params.seed
+        self.plan = SlotPlan.of(params, recorded_batch_size(source))
+        model.reserve_batch(self.plan.block)
+        prior, ood_flat, reference_flat = prior_from(source, params.prior)
+        config = SamplerConfig(strategy=params.strategy, candidate_budget=params.candidate_budget)
+        self.sampler = GeometricSampler(prior, ood_flat, reference_flat, config, seed=params.seed,
+                                        device=model.device)
+
+    def physical(self, samples: npt.NDArray[Any], parents: npt.NDArray[np.int64],
+                 nearest: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """Samples in physical units: the run's normalization, or (per-image mode) the parent's / nearest input's."""
+        owners = parents if len(self.norm_params) == 1 else np.where(parents >= 0, parents, nearest)
+        return model_to_physical(samples, self.norm_params, owners)
+
+
+@dataclass
+class Counters:
+    """Candidates tried (screened up to each slot's choice), accepted, denoised, near-copies, empty slots."""
+
+    tried: int = 0
+    accepted: int = 0
+    near_copies: int = 0
+    failed_slots: int = 0
+    budget_exhausted: int = 0
+
+    def add(self, other: Counters) -> None:
+        for name in ("tried", "accepted", "near_copies", "failed_slots", "budget_exhausted"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def to_dict(self) -> dict[str, int]:
+        return {"tried": self.tried, "accepted": self.accepted, "near_copies": self.near_copies,
+                "failed_slots": self.failed_slots, "budget_exhausted": self.budget_exhausted}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Counters:
+        values = values or {}
+        return cls(**{k: int(values.get(k, 0)) for k in ("tried", "accepted", "near_copies", "failed_slots",
+                                                          "budget_exhausted")})
+
+
+@dataclass
+class _Choice:
+    """A slot's next accepted candidate: its attempt number, seed, latent, criteria and parent."""
+
+    attempt: int
+    seed: int
+    latent: torch.Tensor
+    criteria: torch.Tensor
+    parent: int
+
+
+@dataclass
+class _Block:
+    """A block in progress: next attempt per slot, near-copies per slot, filled rows, counters."""
+
+    slots: list[int]
+    attempts: dict[int, int] = field(default_factory=dict)
+    near: dict[int, int] = field(default_factory=dict)
+    rows: dict[int, dict[str, Any]] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+
+
+def _next_choices(ctx: SampleContext, block: _Block, pending: list[int]) -> dict[int, _Choice]:
+    """Each pending slot's next accepted candidate, screening 4, 8, 16 ... of its candidates at a time (all pending
+    slots together); a slot whose tries run out gets none."""
+    chosen: dict[int, _Choice] = {}
+    searching, look = list(pending), FIRST_LOOK
+    while searching:
+        spans: dict[int, tuple[int, int]] = {}  # slot -> its [first, end) positions in this look's candidates
+        seeds: list[int] = []
+        for slot in searching:
+            first = block.attempts.get(slot, 0)
+            spans[slot] = (len(seeds), len(seeds) + max(0, min(look, ctx.plan.tries - first)))
+            seeds.extend(slot_candidate_seed(ctx.seed, slot, first + k) for k in range(spans[slot][1] - spans[slot][0]))
+        screened = ctx.sampler.screen(seeds)
+        accepted = screened.accepted.cpu().numpy()
+        still = []
+        for slot in searching:
+            begin, end = spans[slot]
+            hits = np.flatnonzero(accepted[begin:end])
+            first = block.attempts.get(slot, 0)
+            if hits.size == 0:
+                block.attempts[slot] = first + end - begin
+                block.counters.tried += end - begin
+                if block.attempts[slot] < ctx.plan.tries:
+                    still.append(slot)
+                continue
+            hit = begin + int(hits[0])
+            block.attempts[slot] = first + int(hits[0]) + 1
+            block.counters.tried += int(hits[0]) + 1
+            block.counters.accepted += 1
+            chosen[slot] = _Choice(block.attempts[slot] - 1, seeds[hit], screened.latents[hit],
+                                   screened.criteria[hit], int(screened.parents[hit]))
+        searching, look = still, 2 * look
+    return chosen
+
+
+def _denoise(model: FrozenDiffusionModel, ctx: SampleContext, block: _Block, chosen: dict[int, _Choice]) -> None:
+    """Denoise the chosen candidates (slot order, one batch), keep those that are not near-copies as rows."""
+    slots = sorted(chosen)
+    latents = torch.stack([chosen[s].latent for s in slots]).reshape(-1, *ctx.images.shape[1:]).float()
+    seeds = [chosen[s].seed for s in slots]
+    samples = ddim.ddim_generate(model, latents, ctx.grid, eta=ctx.eta, seeds=seeds, batch_size=ctx.plan.block)
+    novelty = ctx.rule.evaluate(samples, ctx.images)
+    latents_host = latents.cpu().numpy()
+    criteria = torch.stack([chosen[s].criteria for s in slots]).cpu().numpy()
+    for i, slot in enumerate(slots):
+        if bool(novelty.is_near_copy[i]):
+            block.counters.near_copies += 1
+            block.near[slot] = block.near.get(slot, 0) + 1
+            continue
+        block.rows[slot] = {
+            "samples": samples[i].numpy(), "sample_latents": latents_host[i], "sample_seed": seeds[i],
+            "sample_parent": chosen[slot].parent, "sample_criteria": criteria[i],
+            "sample_nearest_input_distance": float(novelty.distance[i]), "nearest": int(novelty.index[i]),
+        }
+
+
+def fill_block(ctx: SampleContext, model: FrozenDiffusionModel, index: int) -> tuple[dict[str, Any], Counters]:
+    """The samples of block ``index`` (filled slots in slot order, as sample-array batches) and its counters."""
+    block = _Block(list(ctx.plan.slots(index)))
+    pending = list(block.slots)
+    while pending:
+        chosen = _next_choices(ctx, block, pending)
+        if chosen:
+            _denoise(model, ctx, block, chosen)
+        pending = [s for s in pending if s in chosen and s not in block.rows and block.near.get(s, 0)
+                   < ACCEPTED_PER_SAMPLE]
+    empty = [s for s in block.slots if s not in block.rows]
+    block.counters.failed_slots = len(empty)
+    block.counters.budget_exhausted = sum(1 for s in empty if block.attempts.get(s, 0) >= ctx.plan.tries)
+    return _batch(ctx, [block.rows[s] for s in block.slots if s in block.rows]), block.counters
+
+
+def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    shape = tuple(ctx.images.shape[1:])
+    samples = np.stack([r["samples"] for r in rows]) if rows else np.empty((0, *shape), np.float32)
+    parents = np.array([r["sample_parent"] for r in rows], dtype=np.int64)
+    nearest = np.array([r["nearest"] for r in rows], dtype=np.int64)
+    return {
+        "samples": samples,
+        "samples_physical": ctx.physical(samples, parents, nearest) if rows
+        else np.empty((0, *shape[1:]), np.float32),
+        "sample_latents": np.stack([r["sample_latents"] for r in rows]) if rows else np.empty((0, *shape), np.float32),
+        "sample_seed": np.array([r["sample_seed"] for r in rows], dtype=np.int64),
+        "sample_parent": parents.astype(np.int32),
+        "sample_criteria": (np.stack([r["sample_criteria"] for r in rows]) if rows
+                            else np.empty((0, 3))).astype(np.float32),
+        "sample_nearest_input_distance": np.array([r["sample_nearest_input_distance"] for r in rows], np.float32),
+    }
+
+
+def run_blocks(ctx: SampleContext, model: FrozenDiffusionModel, append: Append, blocks: range,
+               checkpoint: dict[str, Any] | None, progress: ProgressHook | None = None,
+               written: int = 0) -> Counters:
+    """Fill ``blocks`` in order into ``sink`` (each block one batch, committed with a checkpoint), starting at the
+    checkpoint's next block; returns the counters of every block of the range (the checkpoint's included)."""
+    counters = Counters.from_dict((checkpoint or {}).get("counters"))
+    start = int((checkpoint or {}).get("next_block", blocks.start))
+    for index in range(max(start, blocks.start), blocks.stop):
+        batch, block_counters = fill_block(ctx, model, index)
+        counters.add(block_counters)
+        written = append(batch, {"next_block": index + 1, "counters": counters.to_dict()})
+        if progress is not None:
+            progress("sample", written, ctx.plan.samples)
+    return counters
+
+
+# --------------------------------------------------------------------------------------------- shards
+
+
+def prepare_shards(params: PipelineParameters, writer: RunWriter) -> list[tuple[int, int]]:
+    """Give the run's sample arrays to ``params.shards`` shards (regions of whole blocks); once per run."""
+    if writer.sample_regions:
+        return writer.sample_regions
+    plan = SlotPlan.of(params, recorded_batch_size(writer))
+    regions = plan.regions(params.shards)
+    writer.update_provenance(sharding={"shards": len(regions), "regions": [list(r) for r in regions],
+                                       "block": plan.block, "started_unix": time.time()})
+    assign_regions(writer, regions, plan.block)
+    log.info("run %s: %d samples in %d shards of up to %d blocks of %d", writer.run_id, plan.samples, len(regions),
+             max(len(b) for b in plan.shard_blocks(params.shards)), plan.block)
+    return regions
+
+
+def run_shard(params: PipelineParameters, model: FrozenDiffusionModel, shard: ShardWriter,
+              progress: ProgressHook | None = None) -> dict[str, Any]:
+    """Fill one shard of a run whose arrays went to shards (resuming after its committed blocks)."""
+    index = shard.index
+    if shard.done:
+        return {"shard": index, "rows": shard.rows, "skipped": True}
+    try:
+        ctx = SampleContext(params, shard, model)
+        blocks = ctx.plan.shard_blocks(params.shards)[index]
+        counters = run_blocks(ctx, model, appender_of(shard), blocks, shard.checkpoint, progress, shard.rows)
+        shard.complete()
+    except BaseException:
+        shard.abandon()
+        raise
+    return {"shard": index, "rows": shard.rows, "counters": counters.to_dict(), "skipped": False}
+
+
+def merge_shards(writer: RunWriter) -> Counters:
+    """Move the shards' samples together in the run (all must be done); returns their summed counters."""
+    total, states = merge_regions(writer)
+    counters = Counters()
+    for state in states:
+        counters.add(Counters.from_dict((state.checkpoint or {}).get("counters")))
+    log.info("run %s: %d samples from %d shards merged", writer.run_id, total, len(states))
+    return counters
+
+
+def sampler_record(params: PipelineParameters, ctx: SampleContext, counters: Counters, written: int,
+                   shards: int) -> dict[str, Any]:
+    """The run's ``sampler`` provenance: band and configuration, the counters, the slot rules."""
+    report = ctx.sampler.report().to_dict()
+    delivered = counters.accepted
+    report.update(tried=counters.tried, accepted=counters.accepted, delivered=delivered,
+                  acceptance_rate=counters.accepted / counters.tried if counters.tried else 0.0,
+                  budget_exhausted=counters.budget_exhausted > 0)
+    return {**report, "seed": params.seed, "requested": params.samples, "written": written,
+            "accepted_per_sample_limit": ACCEPTED_PER_SAMPLE, "tries_per_sample": ctx.plan.tries,
+            "block": ctx.plan.block, "shards": shards, "empty_slots": counters.failed_slots,
+            "slots_out_of_budget": counters.budget_exhausted, "near_copies_rejected": counters.near_copies,
+            "stream": "one candidate stream per sample slot (slot_candidate_seed); blocks of 'block' slots"}

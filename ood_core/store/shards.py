@@ -1,0 +1,203 @@
+"""Shards of a run's sample stage: each one writes its own region of the run's pre-sized sample arrays.
+
+    RunWriter.assign_sample_regions (via :func:`assign_regions`)   the sample arrays, re-made in storage units
+                                                                    that regions never share, go to the shards
+    ShardWriter(store, run_id, k).append_samples(...)             shard k fills region k from its start, in any
+                                                                    process, in a background thread
+    RunWriter.merge_sample_regions(rows)                            the regions' rows moved together, committed
+
+A shard records its progress (rows committed, the checkpoint of its last committed batch, done) in its own group
+``runs/<id>/shards/<k>``, never in the run group's attributes, which one process at a time owns: shards run at
+the same time in different processes. A shard killed at any moment is reopened from its committed rows, and the
+run's status stays "writing" until the merge, so nothing half-written reads as complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+
+from ood_core.store.appender import BackgroundAppender
+from ood_core.store.runs import (
+    _LIVE_APPENDERS,
+    INPUT_ARRAYS,
+    PROGRESS_ATTR,
+    REFERENCE_ARRAYS,
+    RUN_ATTR,
+    SAMPLE_ARRAYS,
+    RunWriter,
+    StoreError,
+    _array,
+    _attr_dict,
+    _json_object,
+    _run_group,
+    _settle_live_appender,
+    checked_sample_batch,
+    open_store,
+)
+
+SHARDS_GROUP = "shards"
+"""Subgroup of a run with one group per shard (attributes only)."""
+SHARD_ATTR = "ood_shard"
+
+
+@dataclass(frozen=True)
+class ShardState:
+    """What shard ``index`` has committed: rows at the start of its region, its last checkpoint, done or not."""
+
+    index: int
+    start: int
+    stop: int
+    rows: int
+    checkpoint: dict[str, Any] | None
+    done: bool
+
+
+def assign_regions(writer: RunWriter, regions: Sequence[tuple[int, int]], unit: int) -> None:
+    """Give the run's sample arrays to ``len(regions)`` shards (see RunWriter.assign_sample_regions) and make each
+    shard's progress group; done once, by one process, before any shard starts."""
+    writer.assign_sample_regions(regions, unit)
+    shards = writer.group.require_group(SHARDS_GROUP)
+    for index, (start, stop) in enumerate(regions):
+        state = {"index": index, "start": int(start), "stop": int(stop), "rows": 0, "checkpoint": None, "done": False}
+        shards.create_group(str(index), overwrite=True, attributes={SHARD_ATTR: state})
+
+
+def shard_states(writer: RunWriter) -> list[ShardState]:
+    """The committed state of every shard of the run, in region order."""
+    shards = writer.group[SHARDS_GROUP]
+    if not isinstance(shards, zarr.Group):
+        raise StoreError(f"run {writer.run_id}: {SHARDS_GROUP} is not a group")
+    return [_state(_shard_group(shards, writer.run_id, k), k) for k in range(len(writer.sample_regions))]
+
+
+def merge_regions(writer: RunWriter) -> tuple[int, list[ShardState]]:
+    """When every shard is done: move their rows together and commit them in the run; returns (total, states)."""
+    states = shard_states(writer)
+    waiting = [s.index for s in states if not s.done]
+    if waiting:
+        raise StoreError(f"run {writer.run_id}: shards {waiting} are not done; the run cannot be merged yet")
+    return writer.merge_sample_regions([s.rows for s in states]), states
+
+
+def _shard_group(shards: zarr.Group, run_id: str, index: int) -> zarr.Group:
+    node = shards.get(str(index))
+    if not isinstance(node, zarr.Group):
+        raise StoreError(f"run {run_id}: no shard {index} (assign_regions makes them)")
+    return node
+
+
+def _state(group: zarr.Group, index: int) -> ShardState:
+    raw = _attr_dict(group, SHARD_ATTR)
+    checkpoint = raw.get("checkpoint")
+    return ShardState(index, int(raw["start"]), int(raw["stop"]), int(raw["rows"]),
+                      dict(checkpoint) if isinstance(checkpoint, dict) else None, bool(raw["done"]))
+
+
+class ShardWriter:
+    """Writes the samples of one shard into its region of a run, from a background thread, like RunWriter.
+
+    Opening one waits for an earlier writer of the same shard in this process (a retried task) and starts after
+    the shard's committed rows; rows past them, written by an attempt that was killed, are overwritten.
+    """
+
+    def __init__(
+        self, store_url: str, run_id: str, index: int, *, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        key = f"{run_id}/{SHARDS_GROUP}/{index}"
+        _settle_live_appender(store_url, key)
+        root = open_store(store_url, create=False, storage_options=storage_options)
+        self._group = _run_group(root, store_url, run_id)
+        self.run_id, self.index = run_id, index
+        self._record = _attr_dict(self._group, RUN_ATTR)
+        if self._record.get("status") != "writing":
+            raise StoreError(f"run {run_id} is {self._record.get('status')!r}; shards write only a 'writing' run")
+        progress = _attr_dict(self._group, PROGRESS_ATTR)
+        shards = self._group[SHARDS_GROUP]
+        if not progress.get("sample_regions") or not isinstance(shards, zarr.Group):
+            raise StoreError(f"run {run_id}: its sample arrays were not given to shards (assign_regions)")
+        self._meta = _shard_group(shards, run_id, index)
+        state = _state(self._meta, index)
+        self.start, self.stop = state.start, state.stop
+        self._committed, self._checkpoint, self._done = state.rows, state.checkpoint, state.done
+        self._appended = state.rows
+        arrays = {name: _array(self._group, name) for name in SAMPLE_ARRAYS}
+        units = {name: int((arr.shards or arr.chunks)[0]) for name, arr in arrays.items()}
+        self._shapes = {name: tuple(arr.shape[1:]) for name, arr in arrays.items()}
+        self._appender = BackgroundAppender(
+            arrays, self._commit, start=self.start + state.rows, units=units, capacity=int(arrays["samples"].shape[0]),
+            limit=self.stop, trim=False, name=f"ood-store-shard-{run_id}-{index}",
+        )
+        _LIVE_APPENDERS[(store_url, key)] = self._appender
+
+    # -- what the shard reads
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """The run's ``ood_run`` record as it was when this shard was opened."""
+        return dict(self._record)
+
+    def read(self, name: str) -> npt.NDArray[Any]:
+        """A whole per-input or reference array of the run (the sample arrays belong to the shards)."""
+        if name not in INPUT_ARRAYS and name not in REFERENCE_ARRAYS:
+            raise StoreError(f"a shard reads the inputs and references, not {name!r}")
+        return np.asarray(_array(self._group, name)[...])
+
+    @property
+    def rows(self) -> int:
+        """Rows appended to this shard's region (committed or handed to the background writer)."""
+        return self._appended
+
+    @property
+    def checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint of the shard's last committed batch when it was opened (where to resume)."""
+        return self._checkpoint
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    # -- writing
+
+    def append_samples(self, *, copy: bool = True, checkpoint: dict[str, Any] | None = None,
+                       **batch: npt.ArrayLike) -> int:
+        """Hand one batch (every sample array, by name) to the background writer; returns the rows appended."""
+        if self._done:
+            raise StoreError(f"shard {self.index} of run {self.run_id} is done; it takes no more samples")
+        owned = checked_sample_batch(batch, self._shapes, copy)
+        n = len(owned["samples"])
+        if n == 0 and checkpoint is None:
+            return self._appended
+        self._appender.submit(owned, _json_object(checkpoint))
+        self._appended += n
+        return self._appended
+
+    def flush(self) -> None:
+        """Wait until every appended batch is written and committed (re-raises a background error)."""
+        self._appender.flush()
+
+    def complete(self) -> None:
+        """Flush and mark the shard done: the run can be merged once every shard is."""
+        self.flush()
+        self._done = True
+        self._save()
+
+    def abandon(self) -> None:
+        """Write nothing more (the shard failed; a retry reopens it from its committed rows)."""
+        self._appender.abandon()
+
+    def _commit(self, stop: int, checkpoint: dict[str, Any] | None) -> None:
+        self._committed = stop - self.start
+        if checkpoint is not None:
+            self._checkpoint = checkpoint
+        self._save()
+
+    def _save(self) -> None:
+        state = {"index": self.index, "start": self.start, "stop": self.stop, "rows": self._committed,
+                 "checkpoint": self._checkpoint, "done": self._done}
+        self._meta.update_attributes({SHARD_ATTR: state})
