@@ -6,13 +6,13 @@ inputs once, in its create-run task.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import TaskRunner
-from prefect_dask.task_runners import DaskTaskRunner
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.cluster import dask_runner as cluster_runner
 from flows.naming import run_name
 from ood_core.errors import NoUsableInputError, QuarantinedInput
 from tasks.validate import expand, validate_fits
@@ -34,12 +34,9 @@ class ValidateParameters(BaseModel):
     dask_processes: bool = Field(default=True, description="local cluster workers are processes (else threads)")
 
 
-def dask_runner(params: ValidateParameters) -> DaskTaskRunner:
+def dask_runner(params: ValidateParameters) -> TaskRunner[Any]:
     """A DaskTaskRunner on the given scheduler, or on a new local cluster."""
-    if params.dask_address:
-        return DaskTaskRunner(address=params.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": params.dask_workers, "threads_per_worker": 1,
-                                          "processes": params.dask_processes, "dashboard_address": None})
+    return cluster_runner(params.dask_address, params.dask_workers, processes=params.dask_processes)
 
 
 @flow(name="validate-files")
@@ -66,7 +63,7 @@ def validate_flow(params: ValidateParameters) -> dict[str, Any]:
     paths, unmatched = expand(params.inputs)
     records: list[dict[str, Any]] = []
     if paths and params.use_dask:
-        runner = cast(TaskRunner[Any], dask_runner(params))
+        runner = dask_runner(params)
         records = validate_files.with_options(task_runner=runner)(paths, params.hdu, params.min_size)
     elif paths:  # this flow's own (thread pool) task runner: no extra subflow run
         futures = validate_fits.map(paths, hdu=unmapped(params.hdu), min_size=unmapped(params.min_size))

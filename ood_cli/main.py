@@ -62,6 +62,10 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"],
                         help="network dtype (default auto: bfloat16 on CUDA, guarded by the reconstruction check)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (CUDA; ~30 s to compile)")
+    parser.add_argument("--shards", type=int,
+                        help="split the sample stage into N shards run as tasks on a Dask cluster (same samples)")
+    parser.add_argument("--dask-address", help="Dask scheduler for the shards, e.g. tcp://host:8786 (default: a "
+                                               "local cluster, one worker per shard)")
     if not demo:
         parser.add_argument("--tile", type=int, help="cut large inputs into square tiles of this size first")
         parser.add_argument("--hdu", type=int, help="HDU index to read (default: first image HDU)")
@@ -72,7 +76,7 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
 
     fields: dict[str, Any] = {"inputs": inputs, "store": store}
     for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "dtype", "tile",
-                 "hdu", "candidate_budget"):
+                 "hdu", "candidate_budget", "shards", "dask_address"):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value

@@ -10,7 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ood_core.pipeline.config import PipelineParameters
-from ood_core.pipeline.sequence import execute_stage
+from ood_core.pipeline.sequence import execute_shard, execute_stage, finish_sample_shards, prepare_sample_shards
 from tasks.common import GPU_TAG, progress_hook, retry_on_io_error, run_logger
 
 _COMMON: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 2, "retry_condition_fn": retry_on_io_error,
@@ -44,6 +44,30 @@ def sample_task(params: PipelineParameters, run_id: str) -> dict[str, Any]:
 def finish_task(params: PipelineParameters, run_id: str) -> dict[str, Any]:
     """Flip the run to "complete" and return its result as a plain dict."""
     return execute_stage("finish", params, run_id)
+
+
+@task(name="prepare-shards", task_run_name="prepare-shards-{run_id}", **_COMMON)
+def prepare_shards_task(params: PipelineParameters, run_id: str) -> int:
+    """Give the run's sample arrays to its shards (regions of whole blocks); returns how many (0: stage done)."""
+    return prepare_sample_shards(params, run_id)
+
+
+@task(name="sample-shard", tags=[GPU_TAG], task_run_name="sample-{run_id}-shard-{index}", retries=3,
+      retry_delay_seconds=2, cache_policy=NO_CACHE)
+def sample_shard_task(params: PipelineParameters, run_id: str, index: int) -> dict[str, Any]:
+    """One shard of the sample stage: its blocks of sample slots, into its own region of the run's arrays.
+
+    Retried on any error (a lost worker, a store hiccup): a retry redoes only the blocks this shard had not
+    committed, and makes the same samples."""
+    report = execute_shard(params, run_id, index, progress_hook(f"{run_id}-shard-{index}"))
+    run_logger().info("shard %d: %d samples%s", index, report["rows"], " (already done)" if report["skipped"] else "")
+    return report
+
+
+@task(name="finish-shards", task_run_name="finish-shards-{run_id}", **_COMMON)
+def finish_shards_task(params: PipelineParameters, run_id: str) -> dict[str, Any]:
+    """Move the shards' samples together and complete the sample stage (every shard must be done)."""
+    return finish_sample_shards(params, run_id)
 
 
 STAGE_TASKS = {"invert": invert_task, "prior": prior_task, "sample": sample_task, "finish": finish_task}

@@ -119,7 +119,7 @@ class SlotPlan:
     def shard_blocks(self, shards: int) -> list[range]:
         """Consecutive blocks per shard, as even as possible (fewer shards than asked when blocks are few)."""
         count = max(1, min(shards, self.blocks))
-        edges = [round(i * self.blocks / count) for i in range(count + 1)]
+        edges = [i * self.blocks // count for i in range(count + 1)]
         return [range(edges[i], edges[i + 1]) for i in range(count)]
 
     def regions(self, shards: int) -> list[tuple[int, int]]:
