@@ -86,6 +86,16 @@ def prior_from(source: RunSource, kind: PriorKind) -> tuple[LatentPrior, torch.T
     return fit_prior(ood_flat, kind), ood_flat, _flat(torch.from_numpy(source.read("reference_latents")))
 
 
+def match_recorded_threads(source: RunSource, model: FrozenDiffusionModel) -> None:
+    """On the CPU, compute with as many torch threads as the run's invert stage did: float sums (convolutions)
+    depend on the thread count, and a shard in a one-thread Dask worker must compute what one process would."""
+    record = source.provenance.get("compute")
+    threads = record.get("torch_threads") if isinstance(record, dict) else None
+    if model.device.type == "cpu" and isinstance(threads, int) and threads != torch.get_num_threads():
+        log.info("using %d torch threads, as the run's earlier stages did", threads)
+        torch.set_num_threads(threads)
+
+
 def recorded_batch_size(source: RunSource) -> int:
     """The batch size the run chose at its invert stage (provenance ``compute``)."""
     record = source.provenance.get("compute")
@@ -334,6 +344,7 @@ def run_shard(params: PipelineParameters, model: FrozenDiffusionModel, shard: Sh
     if shard.done:
         return {"shard": index, "rows": shard.rows, "skipped": True}
     try:
+        match_recorded_threads(shard, model)
         ctx = SampleContext(params, shard, model)
         blocks = ctx.plan.shard_blocks(params.shards)[index]
         counters = run_blocks(ctx, model, appender_of(shard), blocks, shard.checkpoint, progress, shard.rows)

@@ -82,7 +82,8 @@ def batch_size(params: PipelineParameters, model: FrozenDiffusionModel, writer: 
     model.reserve_batch(chosen)  # a compiled network is compiled once, for this batch size
     source = "parameter" if params.batch_size else ("free GPU memory" if model.device.type == "cuda" else "CPU default")
     writer.update_provenance(compute={"device": str(model.device), "batch_size": chosen, "batch_size_from": source,
-                                      "channels_last": model.channels_last, "compiled": model.compiled})
+                                      "channels_last": model.channels_last, "compiled": model.compiled,
+                                      "torch_threads": torch.get_num_threads()})
     return chosen
 
 
@@ -232,6 +233,7 @@ def stage_sample(
             sampling.run_shard(params, model, ShardWriter(params.store, writer.run_id, index), progress)
         return finish_sample(params, model, writer)
     with _stage(writer, "sample"):
+        sampling.match_recorded_threads(writer, model)
         ctx = sampling.SampleContext(params, writer, model)
         if writer.n_samples:
             log.info("run %s: resuming sampling after %d committed samples", writer.run_id, writer.n_samples)
