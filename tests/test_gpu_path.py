@@ -100,3 +100,8 @@ def test_command_line_switches_reach_the_parameters(tmp_path: Path) -> None:
     assert (params.dtype, params.compile, params.batch_size) == ("float32", True, 512)
     defaults = _parameters(parser.parse_args(["run", "a.fits", "--store", "s.zarr"]), ["a.fits"], "s.zarr")
     assert (defaults.dtype, defaults.compile, defaults.batch_size) == ("auto", False, None)
+    assert (defaults.shards, defaults.dask_address) == (1, None)
+    sharded = parser.parse_args(["run", "a.fits", "--store", "s.zarr", "--shards", "4", "--dask-address",
+                                 "tcp://10.0.0.1:8786"])
+    params = _parameters(sharded, ["a.fits"], "s.zarr")
+    assert (params.shards, params.dask_address) == (4, "tcp://10.0.0.1:8786")
