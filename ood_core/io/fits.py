@@ -117,17 +117,20 @@ def _expand_one(spec: str) -> list[Path]:
 
 
 def expand_inputs(specs: Sequence[str | Path]) -> list[Path]:
-    """Files, directories (their FITS files, not recursive) and glob patterns -> sorted unique file paths.
+    """Files, directories (their FITS files, not recursive) and glob patterns -> unique file paths, in the
+    order the user gave the specs (the files of one directory or pattern sorted by name; a file met twice is
+    kept where it first appears), so the run stores its inputs in that order.
 
     Specs that match nothing are left out rather than raised, so one typo does not stop a run;
     :func:`unmatched_inputs` turns them into quarantine entries for the caller to report. A file named
     explicitly is kept whatever its ending (reading it decides whether it is FITS); a directory contributes
     only files ending in one of :data:`FITS_SUFFIXES`.
     """
-    found: set[Path] = set()
+    found: dict[Path, None] = {}  # insertion-ordered set
     for spec in specs:
-        found.update(_expand_one(str(spec)))
-    return sorted(found)
+        for path in sorted(_expand_one(str(spec))):
+            found.setdefault(path, None)
+    return list(found)
 
 
 def unmatched_inputs(specs: Sequence[str | Path]) -> list[QuarantinedInput]:

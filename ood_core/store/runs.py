@@ -42,6 +42,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from ood_core.errors import OODError
 from ood_core.store.appender import BackgroundAppender
+from ood_core.store.describe import describe_run
 from ood_core.store.provenance import json_safe, new_run_id, utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -482,6 +483,7 @@ class RunWriter:
         found = self.problems()
         if found:
             raise StoreError(f"run {self.run_id} is not whole: " + "; ".join(found))
+        describe_run(self._group, self._record, self.n_samples)  # long_name, units, coordinates for xarray
         self._save(record={"status": "complete", "ended": self._record.get("ended") or utc_now_iso()})
         consolidate_store(self.store_url, run_id=self.run_id, storage_options=self._storage_options)
 
