@@ -104,7 +104,9 @@ def _run_flow(params: Any) -> dict[str, Any]:
     """Run the pipeline as the Prefect flow: the same flow, provenance and artifacts as a UI run."""
     from flows.pipeline import pipeline_flow
 
-    result: dict[str, Any] = pipeline_flow(params)
+    # A run that cannot go on ends the flow Failed; called in Python, the flow raises its error instead.
+    result = pipeline_flow(params)
+    assert isinstance(result, dict)
     return result
 
 

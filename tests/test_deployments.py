@@ -167,7 +167,7 @@ def _copy_inputs(fits_dir: Path, folder: Path, count: int = 4, broken: bool = Tr
 SMALL = {"samples": 2, "steps": 6, "t0": 400, "reference_count": 4, "batch_size": 8, "device": "cpu", "seed": 1}
 
 
-def test_every_deployment_in_prefect_yaml_is_deployed(deployed: dict[str, Any]) -> None:
+def test_every_deployment_in_prefect_yaml_is_deployed(deployed: dict[str, Any], server: Server) -> None:
     flows = {"pipeline": "pipeline", "pipeline-cpu": "pipeline", "inbox": "inbox", "validate": "validate-inputs",
              "evaluate": "evaluate", "train-base": "train-base"}
     names = _deployment_names()
@@ -180,6 +180,12 @@ def test_every_deployment_in_prefect_yaml_is_deployed(deployed: dict[str, Any]) 
         assert deployment.work_pool_name in {"cpu", "gpu"}
     inbox = _deployment("inbox", "inbox")
     assert [s.schedule.cron for s in inbox.schedules] == ["*/15 * * * *"]
+    # Deployed paused (no Late runs where no gpu worker polls); the documented command turns it on.
+    assert [s.active for s in inbox.schedules] == [False]
+    server.cli("deployment", "schedule", "resume", "inbox/inbox", str(inbox.schedules[0].id))
+    assert [s.active for s in _deployment("inbox", "inbox").schedules] == [True]
+    server.cli("deployment", "schedule", "pause", "inbox/inbox", str(inbox.schedules[0].id))
+    assert [s.active for s in _deployment("inbox", "inbox").schedules] == [False]
     limit = _client_call(lambda c: c.read_global_concurrency_limit_by_name("tag:gpu"))
     assert limit.limit == 1
     if deployed["missing_evaluate"]:
@@ -191,11 +197,30 @@ def test_out_of_bounds_parameters_are_refused_by_the_deployment(deployed: dict[s
 
     deployment = _deployment("pipeline", "pipeline-cpu")
     good = {"inputs": [str(tmp_path)], "store": str(tmp_path / "s.zarr"), **SMALL}
-    for bad in ({"samples": 0}, {"t0": 5000}, {"eta": 1.5}, {"prior": "cauchy"}, {"unknown_knob": 1}):
+    for bad in ({"samples": 0}, {"t0": 5000}, {"eta": 1.5}, {"prior": "cauchy"}, {"unknown_knob": 1},
+                {"inputs": ["  "]}):
         with pytest.raises(PrefectHTTPStatusError) as info:
             _client_call(lambda c, b=bad: c.create_flow_run_from_deployment(
                 deployment.id, parameters={"params": {**good, **b}}))
         assert info.value.response.status_code in (409, 422), bad
+    # Rules across fields (the pydantic validator's) are in the schema too: refused here, not on the worker.
+    cross = [({"t0": 400, "steps": 401}, "params.steps", "401 is greater than the maximum of 400"),
+             ({"t0": 30, "steps": None}, "params", "'steps' is a required property"),
+             ({"t0": None, "steps": 700}, "params.steps", "700 is greater than the maximum of 600"),
+             ({"auto_t0": True, "t0_scan": []}, "params.t0_scan", "should be non-empty")]
+    for bad, field, reason in cross:
+        params = {k: v for k, v in {**good, **bad}.items() if v is not None}
+        with pytest.raises(PrefectHTTPStatusError) as info:
+            _client_call(lambda c, p=params: c.create_flow_run_from_deployment(
+                deployment.id, parameters={"params": p}))
+        assert info.value.response.status_code in (409, 422), bad
+        detail = info.value.response.text
+        assert f"field '{field}'" in detail and reason in detail, (bad, detail)
+    # The same combinations without the conflict are accepted, and an empty optional number (tile, hdu) too.
+    for fine in ({"t0": 400, "steps": 400}, {"auto_t0": True, "steps": 700}, {"tile": None, "hdu": None}):
+        run = _client_call(lambda c, f=fine: c.create_flow_run_from_deployment(
+            deployment.id, parameters={"params": {**good, **f}}))
+        _client_call(lambda c, r=run: c.delete_flow_run(r.id))  # never executed
     with pytest.raises(PrefectHTTPStatusError):
         _client_call(lambda c: c.create_flow_run_from_deployment(deployment.id, parameters={"params": {}}))
     runs = _client_call(lambda c: c.read_flow_runs())
@@ -212,7 +237,8 @@ def test_ui_style_run_is_executed_by_a_process_worker(
     flow_run = _client_call(lambda c: c.create_flow_run_from_deployment(deployment.id, parameters={"params": params}))
     finished, output = _run_worker(server, "cpu", flow_run.id)
     assert finished.state is not None and finished.state.is_completed(), f"{finished.state}\n{output}"
-    assert finished.name.startswith("pipeline-seed=1-samples=2")
+    # The name tells runs apart: what it read and where it wrote, then the settings.
+    assert finished.name == "pipeline-inputs-to-store.zarr-seed=1-samples=2-t0=400-steps=6", finished.name
 
     runs = list_runs(str(store))
     assert [r.status for r in runs] == ["complete"] and runs[0].n_samples == 2 and runs[0].n_inputs == 4
@@ -228,7 +254,7 @@ def test_ui_style_run_is_executed_by_a_process_worker(
     artifacts = _client_call(lambda c: c.read_artifacts(
         artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))))
     kinds = {a.type for a in artifacts}
-    assert {"markdown", "table"} <= kinds and "image" not in kinds, kinds
+    assert {"markdown", "table", "progress"} <= kinds and "image" not in kinds, kinds  # progress: on this run
     summary = next(a.data for a in artifacts if a.type == "markdown")
     assert runs[0].run_id in summary and "broken.fits" in summary
     assert "](data:image/png;base64," in summary  # the contact sheet, embedded
@@ -253,3 +279,38 @@ def test_inbox_deployment_is_idempotent(deployed: dict[str, Any], server: Server
     second = _client_call(lambda c: c.read_flow_run(flow_run.id)).state.result()  # type: ignore[union-attr]
     assert second["skipped"] is True and second["run_id"] == first["run_id"]
     assert [r.run_id for r in list_runs(str(store))] == [first["run_id"]]
+
+
+def _logs(flow_run_id: Any) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = _client_call(lambda c: c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))))
+    return [log.message for log in logs]
+
+
+def test_expected_failure_on_a_worker_ends_with_one_reason_and_an_artifact(
+    deployed: dict[str, Any], server: Server, fits_dir: Path, tmp_path: Path
+) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    inputs = _copy_inputs(fits_dir, tmp_path / "two", count=2)  # 2 usable + broken.fits: the method needs 3
+    store = tmp_path / "store.zarr"
+    deployment = _deployment("pipeline", "pipeline-cpu")
+    params = {"inputs": [str(inputs)], "store": str(store), **SMALL}
+    typed = "two GLIMPSE cutouts, should stop"
+    flow_run = _client_call(lambda c: c.create_flow_run_from_deployment(
+        deployment.id, parameters={"params": params}, name=typed))
+    finished, output = _run_worker(server, "cpu", flow_run.id)
+    assert finished.state is not None and finished.state.is_failed(), f"{finished.state}\n{output}"
+    assert finished.name == typed  # a name typed in the form is kept
+    assert finished.state.message.startswith("only 2 usable input(s), the method needs at least 3")
+    logs = _logs(flow_run.id)
+    assert logs and not [m for m in logs if "Traceback" in m or "Engine execution exited" in m], logs
+    assert "Engine execution exited" not in output and "Traceback" not in output, output[-3000:]
+    assert sum("run failed: only 2 usable" in m for m in logs) == 1
+    assert any("quarantined" in m and "broken.fits" in m for m in logs)  # ood_core's warning, in the UI's logs
+    artifacts = _client_call(lambda c: c.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))))
+    summary = next(a for a in artifacts if a.key == "ood-run-summary")
+    assert "## What to change" in summary.data and "broken.fits" in summary.data
+    assert not store.exists() or list_runs(str(store)) == []
