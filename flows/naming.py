@@ -2,8 +2,8 @@
 
 Names tell runs apart: what a run reads and where it writes (``glimpse_*.fits+2-to-store.zarr``) come before the
 settings. A name typed in the UI's custom-run form is kept: Prefect applies a flow's ``flow_run_name`` to every
-run, so the name callable returns the run's current name when it is not one Prefect or the UI made up (two
-lowercase words, ``adjective-animal``).
+run, so the name callable returns the run's current name when it is not one Prefect or the UI made up (two or
+three lowercase words joined by ``-``, see :data:`GENERATED_NAME`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import PurePath
 from typing import Any
 
-GENERATED_NAME = re.compile(r"^[a-z]+-[a-z]+$")
-"""Prefect's and the UI's made-up run names: two lowercase words (``crimson-wombat``)."""
+GENERATED_NAME = re.compile(r"^[a-z]+[0-9]*(-[a-z]+[0-9]*){1,2}$")
+"""Made-up run names: Prefect's two lowercase words (``crimson-wombat``) and the UI form's three
+(``gamma6-fangorn-warp``). A typed name is kept when it is anything else (a space, a capital, ``_``, ``.``)."""
 LABEL_LENGTH = 40
 
 

@@ -14,8 +14,8 @@ import logging
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
-from prefect.exceptions import ParameterTypeError
 from prefect.client.schemas.objects import State
+from prefect.exceptions import ParameterTypeError
 from prefect.states import Failed
 from pydantic import ValidationError
 

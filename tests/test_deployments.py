@@ -10,17 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prefect_server import REPO, Server, running_server
 
 from ood_core.store import list_runs, open_run
 from ood_core.store.schema import validate_store
@@ -30,80 +26,14 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("OOD_SKIP_SERVER_TESTS") == "1", reason="OOD_SKIP_SERVER_TESTS=1"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).parent / "prefect")
-SERVER_START_TIMEOUT = 120.0
 WORKER_TIMEOUT = 420.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    def __init__(self, home: Path, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/api"
-        self.env = {
-            **os.environ,
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_URL": self.url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOGGING_LEVEL": "INFO",
-            "PWD": str(REPO),  # prefect.yaml's pull step: set_working_directory {{ $PWD }}
-        }
-        self.home = home
-
-    def cli(self, *args: str, timeout: float = 180.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([PREFECT, "--no-prompt", *args], cwd=REPO, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"prefect {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
-        return done
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`prefect server start` on 127.0.0.1 with a temporary PREFECT_HOME; the in-process client points at it."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    home = tmp_path_factory.mktemp("prefect_home")
-    port = _free_port()
-    srv = Server(home, port)
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"],
-        cwd=home, env=srv.env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(f"{srv.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        with temporary_settings(updates={PREFECT_API_URL: srv.url, PREFECT_HOME: home}):
-            try:
-                yield srv
-            finally:
-                # Prefect's in-process services (concurrency leases, event and log shippers) are singletons
-                # holding clients for this server; stop them so later tests' servers get fresh ones.
-                from prefect._internal.concurrency.services import _QueueServiceBase
-
-                _QueueServiceBase.drain_all(timeout=30)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with running_server(tmp_path_factory.mktemp("prefect_home")) as srv:
+        yield srv
 
 
 def _deployment_names() -> list[str]:
