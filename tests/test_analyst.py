@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ def test_inputs_are_stored_in_the_users_order(finished: dict[str, Any]) -> None:
     ds = open_run(finished["store"], finished["run_id"])
     assert [item["path"] for item in ds.attrs["ood_run"]["inputs"]] == finished["inputs"]
     assert list(ds["input_file"].values) == [Path(p).name for p in finished["inputs"]]
+
+
+def test_plain_xarray_opens_the_run_consolidated_without_warning(finished: dict[str, Any]) -> None:
+    group = f"runs/{finished['run_id']}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "consolidated metadata missing" warning
+        ds = xr.open_zarr(finished["store"], group=group)
+    consolidated = xr.open_zarr(finished["store"], group=group, consolidated=True)
+    assert set(consolidated.data_vars) == set(ds.data_vars) and set(consolidated.coords) == set(ds.coords)
+    assert consolidated["reconstruction_psnr"].attrs["units"] == "dB"  # the descriptions are in the copy too
 
 
 def test_plain_xarray_shows_coordinates_names_and_units(finished: dict[str, Any]) -> None:
