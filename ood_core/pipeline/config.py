@@ -115,11 +115,13 @@ class RunSettings(BaseModel):
                     "the samples are the same for any number",
     )
     dask_address: str | None = Field(
-        default=None, description="Dask scheduler for the shards (tcp://host:8786, e.g. a dask-cuda cluster with "
-                                  "one worker per GPU); empty: a local cluster",
+        default=None, json_schema_extra=_optional_without_null,
+        description="Dask scheduler for the shards (tcp://host:8786, e.g. a dask-cuda cluster with one worker per "
+                    "GPU); empty: a local cluster",
     )
     dask_workers: int | None = Field(
-        default=None, ge=1, le=1024, description="workers of the local Dask cluster (default: one per shard)"
+        default=None, ge=1, le=1024, json_schema_extra=_optional_without_null,
+        description="workers of the local Dask cluster (empty: one per shard)",
     )
 
     @model_validator(mode="after")
