@@ -226,6 +226,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from ood_core.store import list_runs
+    from ood_core.store.runs import run_records
 
     runs = list_runs(args.store)
     if not runs:
@@ -235,6 +236,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:
         rate = "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.3f}"
         _say(f"{r.run_id:<32} {r.status:<9} {r.n_inputs:>6} {r.n_samples:>7} {rate:>10}")
+    # Why each failed run failed, after the table (the first line of the error its run recorded).
+    for record in run_records(args.store):
+        if record.get("status") == "failed":
+            reason = str(record.get("error") or "no reason recorded").strip().splitlines() or [""]
+            _say(f"  {record.get('run_id')}: failed: {reason[0]}")
     return EXIT_OK
 
 

@@ -79,6 +79,19 @@ def test_export_fits_writes_one_file_per_sample(finished_store: Path, tmp_path: 
         np.testing.assert_allclose(hdul[0].data, ds.samples_physical.values[0], rtol=1e-6)
 
 
+def test_runs_says_why_a_failed_run_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ood_core.store import RunWriter
+
+    store = str(tmp_path / "store.zarr")
+    writer = RunWriter.create(store, n_inputs=3, channels=1, height=8, width=8, criterion_names=["a"],
+                              provenance={"parameters": {}})
+    writer.fail(ValueError("the GPU ran out of memory\nat stage sample"))
+    assert main(["runs", store]) == EXIT_OK
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].split()[:2] == [writer.run_id, "failed"]
+    assert lines[2] == f"  {writer.run_id}: failed: ValueError: the GPU ran out of memory"
+
+
 def test_export_into_a_folder_with_the_files_is_one_line_naming_overwrite(
     finished_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
