@@ -60,11 +60,13 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     parser.add_argument("--samples", type=int, help="number of accepted samples (default 16)")
     parser.add_argument("--seed", type=int, help="seed of the whole run (default 0)")
     t0 = parser.add_mutually_exclusive_group()
-    t0.add_argument("--t0", type=int, help="inversion bandwidth: timestep of the latents (default 600)")
+    t0.add_argument("--t0", type=int, help="inversion bandwidth: timestep of the latents (default: chosen by the "
+                                           "calibration, else 600)")
     t0.add_argument("--auto-t0", action="store_true", help="scan t0 and take the largest meeting the PSNR bar")
     parser.add_argument("--steps", type=int, help="DDIM steps K between 0 and t0 (default 40)")
     parser.add_argument("--eta", type=float, help="DDIM noise in generation, 0 = deterministic (default 0)")
-    parser.add_argument("--prior", choices=["scalar", "ppca"], help="OOD prior family (default scalar)")
+    parser.add_argument("--prior", choices=["scalar", "ppca"], help="OOD prior family (default: chosen by the "
+                                                                                 "calibration, else scalar)")
     parser.add_argument("--candidate-budget", type=int, help="most candidates screened (default 20000)")
     parser.add_argument("--resolution", type=int, help="model resolution expected (checked against the model)")
     parser.add_argument("--batch-size", type=int,
@@ -78,7 +80,10 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
     parser.add_argument("--dask-address", help="Dask scheduler for the shards, e.g. tcp://host:8786 (default: a "
                                                "local cluster, one worker per shard)")
     parser.add_argument("--strategy", choices=["prior", "slerp_ood_prior", "slerp_ood_ood"],
-                        help="how candidates are drawn (default slerp_ood_prior)")
+                        help="how candidates are drawn (default: chosen by the calibration, else slerp_ood_prior)")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                        help="leave-shots-out calibration of the settings not given (--t0, --strategy, --prior) "
+                             "before the run (default: on with at least 6 usable shots)")
     parser.add_argument("--reference-count", type=int, help="in-domain reference latents (default 16)")
     parser.add_argument("--novelty-factor", type=float,
                         help="near-copy if the nearest-input distance < factor x the inputs' median nearest-"
@@ -93,7 +98,7 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
         parser.add_argument("--hdu", type=int, help="HDU index to read (default: first image HDU)")
 
 
-PIPELINE_FLAGS = ("strategy", "reference_count", "novelty_factor", "normalization", "stretch")
+PIPELINE_FLAGS = ("strategy", "calibrate", "reference_count", "novelty_factor", "normalization", "stretch")
 
 
 def _output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,11 +162,40 @@ def _summary(result: dict[str, Any]) -> None:
     _say(f"t0         {result['t0']}")
     _say(f"recon      median PSNR {result['median_psnr_db']:.2f} dB")
     _say(f"samples    {result['n_samples']} (acceptance rate {result['acceptance_rate']:.3f})")
+    _calibration_summary(result.get("summary") or {})
     timings = result.get("timings") or {}
     if timings:
         _say("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     for path in result.get("pictures", []) or []:
         _say(f"picture    {path}")
+
+
+def _calibration_summary(summary: dict[str, Any]) -> None:
+    """The run's settings (given / calibration / default) and the calibration table with its verdict."""
+    settings = summary.get("settings") or {}
+    origin = settings.get("from") or {}
+    if settings:
+        _say("settings   " + ", ".join(f"{n} {settings.get(n)} ({origin.get(n)})" for n in ("t0", "strategy", "prior")
+                                       if n in settings))
+    calibration = summary.get("calibration") or {}
+    if not calibration:
+        return
+    if not calibration.get("enabled"):
+        _say(f"calibrate  off: {calibration.get('reason')}")
+        return
+    _say(f"calibrate  {len(calibration.get('table') or [])} settings on {len(calibration.get('held_out') or [])} "
+         f"held-out shots, {calibration.get('evaluations_spent')} network evaluations (budget "
+         f"{calibration.get('budget_evaluations')}), {calibration.get('steps')} DDIM steps")
+    _say(f"           {'t0':>4} {'strategy':<16} {'slerp':<9} {'prior':<6} {'W1/sd':>6} {'P(k)dex':>7} "
+         f"{'count':>6} {'copies':>6} {'ranks':>5}")
+    for i, row in enumerate(calibration.get("table") or []):
+        s, v = row["setting"], row["scores"]
+        lam = "-" if s["strategy"] == "prior" else "-".join(f"{x:.2f}" for x in s["slerp_range"])
+        mark = " <- chosen" if i == calibration.get("best") else ""
+        _say(f"           {s['t0']:>4} {s['strategy']:<16} {lam:<9} {s['prior']:<6} {v['pixel_w1_rel']:>6.3f} "
+             f"{v['spectrum_dex']:>7.3f} {v['source_count_rel']:>6.3f} {v['near_copy_fraction']:>6.2f} "
+             f"{row['rank_sum']:>5.1f}{mark}")
+    _say(f"verdict    {(calibration.get('verdict') or {}).get('line')}")
 
 
 def _open_hint(store: str, run_id: str) -> None:

@@ -1,4 +1,5 @@
-"""Report task: a run's summary (with its contact sheet) and per-sample criteria table as Prefect artifacts."""
+"""Report task: a run's summary (with its contact sheet), per-sample criteria table and calibration table as
+Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ood_core.evaluation.run_report import criteria_rows, run_summary_markdown
+from ood_core.evaluation.run_report import calibration_rows, criteria_rows, run_summary_markdown
 from ood_core.evaluation.sheets import run_contact_sheet
 from ood_core.store import open_run
 from tasks.artifacts import artifact_key, artifact_path, png_base64
@@ -28,4 +29,10 @@ def report_task(result: dict[str, Any], key_prefix: str = "ood-run") -> dict[str
     create_markdown_artifact(summary, key=keys["summary"], description=f"ood-synth run {result['run_id']}")
     create_table_artifact(criteria_rows(ds), key=keys["criteria"],
                           description=f"per-sample criteria of run {result['run_id']} (seeds as text: exact)")
+    calibration = calibration_rows(record)
+    if calibration:
+        keys["calibration"] = f"{prefix}-calibration"
+        create_table_artifact(calibration, key=keys["calibration"],
+                              description=f"leave-shots-out calibration of run {result['run_id']}: settings x "
+                                          f"scores against the held-out shots (lower is better)")
     return {"artifact_keys": sorted(keys.values()), "contact_sheet": os.fspath(sheet.path)}

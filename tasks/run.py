@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
+from ood_core.calibration import calibrate
 from ood_core.method.model import cached_model
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.pipeline.sequence import prepare_run
@@ -44,7 +45,8 @@ def run_of_flow_run(store: str, flow_run_id: str) -> str | None:
 
 @task(name="create-run", cache_policy=NO_CACHE)
 def create_run_task(params: PipelineParameters) -> str:
-    """Ingest the inputs and create the "writing" run with them; returns the run id.
+    """Ingest the inputs, calibrate the settings left empty (leave-shots-out, ``ood_core.calibration``) and
+    create the "writing" run with them; returns the run id.
 
     A retried flow run finds the run it started before and returns it, so completed stages are not redone.
     Raises NoUsableInputError (nothing written) when too few inputs are usable.
@@ -56,6 +58,6 @@ def create_run_task(params: PipelineParameters) -> str:
             run_logger().info("resuming run %s of this flow run", existing)
             return existing
     model = cached_model(params.model, params.device, params.dtype, compile=params.compile)
-    run_id = prepare_run(params, model, extra_provenance={"prefect": origin})
+    run_id = prepare_run(params, model, extra_provenance={"prefect": origin}, choose=calibrate)
     run_logger().info("created run %s in %s", run_id, params.store)
     return run_id

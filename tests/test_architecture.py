@@ -24,9 +24,10 @@ LAYERS = {
     "ood_core.pipeline": 3,
     "ood_core.evaluation": 3,
     "ood_core.base_model": 3,
-    "tasks": 4,
-    "flows": 5,
-    "ood_cli": 6,
+    "ood_core.calibration": 4,
+    "tasks": 5,
+    "flows": 6,
+    "ood_cli": 7,
 }
 
 

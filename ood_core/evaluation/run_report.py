@@ -145,6 +145,57 @@ def _inputs_and_quarantine(record: dict[str, Any]) -> list[str]:
                     for q in quarantined]
 
 
+CALIBRATION_COLUMNS = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "source_count_mean", "near_copy_fraction",
+                       "nearest_ratio")
+
+
+def calibration_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The calibration table (provenance ``calibration``): one row per setting, its scores, rank sum, chosen."""
+    calibration = record.get("calibration") or {}
+    rows = []
+    for i, row in enumerate(calibration.get("table") or []):
+        setting = row.get("setting") or {}
+        lam = setting.get("slerp_range") or []
+        out: dict[str, Any] = {
+            "t0": setting.get("t0"), "strategy": setting.get("strategy"),
+            "slerp": "-" if setting.get("strategy") == "prior" else "-".join(_fmt(v, 2) for v in lam),
+            "prior": setting.get("prior"),
+        }
+        out.update({name: round(float((row.get("scores") or {}).get(name, float("nan"))), 4)
+                    for name in CALIBRATION_COLUMNS})
+        out["rank_sum"] = row.get("rank_sum")
+        out["chosen"] = "yes" if i == calibration.get("best") else ""
+        rows.append(out)
+    return rows
+
+
+def calibration_lines(record: dict[str, Any]) -> list[str]:
+    """The run's settings, where they came from, and the calibration (table, verdict, cost) as markdown."""
+    settings = record.get("settings") or {}
+    origin = settings.get("from") or {}
+    lines = ["## Settings and calibration", ""]
+    lines += [f"- **{name}**: {_fmt(settings.get(name))} ({origin.get(name, '-')})"
+              for name in ("t0", "strategy", "prior", "slerp_range") if name in settings]
+    calibration = record.get("calibration") or {}
+    if not calibration.get("enabled"):
+        return [*lines, f"- calibration: off ({calibration.get('reason', 'not run')})"]
+    held = ", ".join(f"`{Path(str(p)).name}`" for p in calibration.get("held_out") or [])
+    lines += [f"- held-out shots: {held}",
+              f"- cost: {calibration.get('evaluations_spent')} network evaluations (budget "
+              f"{calibration.get('budget_evaluations')}: a plain run's), {calibration.get('steps')} DDIM steps, "
+              f"{calibration.get('samples_per_setting')} samples per setting, {calibration.get('screening')}; "
+              f"{_fmt(calibration.get('seconds'), 1)} s",
+              f"- ranking: {calibration.get('ranking')}",
+              f"- **verdict**: {(calibration.get('verdict') or {}).get('line', '-')}"]
+    if calibration.get("note"):
+        lines.append(f"- note: {calibration['note']}")
+    rows = calibration_rows(record)
+    if rows:
+        lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(_fmt(v) for v in row.values()) + " |" for row in rows]
+    return lines
+
+
 def run_summary_markdown(
     result: dict[str, Any], record: dict[str, Any], *, sheet_path: Path | None = None, sheet_caption: str = "",
     sheet_b64: str | None = None,
@@ -159,6 +210,7 @@ def run_summary_markdown(
         lines += [f"![contact sheet](data:image/png;base64,{sheet_b64})", ""]
     if sheet_path is not None:
         lines += [f"Saved to `{sheet_path}`.", ""]
+    lines += [*calibration_lines(record), ""]
     lines += ["## Prior diagnostics", "", *(f"- {s}" for s in prior_verdict(diagnostics).sentences), ""]
     lines += [details_table(f"all {len(rows)} diagnostic numbers", rows), ""]
     lines += _inputs_and_quarantine(record)

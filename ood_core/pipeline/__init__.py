@@ -17,6 +17,7 @@ from ood_core.pipeline.ingest import IngestResult, drop_duplicates, ingest, inpu
 from ood_core.pipeline.sampling import SlotPlan
 from ood_core.pipeline.sequence import (
     NETWORK_STAGES,
+    SettingsChooser,
     StageExecutor,
     execute_shard,
     execute_stage,
@@ -52,6 +53,7 @@ __all__ = [
     "ProgressHook",
     "RunResult",
     "RunSettings",
+    "SettingsChooser",
     "SlotPlan",
     "StageExecutor",
     "create_run",

@@ -7,7 +7,7 @@ where it writes (store). The scheduled inbox flow reuses :class:`RunSettings` ra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -28,6 +28,13 @@ T0_RANGE = (1, 999)
 STEPS_RANGE = (2, 1000)
 DEFAULT_T0 = 600
 DEFAULT_STEPS = 40
+DEFAULT_STRATEGY: Final = "slerp_ood_prior"
+DEFAULT_PRIOR: Final = "scalar"
+DEFAULT_SLERP_RANGE = (0.3, 0.7)
+CALIBRATION_MIN_SHOTS = 6
+"""Fewest usable shots for the leave-shots-out calibration (a third held out: 2 at least, 4 kept)."""
+CHOOSABLE = ("t0", "strategy", "prior")
+"""Settings the calibration may choose when the user left them empty."""
 
 
 def cross_field_rules() -> list[dict[str, Any]]:
@@ -75,17 +82,26 @@ class RunSettings(BaseModel):
                                                                  "the shipped base model models/base64)")
     samples: int = Field(default=16, ge=1, le=100_000, description="number of accepted samples to generate")
     seed: int = Field(default=0, ge=0, le=2**62, description="seed of the whole run")
-    t0: int = Field(default=DEFAULT_T0, ge=T0_RANGE[0], le=T0_RANGE[1],
-                    description="inversion bandwidth: timestep of the latents")
+    t0: int | None = Field(default=None, ge=T0_RANGE[0], le=T0_RANGE[1], json_schema_extra=_optional_without_null,
+                           description=f"inversion bandwidth: timestep of the latents (empty: chosen by the "
+                                       f"calibration, else {DEFAULT_T0})")
     auto_t0: bool = Field(default=False, description="scan t0 and pick the largest meeting the PSNR threshold")
     t0_scan: list[int] = Field(default=[300, 450, 600, 750, 900], description="t0 values tried by auto_t0")
     psnr_threshold_db: float = Field(default=30.0, ge=0, le=100, description="auto_t0 reconstruction bar")
     steps: int = Field(default=DEFAULT_STEPS, ge=STEPS_RANGE[0], le=STEPS_RANGE[1],
                        description="DDIM steps K between 0 and t0 (at most t0)")
     eta: float = Field(default=0.0, ge=0.0, le=1.0, description="DDIM noise for generation (0 = deterministic)")
-    prior: Literal["scalar", "ppca"] = Field(default="scalar", description="OOD prior family")
-    strategy: Literal["prior", "slerp_ood_prior", "slerp_ood_ood"] = Field(
-        default="slerp_ood_prior", description="how candidates are drawn"
+    prior: Literal["scalar", "ppca"] | None = Field(
+        default=None, json_schema_extra=_optional_without_null,
+        description=f"OOD prior family (empty: chosen by the calibration, else {DEFAULT_PRIOR})")
+    strategy: Literal["prior", "slerp_ood_prior", "slerp_ood_ood"] | None = Field(
+        default=None, json_schema_extra=_optional_without_null,
+        description=f"how candidates are drawn (empty: chosen by the calibration, else {DEFAULT_STRATEGY})",
+    )
+    calibrate: bool | None = Field(
+        default=None, json_schema_extra=_optional_without_null,
+        description=f"leave-shots-out calibration of the settings left empty (t0, strategy, prior) before the run "
+                    f"(empty: on with at least {CALIBRATION_MIN_SHOTS} usable shots)",
     )
     candidate_budget: int = Field(default=20_000, ge=1, le=10_000_000, description="max candidates screened")
     reference_count: int = Field(default=16, ge=2, le=4096, description="in-domain reference latents")
@@ -126,12 +142,18 @@ class RunSettings(BaseModel):
 
     @model_validator(mode="after")
     def _steps_within_t0(self) -> RunSettings:
-        if self.steps > self.t0 and not self.auto_t0:
-            raise ValueError(f"steps ({self.steps}) must not exceed t0 ({self.t0}): DDIM takes at most one step "
+        t0 = DEFAULT_T0 if self.t0 is None else self.t0
+        if self.steps > t0 and not self.auto_t0:
+            raise ValueError(f"steps ({self.steps}) must not exceed t0 ({t0}): DDIM takes at most one step "
                              f"per timestep between 0 and t0; lower steps or raise t0")
         if self.auto_t0 and not self.t0_scan:
             raise ValueError("auto_t0 needs a non-empty t0_scan")
         return self
+
+    def given(self) -> set[str]:
+        """The choosable settings the user gave (auto_t0 counts as giving t0: its scan chooses it)."""
+        given = {name for name in CHOOSABLE if getattr(self, name) is not None}
+        return given | ({"t0"} if self.auto_t0 else set())
 
     def min_input_size(self, resolution: int) -> int:
         """Smallest usable image side: the model resolution, or the tile size when inputs are tiled."""
@@ -161,3 +183,22 @@ class PipelineParameters(RunSettings, _RunTarget):
     """Everything that determines a pipeline run; stored verbatim in provenance."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def settled(params: PipelineParameters, provenance: dict[str, Any] | None = None) -> PipelineParameters:
+    """The parameters with every choosable setting filled: as given, else as the run recorded it (provenance
+    ``settings``: the calibration's choice), else the default."""
+    record = (provenance or {}).get("settings")
+    chosen = record if isinstance(record, dict) else {}
+    defaults = {"t0": DEFAULT_T0, "strategy": DEFAULT_STRATEGY, "prior": DEFAULT_PRIOR}
+    update = {name: chosen.get(name, defaults[name]) for name in CHOOSABLE if getattr(params, name) is None}
+    return params.model_copy(update=update) if update else params
+
+
+def slerp_range_of(provenance: dict[str, Any]) -> tuple[float, float]:
+    """The slerp mixing range the run recorded (provenance ``settings``), else the default."""
+    record = provenance.get("settings")
+    values = record.get("slerp_range") if isinstance(record, dict) else None
+    if isinstance(values, (list, tuple)) and len(values) == 2:
+        return float(values[0]), float(values[1])
+    return DEFAULT_SLERP_RANGE

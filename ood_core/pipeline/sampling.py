@@ -36,7 +36,13 @@ from ood_core.method.normalization import NormalizationParams, model_to_physical
 from ood_core.method.novelty import NoveltyRule
 from ood_core.method.prior import LatentPrior, PriorKind, fit_prior
 from ood_core.method.sampler import GeometricSampler, SamplerConfig, slot_candidate_seed
-from ood_core.pipeline.config import PipelineParameters
+from ood_core.pipeline.config import (
+    DEFAULT_PRIOR,
+    DEFAULT_STRATEGY,
+    PipelineParameters,
+    settled,
+    slerp_range_of,
+)
 from ood_core.store.runs import RunWriter
 from ood_core.store.shards import ShardWriter, assign_regions, merge_regions
 
@@ -155,8 +161,10 @@ class SampleContext:
         self.eta, self.seed = params.eta, params.seed
         self.plan = SlotPlan.of(params, recorded_batch_size(source))
         model.reserve_batch(self.plan.block)
-        prior, ood_flat, reference_flat = prior_from(source, params.prior)
-        config = SamplerConfig(strategy=params.strategy, candidate_budget=params.candidate_budget)
+        params = settled(params, source.provenance)
+        prior, ood_flat, reference_flat = prior_from(source, params.prior or DEFAULT_PRIOR)
+        config = SamplerConfig(strategy=params.strategy or DEFAULT_STRATEGY, candidate_budget=params.candidate_budget,
+                               slerp_range=slerp_range_of(source.provenance))
         self.sampler = GeometricSampler(prior, ood_flat, reference_flat, config, seed=params.seed,
                                         device=model.device)
 

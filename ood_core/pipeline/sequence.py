@@ -15,8 +15,8 @@ from typing import Any
 
 from ood_core.method.model import FrozenDiffusionModel, cached_model
 from ood_core.pipeline import sampling
-from ood_core.pipeline.config import PipelineParameters
-from ood_core.pipeline.ingest import ingest
+from ood_core.pipeline.config import CHOOSABLE, DEFAULT_SLERP_RANGE, PipelineParameters, settled
+from ood_core.pipeline.ingest import IngestResult, ingest
 from ood_core.pipeline.sampling import RunSource
 from ood_core.pipeline.stages import (
     STAGE_FUNCTIONS,
@@ -108,17 +108,42 @@ def finish_sample_shards(params: PipelineParameters, run_id: str) -> dict[str, A
     return finish_sample(params, stage_model(params, writer), writer)
 
 
+SettingsChooser = Callable[[PipelineParameters, FrozenDiffusionModel, IngestResult], dict[str, Any]]
+"""choose(params, model, ingested) -> the calibration record; its ``chosen`` entry ({t0, strategy, prior,
+slerp_range}) fills the settings the user left empty (``ood_core.calibration.calibrate`` is one)."""
+
+
+def settings_record(params: PipelineParameters, calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """Provenance ``settings``: the run's t0, strategy, prior and slerp range, and where each came from."""
+    chosen = (calibration or {}).get("chosen") or {}
+    given = params.given()
+    resolved = settled(params, {"settings": chosen})
+    record: dict[str, Any] = {name: getattr(resolved, name) for name in CHOOSABLE}
+    record["slerp_range"] = list(chosen.get("slerp_range") or DEFAULT_SLERP_RANGE)
+    record["from"] = {name: "given" if name in given else ("calibration" if name in chosen else "default")
+                      for name in (*CHOOSABLE, "slerp_range")}
+    if "t0" in given and params.auto_t0:
+        record["t0"], record["from"]["t0"] = None, "auto_t0 scan"
+    return record
+
+
 def prepare_run(
     params: PipelineParameters,
     model: FrozenDiffusionModel,
     *,
     run_id: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
+    choose: SettingsChooser | None = None,
 ) -> str:
-    """Ingest the inputs, create the "writing" run with them, return its id (NoUsableInputError: nothing written)."""
+    """Ingest the inputs, calibrate the settings left empty (``choose``), create the "writing" run with them,
+    return its id (NoUsableInputError: nothing written)."""
     started = time.perf_counter()
     ingested = ingest(params, model.resolution, model.channels)
-    writer = create_run(params, model, ingested, run_id=run_id, extra_provenance=extra_provenance,
+    calibration = choose(params, model, ingested) if choose is not None else None
+    extra = {**(extra_provenance or {}), "settings": settings_record(params, calibration)}
+    if calibration is not None:
+        extra["calibration"] = calibration
+    writer = create_run(params, model, ingested, run_id=run_id, extra_provenance=extra,
                         ingest_seconds=time.perf_counter() - started)
     log.info("created run %s in %s with %d inputs", writer.run_id, params.store, writer.n_inputs)
     return writer.run_id
@@ -129,13 +154,15 @@ def run_in_process(
     *,
     resume: str | None = None,
     progress: ProgressHook | None = None,
+    choose: SettingsChooser | None = None,
 ) -> RunResult:
     """A whole run in this process, without Prefect (benchmarks, notebooks): prepare, then :func:`run_stages`.
 
-    ``resume``: id of a "writing" run in ``params.store`` to continue instead of starting a new one.
+    ``resume``: id of a "writing" run in ``params.store`` to continue instead of starting a new one;
+    ``choose``: the calibration (none here by default: the pipeline flow passes ``ood_core.calibration``'s).
     """
     model = cached_model(params.model, params.device, params.dtype, compile=params.compile)
-    run_id = resume or prepare_run(params, model)
+    run_id = resume or prepare_run(params, model, choose=choose)
 
     def execute(stage: str, p: PipelineParameters, rid: str) -> dict[str, Any]:
         return execute_stage(stage, p, rid, progress)

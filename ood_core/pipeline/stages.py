@@ -31,7 +31,7 @@ from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, prior_diagn
 from ood_core.method.sampler import CRITERION_NAMES
 from ood_core.method.seeds import child_seed
 from ood_core.pipeline import sampling
-from ood_core.pipeline.config import PipelineParameters
+from ood_core.pipeline.config import DEFAULT_PRIOR, DEFAULT_T0, PipelineParameters, settled
 from ood_core.pipeline.ingest import IngestResult, input_set_key
 from ood_core.store.provenance import environment_info, utc_now_iso
 from ood_core.store.runs import RunWriter, StoreError
@@ -146,9 +146,10 @@ def stage_invert(
     if "invert" in writer.completed_stages():
         return dict(writer.provenance["inversion"])
     with _stage(writer, "invert"):
+        params = settled(params, writer.provenance)
         images = _tensor(writer, "inputs")
         batch = batch_size(params, model, writer)
-        t0, scan_record = params.t0, None
+        t0, scan_record = int(params.t0 or DEFAULT_T0), None
         if params.auto_t0:
             scan = ddim.scan_bandwidth(
                 model, images, params.t0_scan, params.steps, threshold_db=params.psnr_threshold_db,
@@ -204,7 +205,7 @@ def stage_prior(
         if progress is not None:
             progress("prior_fit", 0, 2)
         ood_flat = _flat(_tensor(writer, "input_latents"))
-        prior = fit_prior(ood_flat, params.prior)
+        prior = fit_prior(ood_flat, settled(params, writer.provenance).prior or DEFAULT_PRIOR)
         if progress is not None:
             progress("prior_fit", 1, 2)
         diagnostics = prior_diagnostics(ood_flat, prior, reference_latents=_flat(reference))
@@ -322,6 +323,8 @@ class RunResult:
                 "reconstruction": {k: inversion.get(k) for k in RECONSTRUCTION_SUMMARY_KEYS},
                 "prior_diagnostics": (record.get("prior") or {}).get("diagnostics"),
                 "sampler": sampler,
+                "settings": record.get("settings"),
+                "calibration": record.get("calibration"),
             },
         )
 

@@ -1,0 +1,124 @@
+"""Scores of a set of generated images against held-out shots, physical units (the project's fast metrics).
+
+Lower is better on every score: ``pixel_w1_rel`` (pixel W1 over the held-out pixels' standard deviation),
+``spectrum_dex`` (power-spectrum distance), ``source_count_rel`` (|mean sources per image - held-out's| / held-out's,
++1 in the denominator so that empty held-out shots do not divide by zero). Novelty is measured in model space
+against the kept shots: ``near_copy_fraction`` (the run's own near-copy rule) and ``nearest_ratio`` (median
+nearest-kept-shot distance over the kept shots' own nearest-neighbour median; about 1 is as new as a real shot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from ood_core.evaluation.metrics import (
+    PowerSpectrum,
+    detect_image_sources,
+    isotropic_power_spectrum,
+    spectrum_distance,
+    wasserstein_1,
+)
+from ood_core.method.novelty import NoveltyRule, input_nearest_neighbour_distances
+
+FIDELITY = ("pixel_w1_rel", "spectrum_dex", "source_count_rel")
+"""The scores a setting is ranked on (lower is better)."""
+
+COMPARABLE = 0.10
+"""A verdict's tolerance: within 10 % of augmentation's score counts as comparable."""
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out shots' statistics, computed once."""
+
+    pixels: npt.NDArray[np.float64]
+    spectrum: PowerSpectrum
+    count: float
+
+    @classmethod
+    def of(cls, physical: npt.NDArray[Any]) -> HeldOut:
+        stack = images_2d(physical)
+        return cls(stack.ravel(), isotropic_power_spectrum(stack), mean_count(stack))
+
+
+def images_2d(physical: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """(N, H, W) float64 from (N, H, W) or (N, B, H, W) physical images (bands as images)."""
+    stack = np.asarray(physical, dtype=np.float64)
+    return stack.reshape(-1, stack.shape[-2], stack.shape[-1])
+
+
+def mean_count(stack: npt.NDArray[np.float64]) -> float:
+    return float(np.mean([detect_image_sources(image).count for image in stack]))
+
+
+def fidelity(physical: npt.NDArray[Any], held: HeldOut) -> dict[str, float]:
+    """The FIDELITY scores of physical images against the held-out shots."""
+    stack = images_2d(physical)
+    finite = stack[np.isfinite(stack)]
+    spread = float(np.std(held.pixels))
+    count = mean_count(stack)
+    return {
+        "pixel_w1_rel": wasserstein_1(finite, held.pixels) / spread if spread > 0 else float("nan"),
+        "spectrum_dex": spectrum_distance(isotropic_power_spectrum(stack), held.spectrum),
+        "source_count_rel": abs(count - held.count) / (held.count + 1.0),
+        "source_count_mean": count,
+    }
+
+
+def novelty(samples: torch.Tensor, kept: torch.Tensor, factor: float) -> dict[str, float]:
+    """Near-copy fraction (the run's rule) and nearest-kept-shot ratio of model-space samples."""
+    result = NoveltyRule(factor=factor).evaluate(samples, kept)
+    own = float(input_nearest_neighbour_distances(kept).median())
+    return {"near_copy_fraction": float(result.is_near_copy.double().mean()),
+            "nearest_ratio": float(result.distance.median()) / own if own > 0 else float("nan")}
+
+
+def augmentation(kept_physical: npt.NDArray[Any], count: int) -> npt.NDArray[np.float64]:
+    """The cheapest alternative: ``count`` flips/rotations of the kept shots (the dihedral group, in turn)."""
+    stack = images_2d(kept_physical)
+    out = []
+    for k in range(count):
+        image = stack[k % stack.shape[0]]
+        turn = (k // stack.shape[0]) % 8
+        image = np.rot90(image, turn % 4)
+        out.append(np.fliplr(image) if turn >= 4 else image)
+    return np.stack(out)
+
+
+def rank_sum(rows: list[dict[str, Any]]) -> list[float]:
+    """Sum over the FIDELITY scores of each row's rank (1 = best; ties share the mean rank; NaN ranks last)."""
+    totals = np.zeros(len(rows))
+    for name in FIDELITY:
+        values = np.array([row["scores"][name] for row in rows], dtype=np.float64)
+        values = np.where(np.isfinite(values), values, np.inf)
+        order = values.argsort(kind="stable")
+        ranks = np.empty(len(rows))
+        ranks[order] = np.arange(1, len(rows) + 1)
+        for value in np.unique(values):  # ties: mean rank
+            ranks[values == value] = ranks[values == value].mean()
+        totals += ranks
+    return [float(t) for t in totals]
+
+
+def verdict(scores: dict[str, float], augmented: dict[str, float]) -> dict[str, Any]:
+    """Per fidelity score: better / comparable / worse than augmentation of the same shots, and one line."""
+    words: dict[str, str] = {}
+    for name in FIDELITY:
+        ours, theirs = scores[name], augmented[name]
+        if not (np.isfinite(ours) and np.isfinite(theirs)):
+            words[name] = "not measured"
+        elif ours < theirs * (1 - COMPARABLE) - 1e-12:
+            words[name] = "better"
+        elif ours > theirs * (1 + COMPARABLE) + 1e-12:
+            words[name] = "worse"
+        else:
+            words[name] = "comparable"
+    labels = {"pixel_w1_rel": "pixel distribution", "spectrum_dex": "power spectrum",
+              "source_count_rel": "source counts"}
+    line = "; ".join(f"{words[n]} on {labels[n]} ({scores[n]:.3g} vs {augmented[n]:.3g})" for n in FIDELITY)
+    return {"per_metric": words, "line": f"vs held-out shots, against augmentation of the kept shots: {line}"}
