@@ -1,0 +1,142 @@
+"""Leave-shots-out calibration on real cutouts with the shipped model (few steps, few samples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ood_core.calibration import Plan, Setting, calibrate, run_calibration, split_shots
+from ood_core.calibration.scores import rank_sum
+from ood_core.evaluation.run_report import calibration_rows, run_summary_markdown
+from ood_core.method.model import FrozenDiffusionModel
+from ood_core.pipeline import PipelineParameters, ingest, run_in_process
+from ood_core.pipeline.config import settled
+from ood_core.pipeline.ingest import IngestResult
+from ood_core.pipeline.sequence import settings_record
+from ood_core.store import open_run
+
+SLERP = (0.3, 0.7)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def glimpse(fits_dir: Path, count: int = 6) -> list[str]:
+    return [str(p) for p in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:count]]
+
+
+def params_for(files: list[str], store: Path, **fields: Any) -> PipelineParameters:
+    base: dict[str, Any] = {"inputs": files, "store": str(store), "samples": 2, "steps": 3, "reference_count": 3,
+                            "device": "cpu", "seed": 3, "batch_size": 8}
+    return PipelineParameters(**{**base, **fields})
+
+
+@pytest.fixture(scope="module")
+def shots(fits_dir: Path, shipped_model: FrozenDiffusionModel) -> IngestResult:
+    params = params_for(glimpse(fits_dir), Path("unused.zarr"))
+    return ingest(params, shipped_model.resolution, shipped_model.channels)
+
+
+def test_calibration_disqualifies_near_copies_and_ranks_noise_last(
+    fits_dir: Path, shipped_model: FrozenDiffusionModel, shots: IngestResult
+) -> None:
+    """A tiny t0 with a slerp weight near 0 reproduces the kept shots (it would win on fidelity): disqualified.
+    t0 = 950 prior draws with two DDIM steps are noise: ranked worse than a sensible setting, never chosen."""
+    params = params_for(glimpse(fits_dir), Path("unused.zarr"))
+    copies = Setting(30, "slerp_ood_prior", (0.0, 0.02), "scalar")
+    noise = Setting(950, "prior", SLERP, "scalar")
+    sensible = Setting(400, "slerp_ood_prior", SLERP, "scalar")
+    plan = Plan((copies, noise, sensible), steps=2, per_setting=6, budget=10_000)
+    record = run_calibration(params, shipped_model, shots.batch, plan, split_shots(6, params.seed))
+    rows = {row["setting"]["t0"]: row for row in record["table"]}
+    assert rows[30]["near_copies"] and rows[30]["scores"]["near_copy_fraction"] > 0.5, rows[30]
+    assert not rows[400]["near_copies"] and not rows[950]["near_copies"]
+    assert record["chosen"]["t0"] == 400 and record["table"][record["best"]]["setting"] == sensible.to_dict()
+    assert rows[950]["rank_sum"] > rows[400]["rank_sum"], (rows[950], rows[400])
+    assert rows[30]["rank_sum"] < rows[400]["rank_sum"]  # the copies would have won on fidelity alone
+    assert rows[950]["scores"]["pixel_w1_rel"] > 5 * rows[400]["scores"]["pixel_w1_rel"]
+    assert rows[950]["scores"]["nearest_ratio"] > 3 * rows[400]["scores"]["nearest_ratio"]  # far from any shot
+    # network evaluations: 3 t0 x 4 kept shots x 2 steps to invert + 3 settings x 6 samples x 2 steps (t0 = 30
+    # has 2 steps too)
+    assert record["evaluations_spent"] == 3 * 4 * 2 + 3 * 6 * 2
+    assert record["held_out_index"] == split_shots(6, params.seed)[1] and len(record["held_out"]) == 2
+    assert record["verdict"]["line"].startswith("vs held-out shots")
+
+
+def test_split_is_deterministic_and_holds_out_a_third() -> None:
+    kept, held = split_shots(9, seed=5)
+    assert (kept, held) == split_shots(9, seed=5) and len(held) == 3 and sorted(kept + held) == list(range(9))
+    assert any(split_shots(9, seed=s)[1] != held for s in range(6, 12))
+
+
+def test_rank_sum_ties_and_nan() -> None:
+    rows = [{"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 1.0, "source_count_rel": float("nan")}},
+            {"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 0.5, "source_count_rel": 0.1}}]
+    assert rank_sum(rows) == [1.5 + 2 + 2, 1.5 + 1 + 1]
+
+
+def test_explicit_settings_are_kept_and_reported(
+    fits_dir: Path, shipped_model: FrozenDiffusionModel, shots: IngestResult
+) -> None:
+    given = params_for(glimpse(fits_dir), Path("unused.zarr"), t0=450, strategy="prior", prior="ppca", steps=2)
+    record = calibrate(given, shipped_model, shots)
+    assert record["enabled"] and record["chosen"] == {} and record["given"] == ["prior", "strategy", "t0"]
+    assert [row["setting"] for row in record["table"]] == [Setting(450, "prior", SLERP, "ppca").to_dict()]
+    settings = settings_record(given, record)
+    assert (settings["t0"], settings["strategy"], settings["prior"]) == (450, "prior", "ppca")
+    assert set(settings["from"].values()) == {"given", "default"}  # slerp_range: default
+
+    partly = params_for(glimpse(fits_dir), Path("unused.zarr"), t0=450, steps=2)
+    record = calibrate(partly, shipped_model, shots)
+    assert {row["setting"]["t0"] for row in record["table"]} == {450} and len(record["table"]) == 6
+    assert "t0" not in record["chosen"] and {"strategy", "prior"} <= set(record["chosen"])
+    resolved = settled(partly, {"settings": settings_record(partly, record)})
+    assert resolved.t0 == 450 and resolved.strategy == record["chosen"]["strategy"]
+
+
+def test_calibration_off_below_six_shots_or_when_asked(
+    fits_dir: Path, shipped_model: FrozenDiffusionModel, shots: IngestResult
+) -> None:
+    few = params_for(glimpse(fits_dir, 5), Path("unused.zarr"))
+    five = ingest(few, shipped_model.resolution, shipped_model.channels)
+    record = calibrate(few, shipped_model, five)
+    assert not record["enabled"] and "5 usable shots" in record["reason"] and record["chosen"] == {}
+    off = calibrate(params_for(glimpse(fits_dir), Path("unused.zarr"), calibrate=False), shipped_model, shots)
+    assert not off["enabled"] and "--no-calibrate" in off["reason"]
+    assert settings_record(few, record)["t0"] == 600  # the defaults, said to be defaults
+    assert set(settings_record(few, record)["from"].values()) == {"default"}
+
+
+def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
+    fits_dir: Path, shipped_model: FrozenDiffusionModel, tmp_path: Path
+) -> None:
+    results = []
+    for name in ("a", "b"):
+        params = params_for(glimpse(fits_dir), tmp_path / f"{name}.zarr", steps=2)
+        results.append(run_in_process(params, choose=calibrate))
+    records = [dict(open_run(r.store, r.run_id, chunks=None).attrs["ood_run"]) for r in results]
+    calibration, settings = records[0]["calibration"], records[0]["settings"]
+    assert calibration["enabled"] and calibration["budget_evaluations"] == 2 * (6 + 3 + 2)
+    assert settings["from"]["t0"] == "calibration" and settings["t0"] == calibration["chosen"]["t0"]
+    assert records[0]["inversion"]["t0"] == settings["t0"]
+    assert records[0]["prior"]["kind"] == settings["prior"]
+    assert records[0]["sampler"]["config"]["strategy"] == settings["strategy"]
+    assert records[0]["sampler"]["config"]["slerp_range"] == settings["slerp_range"]
+    assert records[0]["parameters"]["t0"] is None  # what the user gave, verbatim
+    assert calibration["table"] == records[1]["calibration"]["table"]
+    samples = [open_run(r.store, r.run_id, chunks=None)["samples"].values for r in results]
+    np.testing.assert_array_equal(samples[0], samples[1])
+    rows = calibration_rows(records[0])
+    assert len(rows) == len(calibration["table"]) and sum(r["chosen"] == "yes" for r in rows) == 1
+    markdown = run_summary_markdown(results[0].to_dict(), records[0])
+    assert "## Settings and calibration" in markdown and calibration["verdict"]["line"] in markdown
+    assert results[0].summary["calibration"]["chosen"] == calibration["chosen"]
