@@ -146,7 +146,8 @@ def evaluate_run(
     n = int(n_baseline_samples or run.samples.shape[0])
     ctx = bl.BaselineContext(
         model, run.inputs, run.input_latents, run.grid, int(sample_steps or run.steps), eta=run.eta,
-        prior_kind=str(run.parameters.get("prior", "scalar")), seed=seed, batch_size=batch_size,
+        prior_kind=str((run.provenance.get("prior") or {}).get("kind") or run.parameters.get("prior") or "scalar"),
+        seed=seed, batch_size=batch_size,
         finetune_steps=finetune_steps, finetune_batch_size=finetune_batch_size,
         finetune_learning_rate=finetune_learning_rate)
     with _timed(timings, "in_domain_anchor"):
