@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ood_cli.main import _calibration_summary
 from ood_core.calibration import Plan, Setting, calibrate, run_calibration, split_shots
 from ood_core.calibration.scores import rank_sum
 from ood_core.evaluation.run_report import calibration_rows, run_summary_markdown
@@ -117,7 +118,7 @@ def test_calibration_off_below_six_shots_or_when_asked(
 
 
 def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
-    fits_dir: Path, shipped_model: FrozenDiffusionModel, tmp_path: Path
+    fits_dir: Path, shipped_model: FrozenDiffusionModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     results = []
     for name in ("a", "b"):
@@ -127,7 +128,7 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     calibration, settings = records[0]["calibration"], records[0]["settings"]
     assert calibration["enabled"] and calibration["budget_evaluations"] == 2 * (6 + 3 + 2)
     assert settings["from"]["t0"] == "calibration" and settings["t0"] == calibration["chosen"]["t0"]
-    assert records[0]["inversion"]["t0"] == settings["t0"]
+    assert records[0]["inversion"]["t0"] == settings["t0"] and records[0]["timings"]["calibrate"] > 0
     assert records[0]["prior"]["kind"] == settings["prior"]
     assert records[0]["sampler"]["config"]["strategy"] == settings["strategy"]
     assert records[0]["sampler"]["config"]["slerp_range"] == settings["slerp_range"]
@@ -140,3 +141,7 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     markdown = run_summary_markdown(results[0].to_dict(), records[0])
     assert "## Settings and calibration" in markdown and calibration["verdict"]["line"] in markdown
     assert results[0].summary["calibration"]["chosen"] == calibration["chosen"]
+    _calibration_summary(results[0].to_dict()["summary"])  # what `ood run` prints after a run
+    printed = capsys.readouterr().out
+    assert f"t0 {settings['t0']} (calibration)" in printed and printed.count("<- chosen") == 1
+    assert f"{calibration['evaluations_spent']} network evaluations" in printed and "verdict    vs held-out" in printed

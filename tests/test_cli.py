@@ -58,6 +58,11 @@ def test_version_module_entry_and_run_flags(capsys: pytest.CaptureFixture[str]) 
     assert (params.strategy, params.reference_count, params.novelty_factor, params.normalization, params.stretch,
             params.dtype) == ("slerp_ood_ood", 8, 0.3, "per_image", "sqrt", "bfloat16")
     assert args.quiet and not args.verbose
+    assert (params.calibrate, params.t0, params.prior) == (None, None, None)  # left to the calibration
+    for flag, expected in (("--calibrate", True), ("--no-calibrate", False)):
+        given = build_parser().parse_args(["run", "a.fits", "--store", "s.zarr", flag, "--t0", "450"])
+        chosen = __import__("ood_cli.main", fromlist=["_parameters"])._parameters(given, ["a.fits"], "s.zarr")
+        assert (chosen.calibrate, chosen.t0, chosen.given()) == (expected, 450, {"t0"})
 
 
 def test_runs_lists_each_run_with_status_and_counts(finished_store: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -139,12 +139,14 @@ def prepare_run(
     return its id (NoUsableInputError: nothing written)."""
     started = time.perf_counter()
     ingested = ingest(params, model.resolution, model.channels)
+    ingest_seconds = time.perf_counter() - started
     calibration = choose(params, model, ingested) if choose is not None else None
     extra = {**(extra_provenance or {}), "settings": settings_record(params, calibration)}
     if calibration is not None:
         extra["calibration"] = calibration
-    writer = create_run(params, model, ingested, run_id=run_id, extra_provenance=extra,
-                        ingest_seconds=time.perf_counter() - started)
+        extra["timings"] = {"ingest": round(ingest_seconds, 3),
+                            "calibrate": round(time.perf_counter() - started - ingest_seconds, 3)}
+    writer = create_run(params, model, ingested, run_id=run_id, extra_provenance=extra, ingest_seconds=ingest_seconds)
     log.info("created run %s in %s with %d inputs", writer.run_id, params.store, writer.n_inputs)
     return writer.run_id
 
