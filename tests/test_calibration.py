@@ -56,7 +56,7 @@ def test_calibration_disqualifies_near_copies_and_ranks_noise_last(
     copies = Setting(30, "slerp_ood_prior", (0.0, 0.02), "scalar")
     noise = Setting(950, "prior", SLERP, "scalar")
     sensible = Setting(400, "slerp_ood_prior", SLERP, "scalar")
-    plan = Plan((copies, noise, sensible), steps=2, per_setting=6, budget=10_000)
+    plan = Plan((copies, noise, sensible), steps=2, per_setting=6, budget=10_000)  # unscreened: references=0
     record = run_calibration(params, shipped_model, shots.batch, plan, split_shots(6, params.seed))
     rows = {row["setting"]["t0"]: row for row in record["table"]}
     assert rows[30]["near_copies"] and rows[30]["scores"]["near_copy_fraction"] > 0.5, rows[30]
@@ -127,6 +127,8 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     records = [dict(open_run(r.store, r.run_id, chunks=None).attrs["ood_run"]) for r in results]
     calibration, settings = records[0]["calibration"], records[0]["settings"]
     assert calibration["enabled"] and calibration["budget_evaluations"] == 2 * (6 + 3 + 2)
+    assert calibration["references"] == 3 and "screening" in calibration["screening"]
+    assert all(0 <= row["scores"]["acceptance"] <= 1 for row in calibration["table"])
     assert settings["from"]["t0"] == "calibration" and settings["t0"] == calibration["chosen"]["t0"]
     assert records[0]["inversion"]["t0"] == settings["t0"] and records[0]["timings"]["calibrate"] > 0
     assert records[0]["prior"]["kind"] == settings["prior"]

@@ -2,11 +2,13 @@
 
 About a third of the normalized shots is held out (deterministically for the seed) as a pseudo-reference. For each
 t0 of a small grid the kept shots are inverted once; every setting at that t0 (candidate strategy and its slerp
-mixing range, prior family) reuses those latents, draws ``per_setting`` candidates (the same candidate seeds for
-every setting: common random numbers), *unscreened* (the run's geometric band needs in-domain reference latents,
-which would cost more than the rest of the calibration), denoises them with ``steps`` DDIM steps, and scores them
-against the held-out shots in physical units (:mod:`ood_core.calibration.scores`). Settings are ranked by the sum
-of their ranks over the fidelity scores; a setting that makes any near-copy of a kept shot is disqualified. The
+mixing range, prior family) reuses those latents, draws candidates through the run's own sampler
+(:class:`ood_core.method.sampler.GeometricSampler`: the same draws and the same geometric screening, against a few
+in-domain reference latents made at that t0), keeps the first ``per_setting`` accepted (the same candidate seeds for
+every setting: common random numbers), denoises them with ``steps`` DDIM steps, and scores them against the
+held-out shots in physical units (:mod:`ood_core.calibration.scores`). Settings are ranked by the sum
+of their ranks over the fidelity scores; a setting that makes any near-copy of a kept shot, or whose candidates all
+fail the screening (the run would make nothing), is disqualified. The
 best one fills the settings the user did not give; given ones are kept as given (the table is then a report).
 
 Cost is counted in network evaluations (one UNet forward of one image): the calibration is sized to cost at most
@@ -28,7 +30,7 @@ from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.normalization import NormalizedBatch, model_to_physical
 from ood_core.method.prior import fit_prior, generator_from_seed
-from ood_core.method.sampler import slerp
+from ood_core.method.sampler import GeometricSampler, SamplerConfig, Strategy
 from ood_core.method.seeds import child_seed
 from ood_core.pipeline.config import CALIBRATION_MIN_SHOTS, CHOOSABLE, DEFAULT_SLERP_RANGE, PipelineParameters
 from ood_core.pipeline.ingest import IngestResult
@@ -40,6 +42,9 @@ STRATEGY_GRID: tuple[tuple[str, tuple[float, float]], ...] = (
     ("prior", DEFAULT_SLERP_RANGE), ("slerp_ood_prior", (0.15, 0.35)), ("slerp_ood_prior", DEFAULT_SLERP_RANGE))
 PRIOR_GRID = ("scalar", "ppca")
 PER_SETTING = 6
+REFERENCES = 8
+SCREEN_TRIES = 64
+"""Candidates screened per sample of a setting before the setting is said to make (almost) nothing."""
 MAX_STEPS = 20
 MIN_FORCED_SHOTS = 5
 """With --calibrate given, the fewest shots it runs on (2 held out, 3 kept: the prior and novelty need 3)."""
@@ -66,10 +71,12 @@ class Plan:
     steps: int
     per_setting: int
     budget: int
+    references: int = 0
+    """In-domain reference latents per t0 for the run's geometric screening (0: candidates unscreened)."""
 
     def cost(self, kept: int) -> int:
         t0s = len({s.t0 for s in self.settings})
-        return self.steps * (t0s * kept + len(self.settings) * self.per_setting)
+        return self.steps * (t0s * (kept + 2 * self.references) + len(self.settings) * self.per_setting)
 
 
 def default_grid(params: PipelineParameters) -> tuple[Setting, ...]:
@@ -89,7 +96,7 @@ def plan_for(params: PipelineParameters, settings: tuple[Setting, ...], kept: in
     """Steps and samples per setting that fit the budget (a plain run's evaluations): fewer steps first (down to
     2), then fewer samples (down to 3)."""
     budget = plain_run_evaluations(params, shots)
-    plan = Plan(settings, min(params.steps, MAX_STEPS), PER_SETTING, budget)
+    plan = Plan(settings, min(params.steps, MAX_STEPS), PER_SETTING, budget, min(params.reference_count, REFERENCES))
     while plan.cost(kept) > budget and plan.steps > 2:
         plan = replace(plan, steps=plan.steps - 1)
     while plan.cost(kept) > budget and plan.per_setting > 3:
@@ -134,11 +141,21 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
     for t0 in sorted({s.t0 for s in plan.settings}):
         grid = ddim.timestep_grid(t0, min(plan.steps, t0), model.num_train_timesteps)
         latents = ddim.ddim_invert(model, images[kept], grid, batch_size=params.batch_size or 16)
-        spent += len(kept) * (len(grid) - 1)
+        references = _references(params, model, plan, t0, len(grid) - 1)
+        spent += (len(kept) + 2 * plan.references) * (len(grid) - 1)
         for setting in (s for s in plan.settings if s.t0 == t0):
-            samples = _generate(params, model, latents, grid, setting, plan.per_setting)
-            spent += plan.per_setting * (len(grid) - 1)
-            rows.append(_score(params, batch, samples, images[kept], kept, held_stats, setting))
+            candidates, acceptance = _candidates(params, latents, references, setting, plan.per_setting)
+            if candidates is None:
+                rows.append(_empty(setting, acceptance))
+                continue
+            samples = ddim.ddim_generate(model, candidates, grid, eta=params.eta,
+                                         seeds=[child_seed(params.seed, f"calibration/{k}")
+                                                for k in range(len(candidates))],
+                                         batch_size=params.batch_size or 16)
+            spent += len(candidates) * (len(grid) - 1)
+            row = _score(params, batch, samples, images[kept], kept, held_stats, setting)
+            row["scores"]["acceptance"] = acceptance
+            rows.append(row)
     record = choose(rows, params)
     augmented = scores.fidelity(scores.augmentation(model_to_physical(batch.images[kept], batch.params,
                                                                       np.array(kept)), plan.per_setting), held_stats)
@@ -146,8 +163,9 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
     names = [str(batch.sources[i].get("path", i)) for i in held]
     record.update(enabled=True, held_out=names, held_out_index=held, kept_index=kept, steps=plan.steps,
                   samples_per_setting=plan.per_setting, budget_evaluations=plan.budget, evaluations_spent=spent,
-                  screening="unscreened: candidates as drawn (the geometric band needs in-domain reference "
-                            "latents, which would double the cost)",
+                  screening=(f"the run's geometric screening against {plan.references} in-domain reference "
+                             f"latents per t0" if plan.references else "unscreened: candidates as drawn"),
+                  references=plan.references,
                   augmentation=augmented, verdict=scores.verdict(best, augmented),
                   seconds=round(time.perf_counter() - started, 3))
     log.info("calibration: %d settings, %d network evaluations (budget %d), chose %s", len(rows), spent,
@@ -155,30 +173,48 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
     return record
 
 
-def _generate(params: PipelineParameters, model: FrozenDiffusionModel, latents: torch.Tensor, grid: list[int],
-              setting: Setting, count: int) -> torch.Tensor:
-    """``count`` unscreened candidates of ``setting`` denoised; candidate k uses the same seed in every setting."""
-    flat = latents.reshape(latents.shape[0], -1).double().cpu()
+def _references(params: PipelineParameters, model: FrozenDiffusionModel, plan: Plan, t0: int,
+                steps: int) -> torch.Tensor | None:
+    """In-domain reference latents at t0 (the run's "reference" stream), or None when the plan does not screen."""
+    if plan.references < 1:
+        return None
+    _, latents = ddim.in_domain_reference_latents(model, plan.references, t0, steps,
+                                                  seed=child_seed(params.seed, "reference"),
+                                                  batch_size=params.batch_size or 16)
+    return latents.reshape(plan.references, -1).float().cpu()
+
+
+def _candidates(params: PipelineParameters, latents: torch.Tensor, references: torch.Tensor | None,
+                setting: Setting, count: int) -> tuple[torch.Tensor | None, float]:
+    """Up to ``count`` candidates of ``setting`` and the acceptance rate: through the run's own candidate draws and
+    geometric screening when there are references (the first accepted of ``SCREEN_TRIES`` x count seeds), else
+    the first ``count`` draws unscreened. None when nothing passes."""
+    flat = latents.reshape(latents.shape[0], -1).float().cpu()
     prior = fit_prior(flat, "ppca" if setting.prior == "ppca" else "scalar")
-    seeds = [child_seed(params.seed, f"calibration/{k}") for k in range(count)]
-    low, high = setting.slerp_range
-    out = []
-    for seed in seeds:
-        generator = generator_from_seed(seed)
-        if setting.strategy == "prior":
-            out.append(prior.sample(1, generator)[0])
-            continue
-        parent = int(torch.randint(flat.shape[0], (1,), generator=generator).item())
-        lam = low + (high - low) * float(torch.rand((1,), generator=generator, dtype=torch.float64).item())
-        if setting.strategy == "slerp_ood_ood":
-            second = int(torch.randint(flat.shape[0] - 1, (1,), generator=generator).item())
-            other = flat[second + (second >= parent)]
-        else:
-            other = prior.sample(1, generator)[0].double()
-        out.append(slerp(flat[parent], other, lam))
-    candidates = torch.stack(out).float().reshape(count, *latents.shape[1:])
-    return ddim.ddim_generate(model, candidates, grid, eta=params.eta, seeds=seeds,
-                              batch_size=params.batch_size or 16)
+    strategy: Strategy = ("prior" if setting.strategy == "prior" else
+                          "slerp_ood_ood" if setting.strategy == "slerp_ood_ood" else "slerp_ood_prior")
+    config = SamplerConfig(strategy=strategy, slerp_range=setting.slerp_range)
+    # unscreened: the sampler only draws (its band, from two stand-in references, is not applied)
+    reference = references if references is not None else flat[:2]
+    sampler = GeometricSampler(prior, flat, reference, config, seed=params.seed)
+    seeds = [child_seed(params.seed, f"calibration/candidate/{k}")
+             for k in range(count * (SCREEN_TRIES if references is not None else 1))]
+    screened = sampler.screen(seeds)
+    if references is None:
+        return screened.latents.reshape(count, *latents.shape[1:]), 1.0
+    accepted = screened.accepted.cpu()
+    chosen = screened.latents[accepted][:count]
+    acceptance = float(accepted.double().mean())
+    return (chosen.reshape(-1, *latents.shape[1:]) if len(chosen) else None), acceptance
+
+
+def _empty(setting: Setting, acceptance: float) -> dict[str, Any]:
+    """A setting whose candidates all fail the screening: it would make no samples (disqualified)."""
+    nan = float("nan")
+    return {"setting": setting.to_dict(), "scores": {"pixel_w1_rel": nan, "spectrum_dex": nan,
+                                                     "source_count_rel": nan, "source_count_mean": nan,
+                                                     "near_copy_fraction": nan, "nearest_ratio": nan,
+                                                     "acceptance": acceptance}}
 
 
 def _score(params: PipelineParameters, batch: NormalizedBatch, samples: torch.Tensor, kept_images: torch.Tensor,
@@ -195,15 +231,19 @@ def choose(rows: list[dict[str, Any]], params: PipelineParameters) -> dict[str, 
     ranks = scores.rank_sum(rows)
     for row, rank in zip(rows, ranks, strict=True):
         row["rank_sum"] = rank
-        row["near_copies"] = row["scores"]["near_copy_fraction"] > 0
-    clean = [i for i, row in enumerate(rows) if not row["near_copies"]]
-    pool = clean or sorted(range(len(rows)), key=lambda i: rows[i]["scores"]["near_copy_fraction"])[:1]
+        fraction = row["scores"]["near_copy_fraction"]
+        row["near_copies"] = bool(fraction > 0)
+        row["disqualified"] = "near-copies" if fraction > 0 else ("nothing passes the screening"
+                                                                  if not np.isfinite(fraction) else None)
+    clean = [i for i, row in enumerate(rows) if row["disqualified"] is None]
+    usable = [i for i, row in enumerate(rows) if np.isfinite(row["scores"]["near_copy_fraction"])] or [0]
+    pool = clean or sorted(usable, key=lambda i: rows[i]["scores"]["near_copy_fraction"])[:1]
     best = min(pool, key=lambda i: (ranks[i], i))
     given = params.given()
     setting = rows[best]["setting"]
     chosen = {name: setting[name] for name in CHOOSABLE if name not in given}
     if "strategy" not in given:
         chosen["slerp_range"] = setting["slerp_range"]
-    note = None if clean else "every setting made near-copies: the one with the fewest was taken"
+    note = None if clean else "every setting made near-copies or nothing: the one with the fewest copies was taken"
     return {"table": rows, "best": best, "chosen": chosen, "given": sorted(given), "note": note,
             "ranking": "sum of ranks over " + ", ".join(scores.FIDELITY) + "; near-copies disqualify"}
