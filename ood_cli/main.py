@@ -187,14 +187,16 @@ def _calibration_summary(summary: dict[str, Any]) -> None:
          f"held-out shots, {calibration.get('evaluations_spent')} network evaluations (budget "
          f"{calibration.get('budget_evaluations')}), {calibration.get('steps')} DDIM steps")
     _say(f"           {'t0':>4} {'strategy':<16} {'slerp':<9} {'prior':<6} {'W1/sd':>6} {'P(k)dex':>7} "
-         f"{'count':>6} {'copies':>6} {'ranks':>5}")
+         f"{'count':>6} {'copies':>6} {'accept':>6} {'ranks':>5}")
     for i, row in enumerate(calibration.get("table") or []):
-        s, v = row["setting"], row["scores"]
+        s = row["setting"]
+        v = {k: float("nan") if x is None else x for k, x in row["scores"].items()}  # NaN is stored as None
         lam = "-" if s["strategy"] == "prior" else "-".join(f"{x:.2f}" for x in s["slerp_range"])
         mark = " <- chosen" if i == calibration.get("best") else ""
         _say(f"           {s['t0']:>4} {s['strategy']:<16} {lam:<9} {s['prior']:<6} {v['pixel_w1_rel']:>6.3f} "
              f"{v['spectrum_dex']:>7.3f} {v['source_count_rel']:>6.3f} {v['near_copy_fraction']:>6.2f} "
-             f"{row['rank_sum']:>5.1f}{mark}")
+             f"{v.get('acceptance', float('nan')):>6.3f} {float(row['rank_sum']):>5.1f}{mark}"
+             + (f" ({row['disqualified']})" if row.get("disqualified") else ""))
     _say(f"verdict    {(calibration.get('verdict') or {}).get('line')}")
 
 

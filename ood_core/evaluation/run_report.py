@@ -146,7 +146,7 @@ def _inputs_and_quarantine(record: dict[str, Any]) -> list[str]:
 
 
 CALIBRATION_COLUMNS = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "source_count_mean", "near_copy_fraction",
-                       "nearest_ratio")
+                       "nearest_ratio", "acceptance")
 
 
 def calibration_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -161,9 +161,11 @@ def calibration_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
             "slerp": "-" if setting.get("strategy") == "prior" else "-".join(_fmt(v, 2) for v in lam),
             "prior": setting.get("prior"),
         }
-        out.update({name: round(float((row.get("scores") or {}).get(name, float("nan"))), 4)
-                    for name in CALIBRATION_COLUMNS})
+        values = row.get("scores") or {}
+        out.update({name: None if values.get(name) is None else round(float(values[name]), 4)
+                    for name in CALIBRATION_COLUMNS})  # NaN is stored as None (nothing passed the screening)
         out["rank_sum"] = row.get("rank_sum")
+        out["disqualified"] = row.get("disqualified") or ""
         out["chosen"] = "yes" if i == calibration.get("best") else ""
         rows.append(out)
     return rows
