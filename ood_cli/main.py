@@ -157,7 +157,10 @@ def _execute_pipeline(params: Any) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ood_core.store import check_store_location
+
     params = _parameters(args, list(args.inputs), args.store)
+    check_store_location(params.store)  # a folder that is not a store is refused before any work
     return _execute_pipeline(params)
 
 
@@ -194,8 +197,38 @@ def cmd_runs(args: argparse.Namespace) -> int:
     _say(f"{'run id':<32} {'status':<9} {'inputs':>6} {'samples':>7} {'acceptance':>10}")
     for r in runs:
         rate = "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.3f}"
-        _say(f"{r.run_id:<32} {r.status:<9} {r.n_inputs:>6} {r.n_samples:>7} {rate:>10}")
+        counts = f"{'-':>6} {'-':>7}" if r.status == "broken" else f"{r.n_inputs:>6} {r.n_samples:>7}"
+        _say(f"{r.run_id:<32} {r.shown_status:<9} {counts} {rate:>10}")
+    # Reasons after the table, so one bad run never hides the others; non-zero exit only at the end.
+    for r in runs:
+        if r.stale:
+            _say(f"  {r.run_id}: stale, {r.problem}; continue it: ood run --resume {r.run_id} --store {args.store}")
+        elif r.problem and r.status in ("failed", "broken"):
+            _say(f"  {r.run_id}: {r.status}: {r.problem}")
+    broken = [r.run_id for r in runs if r.status == "broken"]
+    if broken:
+        _err(f"{len(broken)} run(s) with an unreadable record: {', '.join(broken)} (see `ood check {args.store}`)")
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ood_core.store import audit_store
+
+    checks = audit_store(args.store, content=not args.quick)
+    if not checks:
+        _say(f"{args.store}: no runs")
+    for check in checks:
+        verdict = "ok" if check.ok else "DAMAGED" if check.status != "broken" else "BROKEN"
+        _say(f"{check.run_id:<32} {check.status:<9} {verdict}")
+        for problem in check.problems:
+            _say(f"    {problem}")
+        if check.note:
+            _say(f"    stale: {check.note}; continue it with: ood run --resume {check.run_id} --store {args.store}")
+    bad = [c for c in checks if not c.ok]
+    what = "metadata and shapes" if args.quick else "metadata, shapes and chunk checksums"
+    _say(f"{len(checks)} run(s) checked ({what}): {len(checks) - len(bad)} intact, {len(bad)} damaged or broken")
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def cmd_export_fits(args: argparse.Namespace) -> int:
@@ -269,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("store")
     runs.set_defaults(func=cmd_runs)
 
+    check = sub.add_parser("check", help="verify every run of a store against its checksums (exit 1 if damaged)")
+    check.add_argument("store")
+    check.add_argument("--quick", action="store_true", help="metadata and shapes only, no chunk is read")
+    check.set_defaults(func=cmd_check)
+
     export = sub.add_parser("export-fits", help="a run's samples as FITS files with provenance headers")
     export.add_argument("store")
     export.add_argument("outdir")
@@ -313,8 +351,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_USAGE
     except Exception as exc:
-        from ood_core.store import StoreError
+        from ood_core.store import StoreError, StoreIntegrityError
 
+        if isinstance(exc, StoreIntegrityError):  # the data are damaged: a failure, not bad usage
+            _err(str(exc))
+            _err(f"nothing was written; `ood check {exc.store_url}` lists every damaged run")
+            return EXIT_FAILED
         if isinstance(exc, StoreError):  # no such store or run: bad usage, nothing written
             _err(str(exc))
             return EXIT_USAGE

@@ -149,12 +149,17 @@ def export_run_fits(
     run_id: str | None = None,
     *,
     overwrite: bool = False,
+    verify: bool = True,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write one FITS file per sample of a complete run (latest when ``run_id`` is None); return the paths."""
+    """Write one FITS file per sample of a complete run (latest when ``run_id`` is None); return the paths.
+
+    The run is verified against its checksums first (``verify``, see :func:`open_run`): a damaged run raises
+    StoreIntegrityError naming the array, and no file is written.
+    """
     if run_id is None:
         run_id = latest_complete_run_id(store_url, storage_options=storage_options)
-    ds = open_run(store_url, run_id, chunks=None, storage_options=storage_options)
+    ds = open_run(store_url, run_id, chunks=None, verify=verify, storage_options=storage_options)
     record: dict[str, Any] = dict(ds.attrs["ood_run"])
     names = [str(n) for n in ds["criterion"].values]
     physical = ds["samples_physical"]

@@ -8,6 +8,7 @@ raises :class:`StoreSchemaError` naming them. Array metadata is read from each a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,8 @@ import zarr
 import zarr.errors
 
 from ood_core.errors import OODError
+from ood_core.store.heartbeat import STALE_AFTER_S
+from ood_core.store.integrity import has_checksums, verify_run
 from ood_core.store.provenance import strict_json_dumps
 from ood_core.store.runs import (
     INPUT_ARRAYS,
@@ -27,6 +30,8 @@ from ood_core.store.runs import (
     STATUSES,
     STORE_ATTR,
     ArraySpec,
+    StoreError,
+    list_runs,
     zarr_store,
 )
 
@@ -133,7 +138,19 @@ def _check_run(group: zarr.Group, run_id: str) -> list[str]:
     array_problems, arrays = _check_arrays(group, where)
     problems += array_problems
     problems += _check_sizes(arrays, record if isinstance(record, dict) else {}, progress, where)
+    if isinstance(record, dict) and record.get("status") == "complete" and not has_checksums(group):
+        problems.append(f"{where}: complete run without checksums (attrs['ood_checksums'])")
     return problems
+
+
+def _open_run_group(root: zarr.Group, name: str) -> zarr.Group | str:
+    """The run group, or why it cannot be opened (a damaged record is a problem, not an exception)."""
+    try:
+        node = zarr.open_group(root.store, path=f"{RUNS_GROUP}/{name}", mode="r", zarr_format=3,
+                               use_consolidated=False)
+    except Exception as exc:  # truncated zarr.json, an array where a group belongs, unreadable storage
+        return f"{RUNS_GROUP}/{name}: run group unreadable ({type(exc).__name__}: {exc})"
+    return node
 
 
 def validate_store(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
@@ -154,11 +171,9 @@ def validate_store(store_url: str, *, storage_options: Mapping[str, Any] | None 
     runs = root[RUNS_GROUP]
     if not isinstance(runs, zarr.Group):
         return [*problems, f"{RUNS_GROUP} is an array, expected a group"]
-    for name, member in sorted(runs.members(), key=lambda item: item[0]):
-        if not isinstance(member, zarr.Group):
-            problems.append(f"{RUNS_GROUP}/{name}: an array where a run group belongs")
-            continue
-        problems += _check_run(member, name)
+    for run in list_runs(store_url, storage_options=storage_options):
+        group = _open_run_group(root, run.run_id)
+        problems += [group] if isinstance(group, str) else _check_run(group, run.run_id)
     return problems
 
 
@@ -167,3 +182,50 @@ def check_store(store_url: str, *, storage_options: Mapping[str, Any] | None = N
     problems = validate_store(store_url, storage_options=storage_options)
     if problems:
         raise StoreSchemaError(store_url, problems)
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """One run's verdict from :func:`audit_store`."""
+
+    run_id: str
+    status: str
+    """As a person should read it: complete, writing, stale, failed or broken."""
+    problems: list[str] = field(default_factory=list)
+    note: str | None = None
+    """For a stale run: why it looks dead (not damage: ``ood run --resume`` can continue it)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def audit_store(
+    store_url: str,
+    *,
+    content: bool = True,
+    stale_after: float = STALE_AFTER_S,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[RunCheck]:
+    """Check every run: the contract (as :func:`validate_store`) and, for complete runs, the checksums.
+
+    ``content=False`` skips reading chunk bytes (metadata and shapes only). A store that cannot be opened
+    raises StoreError; everything else is reported per run.
+    """
+    store = zarr_store(store_url, read_only=True, storage_options=storage_options)
+    try:
+        root = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.MetadataValidationError) as exc:
+        raise StoreError(f"{store_url}: no zarr v3 group here ({exc})") from exc
+    checks = []
+    for info in list_runs(store_url, stale_after=stale_after, storage_options=storage_options):
+        group = _open_run_group(root, info.run_id) if info.status != "broken" else None
+        if not isinstance(group, zarr.Group):
+            reason = group or f"{RUNS_GROUP}/{info.run_id}: {info.problem}"
+            checks.append(RunCheck(info.run_id, "broken", [reason]))
+            continue
+        problems = _check_run(group, info.run_id)
+        if info.status == "complete":
+            problems += [p for p in verify_run(group, content=content) if p not in problems]
+        checks.append(RunCheck(info.run_id, info.shown_status, problems, info.problem if info.stale else None))
+    return checks
