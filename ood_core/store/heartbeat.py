@@ -93,12 +93,16 @@ def beat(group: zarr.Group, attr: str) -> bool:
 
 
 def _beat_until(group: zarr.Group, attr: str, stop: threading.Event, interval: float) -> None:
+    missed = 0
     while not stop.wait(interval):
         try:
             if not beat(group, attr):
                 return
+            missed = 0
         except Exception as exc:  # a missed beat is not worth killing the run for; the next one may land
-            log.warning("heartbeat of %s not written: %s", group.path, exc)
+            missed += 1
+            log.log(logging.WARNING if missed == 1 else logging.DEBUG, "heartbeat of %s not written (%d in a "
+                    "row): %s", group.path, missed, exc)
 
 
 def start_heartbeat(owner: object, group: zarr.Group, attr: str,
