@@ -100,11 +100,19 @@ def _check_resolution(model: str, resolution: int) -> None:
                          f"inputs are resized to the model's resolution")
 
 
+def _prefect_api() -> Any:
+    """The configured Prefect server, or a temporary one that dies with this process (even on SIGKILL)."""
+    from ood_cli.prefect_server import prefect_api
+
+    return prefect_api(timeout=float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+
+
 def _run_flow(params: Any) -> dict[str, Any]:
     """Run the pipeline as the Prefect flow: the same flow, provenance and artifacts as a UI run."""
     from flows.pipeline import pipeline_flow
 
-    result: dict[str, Any] = pipeline_flow(params)
+    with _prefect_api():
+        result: dict[str, Any] = pipeline_flow(params)
     return result
 
 
@@ -253,7 +261,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         ("seed", "seed")):
         if getattr(args, name) is not None:
             fields[field] = getattr(args, name)
-    result = evaluate_flow(EvaluateParameters(**fields))
+    with _prefect_api():
+        result = evaluate_flow(EvaluateParameters(**fields))
     _say(json.dumps(result.get("table", result), indent=2, default=str))
     _say(f"metrics and plots in {args.out}")
     return EXIT_OK
@@ -269,7 +278,8 @@ def cmd_train_base(args: argparse.Namespace) -> int:
         fields["total_steps"] = args.total_steps
     if args.card_cutouts is not None:
         fields["card_cutouts"] = args.card_cutouts
-    result = train_base_flow(TrainBaseParameters(**fields))
+    with _prefect_api():
+        result = train_base_flow(TrainBaseParameters(**fields))
     _say(json.dumps(result, indent=2, default=str))
     return EXIT_OK
 

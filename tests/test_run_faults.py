@@ -1,0 +1,111 @@
+"""`ood run` as a user runs it, under faults (issue 13): a garbled tile-compressed file and names with `[`
+among the inputs, and a SIGKILL mid-run (no temporary Prefect server may survive it; the run reads as stale,
+never as complete)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_fits_io import write_damaged_tile_compressed
+
+from ood_cli.main import EXIT_OK
+from ood_core.store import list_runs, open_run
+
+OOD = Path(sys.executable).parent / "ood"
+SMALL = ["--samples", "2", "--steps", "6", "--t0", "300", "--device", "cpu", "--batch-size", "8"]
+
+
+def ood_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(home)  # the temporary server's own database, and how the test finds it
+    return env
+
+
+def server_processes(home: Path, exclude: int | None = None) -> list[int]:
+    """Pids of processes started with this PREFECT_HOME (the `ood` command and its server)."""
+    marker = f"PREFECT_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (exclude, os.getpid()):
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_until_gone(home: Path, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (left := server_processes(home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+@pytest.fixture
+def prefect_home(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("needs /proc to find the server process")
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    yield home
+    for pid in server_processes(home):  # never leave a process of ours behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_run_quarantines_a_garbled_tile_file_reads_bracket_names_and_stops_its_server(
+    fits_dir: Path, tmp_path: Path, prefect_home: Path
+) -> None:
+    cutouts = fits_dir / "cutouts_128"
+    inputs = tmp_path / "inputs"
+    (inputs / "obs[2]").mkdir(parents=True)
+    shutil.copy(cutouts / "glimpse_y0000_x0256.fits", inputs / "cut[1].fits")
+    shutil.copy(cutouts / "glimpse_y0128_x0000.fits", inputs / "obs[2]" / "a.fits")
+    garbled = write_damaged_tile_compressed(inputs, "RICE_1")
+    good = [str(cutouts / name) for name in ("glimpse_y0000_x0000.fits", "glimpse_y0128_x0256.fits")]
+    store = tmp_path / "store.zarr"
+    specs = [*good, str(garbled), str(inputs / "cut[1].fits"), str(inputs / "obs[2]")]
+    done = subprocess.run([str(OOD), "run", *specs, "--store", str(store), *SMALL], cwd=tmp_path,
+                          env=ood_env(prefect_home), capture_output=True, text=True, timeout=900)
+    assert done.returncode == EXIT_OK, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"quarantined {garbled}: image data cannot be decoded" in done.stdout
+    ds = open_run(str(store))
+    record = ds.attrs["ood_run"]
+    assert sorted(Path(i["path"]).name for i in record["inputs"]) == sorted(
+        ["glimpse_y0000_x0000.fits", "glimpse_y0128_x0256.fits", "cut[1].fits", "a.fits"])
+    assert [(q["path"], q["error"]) for q in record["quarantined"]] == [(str(garbled), "CorruptFitsError")]
+    assert ds.sizes["input"] == 4 and ds.sizes["sample"] == 2
+    assert wait_until_gone(prefect_home, 15) == []  # the temporary server ended with the command
+
+
+def test_sigkilled_run_leaves_no_server_and_reads_as_stale(
+    fits_dir: Path, tmp_path: Path, prefect_home: Path
+) -> None:
+    inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:4]
+    store = tmp_path / "store.zarr"
+    command = [str(OOD), "run", *inputs, "--store", str(store), *SMALL[:-2], "--samples", "4", "--steps", "20"]
+    ood = subprocess.Popen(command, cwd=tmp_path, env=ood_env(prefect_home), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    # Kill once the run is being written (the server is up and a stage is working).
+    while time.monotonic() < deadline and ood.poll() is None:
+        if store.exists() and [r for r in list_runs(str(store)) if r.status == "writing"]:
+            break
+        time.sleep(0.2)
+    assert ood.poll() is None, "the run ended before it could be killed"
+    servers = server_processes(prefect_home, exclude=ood.pid)
+    assert servers, "no temporary server process found while the run was going"
+    ood.send_signal(signal.SIGKILL)
+    ood.wait()
+    assert wait_until_gone(prefect_home, 20) == []
+    [run] = list_runs(str(store))
+    assert run.status == "writing" and run.stale
+    assert run.problem is not None and "is no longer running" in run.problem
