@@ -73,7 +73,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (no code runs while loading)."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:  # type: ignore[no-untyped-call]
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         structure = json.loads(metadata[STATE_KEY])
