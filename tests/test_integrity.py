@@ -37,7 +37,7 @@ WRITER = Path(__file__).with_name("store_writer_proc.py")
 @pytest.fixture
 def three_runs(tmp_path: Path) -> tuple[str, list[str]]:
     store = str(tmp_path / "store.zarr")
-    return store, [proc.write_complete_run(store, seed) for seed in (1, 2, 3)]
+    return store, [proc.write_contract_run(store, seed) for seed in (1, 2, 3)]
 
 
 def chunk_files(store: str, run_id: str, array: str) -> list[Path]:
