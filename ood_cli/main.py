@@ -231,8 +231,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         _say(f"{check.run_id:<32} {check.status:<9} {verdict}")
         for problem in check.problems:
             _say(f"    {problem}")
-        if check.note:
-            _say(f"    stale: {check.note}; continue it with: ood run --resume {check.run_id} --store {args.store}")
+        for note in check.notes:
+            _say(f"    ({note})")
+        if check.status == "stale":
+            _say(f"    continue it: ood run --resume {check.run_id} --store {args.store}")
     bad = [c for c in checks if not c.ok]
     what = "metadata and shapes" if args.quick else "metadata, shapes and chunk checksums"
     _say(f"{len(checks)} run(s) checked ({what}): {len(checks) - len(bad)} intact, {len(bad)} damaged or broken")

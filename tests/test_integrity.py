@@ -4,6 +4,7 @@ heartbeat and stale runs, folders that are not stores. Damage is done to real fi
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,3 +222,26 @@ def test_a_folder_that_is_not_a_store_is_refused(tmp_path: Path, capsys: pytest.
     open_store(str(tmp_path / "empty"))  # an empty folder may become a store
     with pytest.raises(StoreError, match="is not a folder"):
         open_store(str(data / "notes.txt"))
+
+
+def test_a_run_killed_while_being_created_is_marked_failed_when_resumed(tmp_path: Path) -> None:
+    store = str(tmp_path / "store.zarr")
+    writer = proc.start_run(store, seed=9)
+    writer.close()
+    for name in ("criterion", "sample_nearest_input_distance"):  # what a kill inside create() leaves unmade
+        shutil.rmtree(Path(store) / "runs" / writer.run_id / name)
+    with pytest.raises(StoreError, match=r"cannot be resumed: interrupted while the run was being created \(arrays "
+                                         r"\['sample_nearest_input_distance', 'criterion'\]"):
+        RunWriter.open(store, writer.run_id)
+    [info] = list_runs(store)
+    assert info.status == "failed" and "interrupted while the run was being created" in str(info.problem)
+
+
+def test_a_run_folder_left_empty_by_a_kill_is_no_run(tmp_path: Path) -> None:
+    store = str(tmp_path / "store.zarr")
+    run_id = proc.write_contract_run(store, seed=1)
+    leftover = Path(store) / "runs" / "20990101T000000000000Z-abcdef"
+    leftover.mkdir()
+    (leftover / "zarr.json.3f9c.partial").write_text("{")  # killed before the atomic rename
+    assert [r.run_id for r in list_runs(store)] == [run_id]
+    assert validate_store(store) == []

@@ -328,6 +328,7 @@ class RunWriter:
         status = _run_record(group).get("status")
         if status != "writing":
             raise StoreError(f"run {run_id} has status {status!r}; only a 'writing' run can be resumed")
+        _refuse_half_created(group, store_url, run_id)
         writer = cls(group, store_url, run_id, storage_options)
         if writer.sample_regions:  # shards own the sample arrays until their regions are merged
             return writer
@@ -778,6 +779,19 @@ def _attr_dict(group: zarr.Group, name: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _refuse_half_created(group: zarr.Group, store_url: str, run_id: str) -> None:
+    """A run killed while :meth:`RunWriter.create` made its arrays can never be completed: mark it failed."""
+    present = {name for name, _ in group.arrays()}
+    missing = [name for name in RUN_ARRAYS if name not in present and name not in REFERENCE_ARRAYS]
+    if not missing:
+        return
+    reason = f"interrupted while the run was being created (arrays {missing} were never made)"
+    with RECORD_LOCK:
+        record = {**_run_record(group), "status": "failed", "error": reason, "ended": utc_now_iso()}
+        group.update_attributes({RUN_ATTR: record})
+    raise StoreError(f"{store_url}: run {run_id} cannot be resumed: {reason}; it is now marked failed")
+
+
 def _fill(dtype: str) -> Any:
     # NaN marks never-written float cells; integers and booleans have no such value.
     return np.nan if dtype.startswith("float") else 0 if dtype != "bool" else False
@@ -871,13 +885,25 @@ def _run_info(group: zarr.Group, run_id: str, stale_after: float = STALE_AFTER_S
 
 
 def _run_names(root: zarr.Group) -> list[str]:
-    """Names under ``runs/`` as stored, without parsing any run's metadata (one bad record breaks nothing)."""
-    names = sync(_list_dir(root.store, f"{root.path}/{RUNS_GROUP}".lstrip("/")))
-    return sorted(n for n in names if n != "zarr.json" and not n.endswith(".partial") and "/" not in n)
+    """Names under ``runs/`` as stored, without parsing any run's metadata (one bad record breaks nothing).
+
+    A folder holding nothing but unfinished writes (a process killed while creating the group) is no run.
+    """
+    prefix = f"{root.path}/{RUNS_GROUP}".lstrip("/")
+    names = sync(_list_dir(root.store, prefix))
+    candidates = sorted(n for n in names if n != "zarr.json" and not n.endswith(".partial") and "/" not in n)
+    return [n for n in candidates if sync(_holds_data(root.store, f"{prefix}/{n}/"))]
 
 
 async def _list_dir(store: Store, prefix: str) -> list[str]:
     return [name async for name in store.list_dir(prefix)]
+
+
+async def _holds_data(store: Store, prefix: str) -> bool:
+    async for key in store.list_prefix(prefix):
+        if key.startswith(prefix) and not key.endswith(".partial"):
+            return True
+    return False
 
 
 def _safe_run_info(root: zarr.Group, name: str, stale_after: float) -> RunInfo:

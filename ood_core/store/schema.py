@@ -195,8 +195,9 @@ class RunCheck:
     status: str
     """As a person should read it: complete, writing, stale, failed or broken."""
     problems: list[str] = field(default_factory=list)
-    note: str | None = None
-    """For a stale run: why it looks dead (not damage: ``ood run --resume`` can continue it)."""
+    """Damage: a complete run that differs from its checksums or breaks the contract, an unreadable record."""
+    notes: list[str] = field(default_factory=list)
+    """Not damage: why a stale run looks dead, what a run that never completed lacks."""
 
     @property
     def ok(self) -> bool:
@@ -228,7 +229,10 @@ def audit_store(
             checks.append(RunCheck(info.run_id, "broken", [reason]))
             continue
         problems = _check_run(group, info.run_id)
-        if info.status == "complete":
-            problems += [p for p in verify_run(group, content=content) if p not in problems]
-        checks.append(RunCheck(info.run_id, info.shown_status, problems, info.problem if info.stale else None))
+        if info.status != "complete":  # a run killed part-way lacks things; it never claims to be whole
+            notes = [f"stale: {info.problem}"] if info.stale else []
+            checks.append(RunCheck(info.run_id, info.shown_status, [], notes + problems))
+            continue
+        problems += [p for p in verify_run(group, content=content) if p not in problems]
+        checks.append(RunCheck(info.run_id, info.shown_status, problems))
     return checks
