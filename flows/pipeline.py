@@ -40,9 +40,11 @@ def execute_run(params: PipelineParameters, run_id: str, key_prefix: str = "ood-
 
 
 @flow(name="pipeline", flow_run_name=PIPELINE_RUN_NAME, persist_result=True)
-def pipeline_flow(params: PipelineParameters) -> dict[str, Any]:
+def pipeline_flow(params: PipelineParameters, resume_run_id: str | None = None) -> dict[str, Any]:
     """Few-shot OOD synthesis on FITS inputs; returns the RunResult as a plain dict plus artifact keys/paths.
 
     Raises NoUsableInputError, unchanged, when too few inputs are usable (nothing is written then).
+    ``resume_run_id``: continue that "writing" run of ``params.store`` (e.g. a stale one whose process died)
+    from its last completed stage instead of creating a new run.
     """
-    return execute_run(params, create_run_task(params))
+    return execute_run(params, resume_run_id or create_run_task(params))

@@ -107,12 +107,12 @@ def _prefect_api() -> Any:
     return prefect_api(timeout=float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
 
 
-def _run_flow(params: Any) -> dict[str, Any]:
+def _run_flow(params: Any, resume: str | None = None) -> dict[str, Any]:
     """Run the pipeline as the Prefect flow: the same flow, provenance and artifacts as a UI run."""
     from flows.pipeline import pipeline_flow
 
     with _prefect_api():
-        result: dict[str, Any] = pipeline_flow(params)
+        result: dict[str, Any] = pipeline_flow(params, resume_run_id=resume)
     return result
 
 
@@ -142,11 +142,11 @@ def _open_hint(store: str, run_id: str) -> None:
     _say(f"List runs: ood runs {store}    Export FITS: ood export-fits {store} OUTDIR --run {run_id}")
 
 
-def _execute_pipeline(params: Any) -> int:
+def _execute_pipeline(params: Any, resume: str | None = None) -> int:
     from ood_core.errors import NoUsableInputError
 
     try:
-        result = _run_flow(params)
+        result = _run_flow(params, resume)
     except NoUsableInputError as exc:
         _err(str(exc))
         _err("nothing was written")
@@ -164,9 +164,39 @@ def _execute_pipeline(params: Any) -> int:
     return EXIT_OK
 
 
+_RUN_OPTIONS = ("model", "samples", "seed", "t0", "steps", "eta", "prior", "candidate_budget", "resolution",
+                "batch_size", "device", "tile", "hdu")
+
+
+def _resumable(store: str, run_id: str) -> Any:
+    """The recorded parameters of a stale "writing" run, or a UsageError saying why it cannot be resumed."""
+    from ood_core.pipeline import PipelineParameters
+    from ood_core.store import STALE_AFTER_S, list_runs
+    from ood_core.store.runs import run_records
+
+    info = next((r for r in list_runs(store) if r.run_id == run_id), None)
+    if info is None:
+        raise UsageError(f"no run {run_id} in {store} (see `ood runs {store}`)")
+    if info.status != "writing":
+        raise UsageError(f"run {run_id} is {info.status!r}; only a stale 'writing' run can be resumed")
+    if not info.stale:
+        beat = info.heartbeat or {}
+        raise UsageError(f"run {run_id} is still being written (last heartbeat {beat.get('time')} from pid "
+                         f"{beat.get('pid')} on {beat.get('host')}); it reads as stale when its process is gone "
+                         f"or {STALE_AFTER_S:.0f} s after its last heartbeat")
+    record = next(r for r in run_records(store) if r.get("run_id") == run_id)
+    return PipelineParameters(**{**record["parameters"], "store": store})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ood_core.store import check_store_location
 
+    if args.resume:
+        if args.inputs or args.auto_t0 or any(getattr(args, name) is not None for name in _RUN_OPTIONS):
+            raise UsageError("--resume continues a run with the parameters it recorded: give only --store")
+        return _execute_pipeline(_resumable(args.store, args.resume), resume=args.resume)
+    if not args.inputs:
+        raise UsageError("give the INPUT files (or --resume RUN_ID to continue a stale run)")
     params = _parameters(args, list(args.inputs), args.store)
     check_store_location(params.store)  # a folder that is not a store is refused before any work
     return _execute_pipeline(params)
@@ -305,8 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="the pipeline on your FITS files (files, directories or globs)")
-    run.add_argument("inputs", nargs="+", metavar="INPUT")
+    run.add_argument("inputs", nargs="*", metavar="INPUT")
     run.add_argument("--store", required=True, help="zarr store URL (local path or fsspec URL)")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="continue a stale run (its process died) of the store with its recorded parameters")
     _pipeline_arguments(run, demo=False)
     run.set_defaults(func=cmd_run)
 

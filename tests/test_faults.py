@@ -149,6 +149,9 @@ def test_random_kills_leave_no_run_that_reads_complete_but_is_not(fits_dir: Path
             print(f"resumed {run_id} to the end: exit {runner.reap()}")
         counts = check_store(store, reference)
         print(f"final store: {counts}")
+        for run in list_runs(str(store)):
+            if run.status == "failed":  # a resume that could not go on says why; the run is never read
+                print(f"failed {run.run_id}: {run.problem}")
         assert counts.get("stale", 0) == 0 and counts["complete"] >= 2
     finally:
         runner.close()

@@ -245,3 +245,23 @@ def test_a_run_folder_left_empty_by_a_kill_is_no_run(tmp_path: Path) -> None:
     (leftover / "zarr.json.3f9c.partial").write_text("{")  # killed before the atomic rename
     assert [r.run_id for r in list_runs(store)] == [run_id]
     assert validate_store(store) == []
+
+
+def test_resume_is_refused_unless_the_run_is_stale(
+    three_runs: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, run_ids = three_runs
+    live = proc.start_run(store, seed=6)  # written by this (living) process: not stale
+    cases = {
+        run_ids[0]: f"run {run_ids[0]} is 'complete'; only a stale 'writing' run can be resumed",
+        "nope": "no run nope in",
+        live.run_id: f"run {live.run_id} is still being written (last heartbeat",
+    }
+    for run_id, words in cases.items():
+        assert main(["run", "--resume", run_id, "--store", store]) == EXIT_USAGE
+        assert words in capsys.readouterr().err
+    assert main(["run", "a.fits", "--resume", live.run_id, "--store", store]) == EXIT_USAGE
+    assert "give only --store" in capsys.readouterr().err
+    assert main(["run", "--store", store]) == EXIT_USAGE
+    assert "give the INPUT files" in capsys.readouterr().err
+    live.close()

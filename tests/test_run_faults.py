@@ -86,12 +86,12 @@ def test_run_quarantines_a_garbled_tile_file_reads_bracket_names_and_stops_its_s
     assert wait_until_gone(prefect_home, 15) == []  # the temporary server ended with the command
 
 
-def test_sigkilled_run_leaves_no_server_and_reads_as_stale(
+def test_sigkilled_run_leaves_no_server_reads_as_stale_and_resumes(
     fits_dir: Path, tmp_path: Path, prefect_home: Path
 ) -> None:
     inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:4]
     store = tmp_path / "store.zarr"
-    command = [str(OOD), "run", *inputs, "--store", str(store), *SMALL[:-2], "--samples", "4", "--steps", "20"]
+    command = [str(OOD), "run", *inputs, "--store", str(store), *SMALL]
     ood = subprocess.Popen(command, cwd=tmp_path, env=ood_env(prefect_home), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
@@ -109,3 +109,13 @@ def test_sigkilled_run_leaves_no_server_and_reads_as_stale(
     [run] = list_runs(str(store))
     assert run.status == "writing" and run.stale
     assert run.problem is not None and "is no longer running" in run.problem
+
+    resumed = subprocess.run([str(OOD), "run", "--resume", run.run_id, "--store", str(store)], cwd=tmp_path,
+                             env=ood_env(prefect_home), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == EXIT_OK, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"run        {run.run_id}" in resumed.stdout
+    [done] = list_runs(str(store))
+    assert done.run_id == run.run_id and done.status == "complete" and done.n_samples == 2
+    ds = open_run(str(store), run.run_id)  # verifies the checksums written at completion
+    assert ds.attrs["ood_run"]["parameters"]["steps"] == 6 and ds.sizes["input"] == 4
+    assert wait_until_gone(prefect_home, 15) == []
