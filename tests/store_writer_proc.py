@@ -93,16 +93,6 @@ def write_complete_run(store: str, seed: int) -> str:
     return writer.run_id
 
 
-def write_contract_run(store: str, seed: int) -> str:
-    """A whole run with every array of the contract, reference_latents included (as the prior stage writes)."""
-    writer = start_run(store, seed)
-    for index in range(N_BATCHES):
-        writer.append_samples(**make_batch(seed, index))
-    writer.write_reference_latents(np.random.default_rng([seed, 99]).standard_normal((2, CHANNELS, SIZE, SIZE)))
-    writer.complete()
-    return writer.run_id
-
-
 def main(argv: list[str]) -> int:
     store, mode, seed = argv[0], argv[1], int(argv[2])
     if len(argv) > 3:

@@ -38,7 +38,7 @@ WRITER = Path(__file__).with_name("store_writer_proc.py")
 @pytest.fixture
 def three_runs(tmp_path: Path) -> tuple[str, list[str]]:
     store = str(tmp_path / "store.zarr")
-    return store, [proc.write_contract_run(store, seed) for seed in (1, 2, 3)]
+    return store, [proc.write_complete_run(store, seed) for seed in (1, 2, 3)]
 
 
 def chunk_files(store: str, run_id: str, array: str) -> list[Path]:
@@ -239,7 +239,7 @@ def test_a_run_killed_while_being_created_is_marked_failed_when_resumed(tmp_path
 
 def test_a_run_folder_left_empty_by_a_kill_is_no_run(tmp_path: Path) -> None:
     store = str(tmp_path / "store.zarr")
-    run_id = proc.write_contract_run(store, seed=1)
+    run_id = proc.write_complete_run(store, seed=1)
     leftover = Path(store) / "runs" / "20990101T000000000000Z-abcdef"
     leftover.mkdir()
     (leftover / "zarr.json.3f9c.partial").write_text("{")  # killed before the atomic rename

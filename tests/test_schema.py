@@ -21,7 +21,7 @@ from ood_core.store.schema import REQUIRED_PROVENANCE_KEYS, StoreSchemaError, ch
 def good_store(tmp_path: Path) -> tuple[str, str]:
     """A store with one complete run and one run still writing."""
     store = str(tmp_path / "store.zarr")
-    run_id = proc.write_contract_run(store, seed=1)
+    run_id = proc.write_complete_run(store, seed=1)
     writer = proc.start_run(store, seed=2)
     writer.append_samples(**proc.make_batch(2, 0))
     return store, run_id
@@ -119,5 +119,5 @@ def test_root_attribute_problems_are_named(tmp_path: Path) -> None:
 
 def test_memory_store_validates() -> None:
     store = f"memory://schema-test-{uuid.uuid4().hex}/store.zarr"
-    proc.write_contract_run(store, seed=4)
+    proc.write_complete_run(store, seed=4)
     assert validate_store(store) == []

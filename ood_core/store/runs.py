@@ -782,7 +782,7 @@ def _attr_dict(group: zarr.Group, name: str) -> dict[str, Any]:
 def _refuse_half_created(group: zarr.Group, store_url: str, run_id: str) -> None:
     """A run killed while :meth:`RunWriter.create` made its arrays can never be completed: mark it failed."""
     present = {name for name, _ in group.arrays()}
-    missing = [name for name in RUN_ARRAYS if name not in present and name not in REFERENCE_ARRAYS]
+    missing = [name for name in RUN_ARRAYS if name not in present]
     if not missing:
         return
     reason = f"interrupted while the run was being created (arrays {missing} were never made)"

@@ -22,7 +22,6 @@ from ood_core.store.provenance import strict_json_dumps
 from ood_core.store.runs import (
     INPUT_ARRAYS,
     PROGRESS_ATTR,
-    REFERENCE_ARRAYS,
     RUN_ARRAYS,
     RUN_ATTR,
     RUNS_GROUP,
@@ -79,15 +78,14 @@ def _check_provenance(record: Any, where: str) -> list[str]:
     return problems
 
 
-def _check_arrays(group: zarr.Group, where: str, complete: bool) -> tuple[list[str], dict[str, zarr.Array[Any]]]:
+def _check_arrays(group: zarr.Group, where: str) -> tuple[list[str], dict[str, zarr.Array[Any]]]:
     problems = []
     arrays: dict[str, zarr.Array[Any]] = {}
     for name, spec in RUN_ARRAYS.items():
         try:
             node = zarr.open_array(group.store, path=f"{group.path}/{name}", mode="r", zarr_format=3)
         except (FileNotFoundError, zarr.errors.NodeNotFoundError, KeyError):
-            if complete or name not in REFERENCE_ARRAYS:  # written by the prior stage, after creation
-                problems.append(f"{where}: array {name!r} is missing")
+            problems.append(f"{where}: array {name!r} is missing")
             continue
         dims = tuple(node.metadata.dimension_names or ())  # type: ignore[union-attr]  # zarr v2 metadata has no dimension_names; v3 stores only here
         if dims != spec.dims:
@@ -137,8 +135,7 @@ def _check_run(group: zarr.Group, run_id: str) -> list[str]:
     progress = group.attrs.get(PROGRESS_ATTR)
     if not isinstance(progress, dict):
         problems.append(f"{where}: attrs[{PROGRESS_ATTR!r}] is missing")
-    complete = isinstance(record, dict) and record.get("status") == "complete"
-    array_problems, arrays = _check_arrays(group, where, complete)
+    array_problems, arrays = _check_arrays(group, where)
     problems += array_problems
     problems += _check_sizes(arrays, record if isinstance(record, dict) else {}, progress, where)
     if isinstance(record, dict) and record.get("status") == "complete" and not has_checksums(group):
