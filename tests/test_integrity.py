@@ -4,6 +4,7 @@ heartbeat and stale runs, folders that are not stores. Damage is done to real fi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -52,7 +53,7 @@ def test_complete_run_records_a_checksum_for_every_array(three_runs: tuple[str, 
     assert isinstance(record, dict)
     arrays = record["arrays"]
     assert sorted(arrays) == sorted(name for name, _ in group.arrays())
-    assert arrays["samples"]["objects"] == len(chunk_files(store, run_ids[0], "samples")) == 2  # 20 samples / 16
+    assert arrays["samples"]["objects"] == len(chunk_files(store, run_ids[0], "samples")) >= 1
     assert arrays["samples"]["shape"] == [20, 3, 16, 16] and len(arrays["samples"]["sha256"]) == 64
     assert validate_store(store) == []
     assert all(check.ok and check.status == "complete" for check in audit_store(store))
@@ -64,11 +65,13 @@ def test_deleted_chunk_is_named_by_open_run_export_and_check(
 ) -> None:
     store, run_ids = three_runs
     damaged = run_ids[1]
-    chunk_files(store, damaged, array)[-1].unlink()
+    stored = chunk_files(store, damaged, array)
+    stored[-1].unlink()
+    missing = f"1 of its {len(stored)} stored chunk objects (chunks or shards) are missing"
     # Before the checksums, this chunk read as NaN without a word.
     raw = open_run(store, damaged, chunks=None, verify=False)
     assert np.isnan(raw[array].values).any()
-    with pytest.raises(StoreIntegrityError, match=f"runs/{damaged}/{array}: 1 of its 2 stored chunks are missing"):
+    with pytest.raises(StoreIntegrityError, match=re.escape(f"runs/{damaged}/{array}: {missing}")):
         open_run(store, damaged)
     with pytest.raises(StoreIntegrityError, match=f"run {damaged} is damaged"):
         export_run_fits(store, tmp_path / "fits", damaged)
@@ -76,11 +79,11 @@ def test_deleted_chunk_is_named_by_open_run_export_and_check(
     open_run(store, run_ids[0])  # the runs beside it are intact
     checks = {c.run_id: c for c in audit_store(store)}
     assert [c.ok for c in checks.values()] == [True, False, True]
-    assert checks[damaged].problems == [f"runs/{damaged}/{array}: 1 of its 2 stored chunks are missing"]
+    assert checks[damaged].problems == [f"runs/{damaged}/{array}: {missing}"]
 
     assert main(["check", store]) == EXIT_FAILED
     out = capsys.readouterr().out
-    assert f"{damaged:<32} complete  DAMAGED" in out and "1 of its 2 stored chunks are missing" in out
+    assert f"{damaged:<32} complete  DAMAGED" in out and missing in out
     assert "3 run(s) checked (metadata, shapes and chunk checksums): 2 intact, 1 damaged or broken" in out
     assert main(["export-fits", store, str(tmp_path / "out"), "--run", damaged]) == EXIT_FAILED
     err = capsys.readouterr().err

@@ -97,9 +97,9 @@ def _array_problem(group: zarr.Group, name: str, expected: Mapping[str, Any], co
     objects, digest = sync(_digest(group.store, f"{group.path}/{name}/"))
     recorded = int(expected.get("objects", -1))
     if objects < recorded:
-        return f"{recorded - objects} of its {recorded} stored chunks are missing"
+        return f"{recorded - objects} of its {recorded} stored chunk objects (chunks or shards) are missing"
     if objects > recorded:
-        return f"{objects - recorded} chunk(s) more than the {recorded} stored when the run completed"
+        return f"{objects - recorded} chunk object(s) more than the {recorded} stored when the run completed"
     if digest != expected.get("sha256"):
         return "chunk contents differ from the checksum recorded when the run completed"
     return None
