@@ -16,7 +16,7 @@ import pytest
 from test_fits_io import write_damaged_tile_compressed
 
 from ood_cli.main import EXIT_OK
-from ood_core.store import list_runs, open_run
+from ood_core.store import StoreError, list_runs, open_run
 
 OOD = Path(sys.executable).parent / "ood"
 SMALL = ["--samples", "2", "--steps", "6", "--t0", "300", "--device", "cpu", "--batch-size", "8"]
@@ -42,6 +42,14 @@ def server_processes(home: Path, exclude: int | None = None) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def writing_runs(store: Path) -> list[str]:
+    """Ids of "writing" runs, [] while the store is still being created."""
+    try:
+        return [r.run_id for r in list_runs(str(store)) if r.status == "writing"]
+    except StoreError:  # the folder exists, its root metadata not yet
+        return []
 
 
 def wait_until_gone(home: Path, seconds: float) -> list[int]:
@@ -79,7 +87,7 @@ def test_killed_run_leaves_no_server_reads_as_stale_and_resumes_with_bad_inputs_
     deadline = time.monotonic() + 600
     # Kill once the run is being written (the server is up, the inputs are stored, the network stages go).
     while time.monotonic() < deadline and ood.poll() is None:
-        if store.exists() and [r for r in list_runs(str(store)) if r.status == "writing"]:
+        if writing_runs(store):
             break
         time.sleep(0.2)
     assert ood.poll() is None, "the run ended before it could be killed"
