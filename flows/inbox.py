@@ -12,14 +12,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.naming import run_name
-from flows.pipeline import execute_run
+from flows.pipeline import prepare_run_logging, run_or_fail
 from ood_core.method.model import cached_model
 from ood_core.pipeline import PipelineParameters, RunSettings, input_set_key, read_inputs
 from ood_core.store.runs import run_records
-from tasks.run import create_run_task
 
 
 class _InboxTarget(BaseModel):
@@ -53,9 +53,10 @@ def processed_run(params: PipelineParameters) -> dict[str, Any]:
     return {"key": key, "run_id": str(done[-1]["run_id"]) if done else None, "usable": len(images)}
 
 
-@flow(name="inbox", flow_run_name=run_name("inbox", "samples", "seed"), persist_result=True)
-def inbox_flow(params: InboxParameters) -> dict[str, Any]:
+@flow(name="inbox", flow_run_name=run_name("inbox", "samples", "seed", where=True), persist_result=True)
+def inbox_flow(params: InboxParameters) -> dict[str, Any] | State[Any]:
     """Process the inbox's current input set unless a complete run of it exists; returns what was done."""
+    prepare_run_logging()
     logger = get_run_logger()
     if not any(p.is_file() for p in Path(params.inbox).glob(params.pattern)):
         logger.info("inbox %s: no files matching %s, nothing to do", params.inbox, params.pattern)
@@ -73,5 +74,7 @@ def inbox_flow(params: InboxParameters) -> dict[str, Any]:
         )
         return {"skipped": True, "reason": "input set already processed", "run_id": found["run_id"],
                 "store": params.store, "input_set_key": found["key"]}
-    result = execute_run(pipeline_params, create_run_task(pipeline_params), key_prefix="ood-inbox")
+    result = run_or_fail(pipeline_params, key_prefix="ood-inbox")
+    if isinstance(result, State):  # expected failure: its reason and summary artifact are on this flow run
+        return result
     return {**result, "skipped": False, "input_set_key": found["key"]}

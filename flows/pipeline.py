@@ -2,7 +2,9 @@
 
 The stage order lives in ``ood_core.pipeline.run_stages``; this flow runs each stage as a Prefect task (the
 sample stage as shards on a Dask cluster when ``shards > 1``, :mod:`flows.sample_shards`) and attaches the
-report artifacts. :func:`execute_run` is the composition the inbox flow shares.
+report artifacts. :func:`run_or_fail` is the composition the inbox flow shares: a run that cannot go on for a
+reason the user can fix (no usable input, bad parameters) ends the flow run Failed with that one reason and a
+summary artifact saying what to change (``tasks.failure``).
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
 
-from flows.naming import run_name
+from flows.naming import pipeline_run_name
 from flows.sample_shards import sample_shards
 from ood_core.pipeline import PipelineParameters, run_stages
+from tasks.common import send_library_logs_to_runs
+from tasks.failure import failed_run, failure_artifact, is_expected, quiet_expected_failures
 from tasks.report import report_task
 from tasks.run import create_run_task
 from tasks.stages import execute_as_task
-
-PIPELINE_RUN_NAME = run_name("pipeline", "seed", "samples", "t0", "steps")
 
 
 def execute_stage_in_flow(stage: str, params: PipelineParameters, run_id: str) -> dict[str, Any]:
@@ -39,12 +42,40 @@ def execute_run(params: PipelineParameters, run_id: str, key_prefix: str = "ood-
     return result
 
 
-@flow(name="pipeline", flow_run_name=PIPELINE_RUN_NAME, persist_result=True)
-def pipeline_flow(params: PipelineParameters, resume_run_id: str | None = None) -> dict[str, Any]:
+def prepare_run_logging() -> None:
+    """ood_core's warnings into the flow run's logs; expected failures logged without a traceback."""
+    send_library_logs_to_runs()
+    quiet_expected_failures()
+
+
+def run_or_fail(params: PipelineParameters, key_prefix: str = "ood-run",
+                resume_run_id: str | None = None) -> dict[str, Any] | State[Any]:
+    """Create the run (or take up ``resume_run_id``) and execute it; an expected failure becomes a Failed state.
+
+    Unexpected errors (bugs, outages) get the artifact too and propagate with their traceback.
+    """
+    run_id: str | None = None
+    try:
+        run_id = resume_run_id or create_run_task(params)
+        return execute_run(params, run_id, key_prefix)
+    except Exception as exc:
+        if not is_expected(exc):
+            failure_artifact(exc, params, run_id, key_prefix)
+            raise
+        return failed_run(exc, params, run_id, key_prefix)
+
+
+prepare_run_logging()  # also here: a flow run whose parameters fail validation never enters the flow body
+
+
+@flow(name="pipeline", flow_run_name=pipeline_run_name, persist_result=True)
+def pipeline_flow(params: PipelineParameters, resume_run_id: str | None = None) -> dict[str, Any] | State[Any]:
     """Few-shot OOD synthesis on FITS inputs; returns the RunResult as a plain dict plus artifact keys/paths.
 
-    Raises NoUsableInputError, unchanged, when too few inputs are usable (nothing is written then).
+    Called in Python it raises NoUsableInputError (or another OODError) unchanged when the run cannot go on;
+    as a deployment run it ends Failed with that reason and the ``ood-run-summary`` artifact says what to change.
     ``resume_run_id``: continue that "writing" run of ``params.store`` (e.g. a stale one whose process died)
     from its last completed stage instead of creating a new run.
     """
-    return execute_run(params, resume_run_id or create_run_task(params))
+    prepare_run_logging()
+    return run_or_fail(params, resume_run_id=resume_run_id)

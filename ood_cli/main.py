@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ood_cli.terminal import TerminalProgress, Verbosity, configure_output
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -27,6 +29,15 @@ DEMO_PRIOR = "ppca"
 # The temporary Prefect server (no PREFECT_API_URL) gets 20 s to start by default; a busy 2-core machine
 # needs more. Set before Prefect is imported, and only where the user has not chosen a value.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ood-synth")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 class UsageError(Exception):
@@ -66,9 +77,35 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
                         help="split the sample stage into N shards run as tasks on a Dask cluster (same samples)")
     parser.add_argument("--dask-address", help="Dask scheduler for the shards, e.g. tcp://host:8786 (default: a "
                                                "local cluster, one worker per shard)")
+    parser.add_argument("--strategy", choices=["prior", "slerp_ood_prior", "slerp_ood_ood"],
+                        help="how candidates are drawn (default slerp_ood_prior)")
+    parser.add_argument("--reference-count", type=int, help="in-domain reference latents (default 16)")
+    parser.add_argument("--novelty-factor", type=float,
+                        help="near-copy if the nearest-input distance < factor x the inputs' median nearest-"
+                             "neighbour distance (default 0.5)")
+    parser.add_argument("--normalization", choices=["per_run", "per_image"],
+                        help="one normalization for all inputs, or one per image (default per_run)")
+    parser.add_argument("--stretch", choices=["asinh", "linear", "sqrt", "log"],
+                        help="intensity stretch before the model (default asinh)")
+    _output_arguments(parser)
     if not demo:
         parser.add_argument("--tile", type=int, help="cut large inputs into square tiles of this size first")
         parser.add_argument("--hdu", type=int, help="HDU index to read (default: first image HDU)")
+
+
+PIPELINE_FLAGS = ("strategy", "reference_count", "novelty_factor", "normalization", "stretch")
+
+
+def _output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--quiet / --verbose of the commands that run flows (see ood_cli.terminal)."""
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="errors and the result only, no progress")
+    loud.add_argument("-v", "--verbose", action="store_true",
+                      help="also Prefect's flow and task logs and other libraries' warnings")
+
+
+def _verbosity(args: argparse.Namespace) -> Verbosity:
+    return "quiet" if getattr(args, "quiet", False) else "verbose" if getattr(args, "verbose", False) else "normal"
 
 
 def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
@@ -76,7 +113,7 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
 
     fields: dict[str, Any] = {"inputs": inputs, "store": store}
     for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "dtype", "tile",
-                 "hdu", "candidate_budget", "shards", "dask_address"):
+                 "hdu", "candidate_budget", "shards", "dask_address", *PIPELINE_FLAGS):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
@@ -107,12 +144,14 @@ def _prefect_api() -> Any:
     return prefect_api(timeout=float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
 
 
-def _run_flow(params: Any, resume: str | None = None) -> dict[str, Any]:
+def _run_flow(params: Any, verbosity: Verbosity = "normal", resume: str | None = None) -> dict[str, Any]:
     """Run the pipeline as the Prefect flow: the same flow, provenance and artifacts as a UI run."""
     from flows.pipeline import pipeline_flow
 
-    with _prefect_api():
-        result: dict[str, Any] = pipeline_flow(params, resume_run_id=resume)
+    with _prefect_api(), TerminalProgress(verbosity):
+        # A run that cannot go on ends the flow Failed; called in Python, the flow raises its error instead.
+        result = pipeline_flow(params, resume_run_id=resume)
+    assert isinstance(result, dict)
     return result
 
 
@@ -142,11 +181,11 @@ def _open_hint(store: str, run_id: str) -> None:
     _say(f"List runs: ood runs {store}    Export FITS: ood export-fits {store} OUTDIR --run {run_id}")
 
 
-def _execute_pipeline(params: Any, resume: str | None = None) -> int:
+def _execute_pipeline(params: Any, verbosity: Verbosity = "normal", resume: str | None = None) -> int:
     from ood_core.errors import NoUsableInputError
 
     try:
-        result = _run_flow(params, resume)
+        result = _run_flow(params, verbosity, resume)
     except NoUsableInputError as exc:
         _err(str(exc))
         _err("nothing was written")
@@ -165,7 +204,8 @@ def _execute_pipeline(params: Any, resume: str | None = None) -> int:
 
 
 _RUN_OPTIONS = ("model", "samples", "seed", "t0", "steps", "eta", "prior", "candidate_budget", "resolution",
-                "batch_size", "device", "tile", "hdu")
+                "batch_size", "device", "dtype", "shards", "dask_address", "strategy", "reference_count",
+                "novelty_factor", "normalization", "stretch", "tile", "hdu")
 
 
 def _resumable(store: str, run_id: str) -> Any:
@@ -192,14 +232,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ood_core.store import check_store_location
 
     if args.resume:
-        if args.inputs or args.auto_t0 or any(getattr(args, name) is not None for name in _RUN_OPTIONS):
+        if args.inputs or args.auto_t0 or args.compile or any(getattr(args, name) is not None for name in _RUN_OPTIONS):
             raise UsageError("--resume continues a run with the parameters it recorded: give only --store")
-        return _execute_pipeline(_resumable(args.store, args.resume), resume=args.resume)
+        return _execute_pipeline(_resumable(args.store, args.resume), _verbosity(args), resume=args.resume)
     if not args.inputs:
         raise UsageError("give the INPUT files (or --resume RUN_ID to continue a stale run)")
     params = _parameters(args, list(args.inputs), args.store)
     check_store_location(params.store)  # a folder that is not a store is refused before any work
-    return _execute_pipeline(params)
+    return _execute_pipeline(params, _verbosity(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -217,7 +257,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     params = _parameters(args, [str(inputs)], str(store))
     _say(f"demo: running the pipeline flow with the model {params.model} into {store}")
     started = time.perf_counter()
-    code = _execute_pipeline(params)
+    code = _execute_pipeline(params, _verbosity(args))
     _say(f"demo: finished in {time.perf_counter() - started:.0f} s")
     return code
 
@@ -241,8 +281,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:
         if r.stale:
             _say(f"  {r.run_id}: stale, {r.problem}; continue it: ood run --resume {r.run_id} --store {args.store}")
-        elif r.problem and r.status in ("failed", "broken"):
-            _say(f"  {r.run_id}: {r.status}: {r.problem}")
+        elif r.status in ("failed", "broken"):
+            # The first line of the recorded error (the whole of it is in the run's provenance).
+            reason = (r.problem or "no reason recorded").strip().splitlines() or [""]
+            _say(f"  {r.run_id}: {r.status}: {reason[0]}")
     broken = [r.run_id for r in runs if r.status == "broken"]
     if broken:
         _err(f"{len(broken)} run(s) with an unreadable record: {', '.join(broken)} (see `ood check {args.store}`)")
@@ -272,10 +314,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export_fits(args: argparse.Namespace) -> int:
-    from ood_core.store.fits_export import export_run_fits
+    from ood_core.store.fits_export import ExportExistsError, export_run_fits
 
-    paths = export_run_fits(args.store, args.outdir, args.run, overwrite=args.overwrite)
+    try:
+        paths = export_run_fits(args.store, args.outdir, args.run, overwrite=args.overwrite)
+    except ExportExistsError as exc:
+        raise UsageError(f"{args.outdir} already holds {len(exc.existing)} of these FITS files (e.g. "
+                         f"{exc.existing[0].name}); pass --overwrite to replace them, or choose another folder; "
+                         f"nothing was written") from exc
     _say(f"wrote {len(paths)} FITS files to {args.outdir}")
+    return EXIT_OK
+
+
+def cmd_export_netcdf(args: argparse.Namespace) -> int:
+    from ood_core.store.netcdf import export_run_netcdf
+
+    if Path(args.path).exists() and not args.overwrite:
+        raise UsageError(f"{args.path} exists; pass --overwrite to replace it")
+    path = export_run_netcdf(args.store, args.path, args.run, overwrite=args.overwrite)
+    _say(f"wrote {path} (netCDF-4; provenance in the attribute ood_run as JSON: "
+         f"ood_core.store.netcdf.run_provenance(xarray.open_dataset(path)))")
     return EXIT_OK
 
 
@@ -293,7 +351,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         ("seed", "seed")):
         if getattr(args, name) is not None:
             fields[field] = getattr(args, name)
-    with _prefect_api():
+    with _prefect_api(), TerminalProgress(_verbosity(args)):
         result = evaluate_flow(EvaluateParameters(**fields))
     _say(json.dumps(result.get("table", result), indent=2, default=str))
     _say(f"metrics and plots in {args.out}")
@@ -310,7 +368,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
         fields["total_steps"] = args.total_steps
     if args.card_cutouts is not None:
         fields["card_cutouts"] = args.card_cutouts
-    with _prefect_api():
+    with _prefect_api(), TerminalProgress(_verbosity(args)):
         result = train_base_flow(TrainBaseParameters(**fields))
     _say(json.dumps(result, indent=2, default=str))
     return EXIT_OK
@@ -325,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-shot out-of-domain synthesis of FITS images with a frozen diffusion model.",
         epilog="Exit codes: 0 done; 1 the run failed; 2 bad usage or no usable input (nothing written).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="end to end on made FITS skies with the shipped model")
@@ -335,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="the pipeline on your FITS files (files, directories or globs)")
-    run.add_argument("inputs", nargs="*", metavar="INPUT")
+    run.add_argument("inputs", nargs="*", metavar="INPUT",
+                     help="FITS files, directories (their FITS files) or quoted glob patterns ('data/*.fits'); "
+                          "stored in this order; unusable files are set aside with their reason")
     run.add_argument("--store", required=True, help="zarr store URL (local path or fsspec URL)")
     run.add_argument("--resume", metavar="RUN_ID",
                      help="continue a stale run (its process died) of the store with its recorded parameters")
@@ -358,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace existing files")
     export.set_defaults(func=cmd_export_fits)
 
+    netcdf = sub.add_parser("export-netcdf", help="a run as one netCDF-4 file (xarray.open_dataset reads it)")
+    netcdf.add_argument("store")
+    netcdf.add_argument("path", help="the .nc file to write")
+    netcdf.add_argument("--run", help="run id (default: the latest complete run)")
+    netcdf.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    netcdf.set_defaults(func=cmd_export_netcdf)
+
     evaluate = sub.add_parser("evaluate", help="metrics and plots of a run vs real reference images")
     evaluate.add_argument("store")
     evaluate.add_argument("--reference", nargs="+", required=True, metavar="INPUT",
@@ -370,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sample-steps", type=int, help="DDIM steps of the baselines (default: the run's)")
     evaluate.add_argument("--seed", type=int, help="seed of every baseline (default 0)")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _output_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     train = sub.add_parser("train-base", help="train (or resume training of) the embedded base model")
@@ -379,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--total-steps", type=int, help="total training steps of the schedule")
     train.add_argument("--card-cutouts", help="FITS cutout folder for the model card's reconstruction table "
                                               "(e.g. ../shared/data/fits/cutouts_128); none: no card")
+    _output_arguments(train)
     train.set_defaults(func=cmd_train_base)
     return parser
 
@@ -386,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_output(_verbosity(args))  # before Prefect and diffusers are imported
     try:
         code: int = args.func(args)
     except (ValidationError, UsageError) as exc:

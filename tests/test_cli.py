@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,11 +35,29 @@ def finished_store(fits_dir: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    for command in ("demo", "run", "runs", "export-fits", "evaluate", "train-base"):
+    for command in ("demo", "run", "runs", "export-fits", "export-netcdf", "evaluate", "train-base"):
         with pytest.raises(SystemExit) as stop:
             build_parser().parse_args([command, "--help"])
         assert stop.value.code == 0
         assert "usage: ood " + command in capsys.readouterr().out
+
+
+def test_version_module_entry_and_run_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-m", "ood_cli", "--version"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ood 0.1.0", done.stderr
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "INPUT" in text and "glob" in text and "--quiet" in text and "--verbose" in text
+    args = build_parser().parse_args(["run", "a.fits", "--store", "s.zarr", "--strategy", "slerp_ood_ood",
+                                      "--reference-count", "8", "--novelty-factor", "0.3", "--normalization",
+                                      "per_image", "--stretch", "sqrt", "--dtype", "bfloat16", "-q"])
+    params = __import__("ood_cli.main", fromlist=["_parameters"])._parameters(args, ["a.fits"], "s.zarr")
+    assert (params.strategy, params.reference_count, params.novelty_factor, params.normalization, params.stretch,
+            params.dtype) == ("slerp_ood_ood", 8, 0.3, "per_image", "sqrt", "bfloat16")
+    assert args.quiet and not args.verbose
 
 
 def test_runs_lists_each_run_with_status_and_counts(finished_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,6 +77,43 @@ def test_export_fits_writes_one_file_per_sample(finished_store: Path, tmp_path: 
     assert len(files) == ds.sizes["sample"] == 2
     with fits.open(files[0]) as hdul:
         np.testing.assert_allclose(hdul[0].data, ds.samples_physical.values[0], rtol=1e-6)
+
+
+def test_runs_says_why_a_failed_run_failed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ood_core.store import RunWriter
+
+    store = str(tmp_path / "store.zarr")
+    writer = RunWriter.create(store, n_inputs=3, channels=1, height=8, width=8, criterion_names=["a"],
+                              provenance={"parameters": {}})
+    writer.fail(ValueError("the GPU ran out of memory\nat stage sample"))
+    assert main(["runs", store]) == EXIT_OK
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[1].split()[:2] == [writer.run_id, "failed"]
+    assert lines[2] == f"  {writer.run_id}: failed: ValueError: the GPU ran out of memory"
+
+
+def test_export_into_a_folder_with_the_files_is_one_line_naming_overwrite(
+    finished_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fits"
+    assert main(["export-fits", str(finished_store), str(out)]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["export-fits", str(finished_store), str(out)]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--overwrite" in err and "overwrite=True" not in err, err
+    assert main(["export-fits", str(finished_store), str(out), "--overwrite"]) == EXIT_OK
+
+
+def test_export_netcdf_writes_a_file_xarray_reads(finished_store: Path, tmp_path: Path) -> None:
+    import xarray as xr
+
+    from ood_core.store.netcdf import run_provenance
+
+    path = tmp_path / "run.nc"
+    assert main(["export-netcdf", str(finished_store), str(path)]) == EXIT_OK
+    with xr.open_dataset(path) as back:
+        assert back.sizes["sample"] == 2 and run_provenance(back)["status"] == "complete"
+    assert main(["export-netcdf", str(finished_store), str(path)]) == EXIT_USAGE
 
 
 def test_bad_usage_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,6 +149,12 @@ def test_run_with_nothing_usable_exits_2_naming_each_file(tmp_path: Path) -> Non
 def test_demo_runs_end_to_end_and_says_where_the_store_is(tmp_path: Path) -> None:
     done = _ood("demo", "--out", str(tmp_path / "demo"), "--images", "6", *SMALL, cwd=tmp_path)
     assert done.returncode == EXIT_OK, done.stdout[-3000:] + done.stderr[-3000:]
+    # Not a terminal: progress as plain lines on stderr, no bar; no third-party noise, no Prefect INFO lines.
+    assert re.search(r"^ood: invert inputs: (\d+)/\1 \(100%\)$", done.stderr, re.M), done.stderr[-3000:]
+    assert "ood: prior fit: 2/2 (100%)" in done.stderr and "ood: samples: 2/2 (100%)" in done.stderr
+    assert "━" not in done.stdout + done.stderr
+    noise = ("accelerate", "Task run", "Traceback", "telemetry")
+    assert not [n for n in noise if n in done.stdout + done.stderr], done.stderr[-3000:]
     store = tmp_path / "demo" / "store.zarr"
     assert str(store) in done.stdout and "open_run(" in done.stdout
     runs = list_runs(str(store))
@@ -108,3 +170,44 @@ def test_demo_runs_end_to_end_and_says_where_the_store_is(tmp_path: Path) -> Non
 
 def test_console_script_is_installed() -> None:
     assert OOD.is_file() and shutil.which(str(OOD))
+
+
+def test_run_in_a_terminal_shows_a_progress_bar(fits_dir: Path, tmp_path: Path) -> None:
+    """`python -m ood_cli run` with stdout on a pseudo-terminal: rich bars for each stage; stdout off a
+    terminal gets none (the demo test above)."""
+    import pty
+    import select
+
+    inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("hcg88r_*.fits"))[:3]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), TERM="xterm-256color", COLUMNS="120",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "ood_cli", "run", *inputs, "--store", str(tmp_path / "s.zarr"),
+                             "--samples", "1", "--steps", "4", "--t0", "300", "--reference-count", "2",
+                             "--device", "cpu", "--batch-size", "8"],
+                            stdout=secondary, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
+    os.close(secondary)
+    shown = b""
+    while True:
+        ready, _, _ = select.select([primary], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # the terminal closed: the process is done
+                break
+            if not chunk:
+                break
+            shown += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=900)
+    os.close(primary)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    text = shown.decode(errors="replace")
+    assert proc.returncode == EXIT_OK, text[-3000:] + err[-3000:]
+    assert "━" in text and "\x1b[" in text  # a rich bar, redrawn in place
+    for label in ("invert inputs", "reference latents", "prior fit", "samples"):
+        assert label in text, label
+    assert "100%" in text and "run " in text and "open_run(" in text
+    assert "ood: invert inputs:" not in err  # lines are only for a stdout that is not a terminal

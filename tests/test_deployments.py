@@ -10,17 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prefect_server import REPO, Server, running_server
 
 from ood_core.store import list_runs, open_run
 from ood_core.store.schema import validate_store
@@ -30,80 +26,14 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("OOD_SKIP_SERVER_TESTS") == "1", reason="OOD_SKIP_SERVER_TESTS=1"),
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-PREFECT = str(Path(sys.executable).parent / "prefect")
-SERVER_START_TIMEOUT = 120.0
 WORKER_TIMEOUT = 420.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    def __init__(self, home: Path, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/api"
-        self.env = {
-            **os.environ,
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_URL": self.url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_LOGGING_LEVEL": "INFO",
-            "PWD": str(REPO),  # prefect.yaml's pull step: set_working_directory {{ $PWD }}
-        }
-        self.home = home
-
-    def cli(self, *args: str, timeout: float = 180.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([PREFECT, "--no-prompt", *args], cwd=REPO, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)
-        if check and done.returncode != 0:
-            raise AssertionError(f"prefect {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
-        return done
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`prefect server start` on 127.0.0.1 with a temporary PREFECT_HOME; the in-process client points at it."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    home = tmp_path_factory.mktemp("prefect_home")
-    port = _free_port()
-    srv = Server(home, port)
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"],
-        cwd=home, env=srv.env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(f"{srv.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        with temporary_settings(updates={PREFECT_API_URL: srv.url, PREFECT_HOME: home}):
-            try:
-                yield srv
-            finally:
-                # Prefect's in-process services (concurrency leases, event and log shippers) are singletons
-                # holding clients for this server; stop them so later tests' servers get fresh ones.
-                from prefect._internal.concurrency.services import _QueueServiceBase
-
-                _QueueServiceBase.drain_all(timeout=30)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with running_server(tmp_path_factory.mktemp("prefect_home")) as srv:
+        yield srv
 
 
 def _deployment_names() -> list[str]:
@@ -167,7 +97,7 @@ def _copy_inputs(fits_dir: Path, folder: Path, count: int = 4, broken: bool = Tr
 SMALL = {"samples": 2, "steps": 6, "t0": 400, "reference_count": 4, "batch_size": 8, "device": "cpu", "seed": 1}
 
 
-def test_every_deployment_in_prefect_yaml_is_deployed(deployed: dict[str, Any]) -> None:
+def test_every_deployment_in_prefect_yaml_is_deployed(deployed: dict[str, Any], server: Server) -> None:
     flows = {"pipeline": "pipeline", "pipeline-cpu": "pipeline", "inbox": "inbox", "validate": "validate-inputs",
              "evaluate": "evaluate", "train-base": "train-base"}
     names = _deployment_names()
@@ -180,6 +110,12 @@ def test_every_deployment_in_prefect_yaml_is_deployed(deployed: dict[str, Any]) 
         assert deployment.work_pool_name in {"cpu", "gpu"}
     inbox = _deployment("inbox", "inbox")
     assert [s.schedule.cron for s in inbox.schedules] == ["*/15 * * * *"]
+    # Deployed paused (no Late runs where no gpu worker polls); the documented command turns it on.
+    assert [s.active for s in inbox.schedules] == [False]
+    server.cli("deployment", "schedule", "resume", "inbox/inbox", str(inbox.schedules[0].id))
+    assert [s.active for s in _deployment("inbox", "inbox").schedules] == [True]
+    server.cli("deployment", "schedule", "pause", "inbox/inbox", str(inbox.schedules[0].id))
+    assert [s.active for s in _deployment("inbox", "inbox").schedules] == [False]
     limit = _client_call(lambda c: c.read_global_concurrency_limit_by_name("tag:gpu"))
     assert limit.limit == 1
     if deployed["missing_evaluate"]:
@@ -191,11 +127,30 @@ def test_out_of_bounds_parameters_are_refused_by_the_deployment(deployed: dict[s
 
     deployment = _deployment("pipeline", "pipeline-cpu")
     good = {"inputs": [str(tmp_path)], "store": str(tmp_path / "s.zarr"), **SMALL}
-    for bad in ({"samples": 0}, {"t0": 5000}, {"eta": 1.5}, {"prior": "cauchy"}, {"unknown_knob": 1}):
+    for bad in ({"samples": 0}, {"t0": 5000}, {"eta": 1.5}, {"prior": "cauchy"}, {"unknown_knob": 1},
+                {"inputs": ["  "]}):
         with pytest.raises(PrefectHTTPStatusError) as info:
             _client_call(lambda c, b=bad: c.create_flow_run_from_deployment(
                 deployment.id, parameters={"params": {**good, **b}}))
         assert info.value.response.status_code in (409, 422), bad
+    # Rules across fields (the pydantic validator's) are in the schema too: refused here, not on the worker.
+    cross = [({"t0": 400, "steps": 401}, "params.steps", "401 is greater than the maximum of 400"),
+             ({"t0": 30, "steps": None}, "params", "'steps' is a required property"),
+             ({"t0": None, "steps": 700}, "params.steps", "700 is greater than the maximum of 600"),
+             ({"auto_t0": True, "t0_scan": []}, "params.t0_scan", "should be non-empty")]
+    for bad, field, reason in cross:
+        params = {k: v for k, v in {**good, **bad}.items() if v is not None}
+        with pytest.raises(PrefectHTTPStatusError) as info:
+            _client_call(lambda c, p=params: c.create_flow_run_from_deployment(
+                deployment.id, parameters={"params": p}))
+        assert info.value.response.status_code in (409, 422), bad
+        detail = info.value.response.text
+        assert f"field '{field}'" in detail and reason in detail, (bad, detail)
+    # The same combinations without the conflict are accepted, and an empty optional number (tile, hdu) too.
+    for fine in ({"t0": 400, "steps": 400}, {"auto_t0": True, "steps": 700}, {"tile": None, "hdu": None}):
+        run = _client_call(lambda c, f=fine: c.create_flow_run_from_deployment(
+            deployment.id, parameters={"params": {**good, **f}}))
+        _client_call(lambda c, r=run: c.delete_flow_run(r.id))  # never executed
     with pytest.raises(PrefectHTTPStatusError):
         _client_call(lambda c: c.create_flow_run_from_deployment(deployment.id, parameters={"params": {}}))
     runs = _client_call(lambda c: c.read_flow_runs())
@@ -212,7 +167,8 @@ def test_ui_style_run_is_executed_by_a_process_worker(
     flow_run = _client_call(lambda c: c.create_flow_run_from_deployment(deployment.id, parameters={"params": params}))
     finished, output = _run_worker(server, "cpu", flow_run.id)
     assert finished.state is not None and finished.state.is_completed(), f"{finished.state}\n{output}"
-    assert finished.name.startswith("pipeline-seed=1-samples=2")
+    # The name tells runs apart: what it read and where it wrote, then the settings.
+    assert finished.name == "pipeline-inputs-to-store.zarr-seed=1-samples=2-t0=400-steps=6", finished.name
 
     runs = list_runs(str(store))
     assert [r.status for r in runs] == ["complete"] and runs[0].n_samples == 2 and runs[0].n_inputs == 4
@@ -228,7 +184,7 @@ def test_ui_style_run_is_executed_by_a_process_worker(
     artifacts = _client_call(lambda c: c.read_artifacts(
         artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))))
     kinds = {a.type for a in artifacts}
-    assert {"markdown", "table"} <= kinds and "image" not in kinds, kinds
+    assert {"markdown", "table", "progress"} <= kinds and "image" not in kinds, kinds  # progress: on this run
     summary = next(a.data for a in artifacts if a.type == "markdown")
     assert runs[0].run_id in summary and "broken.fits" in summary
     assert "](data:image/png;base64," in summary  # the contact sheet, embedded
@@ -253,3 +209,38 @@ def test_inbox_deployment_is_idempotent(deployed: dict[str, Any], server: Server
     second = _client_call(lambda c: c.read_flow_run(flow_run.id)).state.result()  # type: ignore[union-attr]
     assert second["skipped"] is True and second["run_id"] == first["run_id"]
     assert [r.run_id for r in list_runs(str(store))] == [first["run_id"]]
+
+
+def _logs(flow_run_id: Any) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = _client_call(lambda c: c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))))
+    return [log.message for log in logs]
+
+
+def test_expected_failure_on_a_worker_ends_with_one_reason_and_an_artifact(
+    deployed: dict[str, Any], server: Server, fits_dir: Path, tmp_path: Path
+) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    inputs = _copy_inputs(fits_dir, tmp_path / "two", count=2)  # 2 usable + broken.fits: the method needs 3
+    store = tmp_path / "store.zarr"
+    deployment = _deployment("pipeline", "pipeline-cpu")
+    params = {"inputs": [str(inputs)], "store": str(store), **SMALL}
+    typed = "two GLIMPSE cutouts, should stop"
+    flow_run = _client_call(lambda c: c.create_flow_run_from_deployment(
+        deployment.id, parameters={"params": params}, name=typed))
+    finished, output = _run_worker(server, "cpu", flow_run.id)
+    assert finished.state is not None and finished.state.is_failed(), f"{finished.state}\n{output}"
+    assert finished.name == typed  # a name typed in the form is kept
+    assert finished.state.message.startswith("only 2 usable input(s), the method needs at least 3")
+    logs = _logs(flow_run.id)
+    assert logs and not [m for m in logs if "Traceback" in m or "Engine execution exited" in m], logs
+    assert "Engine execution exited" not in output and "Traceback" not in output, output[-3000:]
+    assert sum("run failed: only 2 usable" in m for m in logs) == 1
+    assert any("quarantined" in m and "broken.fits" in m for m in logs)  # ood_core's warning, in the UI's logs
+    artifacts = _client_call(lambda c: c.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))))
+    summary = next(a for a in artifacts if a.key == "ood-run-summary")
+    assert "## What to change" in summary.data and "broken.fits" in summary.data
+    assert not store.exists() or list_runs(str(store)) == []

@@ -308,6 +308,18 @@ def test_expand_inputs_files_directories_globs(fits_dir: Path, tmp_path: Path) -
     assert all(isinstance(q, QuarantinedInput) and q.error == "MissingInputError" for q in missing)
 
 
+def test_expand_inputs_keeps_the_users_order(tmp_path: Path) -> None:
+    for name in ("a.fits", "b.fits", "c.fits"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d").mkdir()
+    for name in ("z.fits", "y.fits"):
+        (tmp_path / "d" / name).write_bytes(b"")
+    paths = expand_inputs([tmp_path / "c.fits", tmp_path / "a.fits", tmp_path / "d", str(tmp_path / "*.fits")])
+    # Named files as given; a directory's and a pattern's files sorted; a file met again keeps its first place.
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == ["c.fits", "a.fits", "d/y.fits", "d/z.fits",
+                                                                   "b.fits"]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Tiling
 

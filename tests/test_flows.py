@@ -64,6 +64,21 @@ def artifacts_of(flow_run_id: UUID | None) -> list[Any]:
     return asyncio.run(read())
 
 
+def logs_of(flow_run_id: UUID) -> list[Any]:
+    """Every log record of one flow run as the UI shows them (flow and task runs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # logs are shipped in batches
+    return asyncio.run(read())
+
+
 def test_pipeline_flow_quarantines_bad_files_and_attaches_artifacts(mixed_dir: Path, tmp_path: Path) -> None:
     from flows.pipeline import pipeline_flow
 
@@ -86,9 +101,9 @@ def test_pipeline_flow_quarantines_bad_files_and_attaches_artifacts(mixed_dir: P
 
     artifacts = {a.type: a for a in artifacts_of(state.state_details.flow_run_id)}
     assert {"markdown", "table"} <= set(artifacts) and "image" not in artifacts
-    # Progress artifacts are reported by the stage tasks of this pipeline run.
-    progress = [a for a in artifacts_of(None) if a.type == "progress"]
-    assert {"progress-invert", "progress-sample"} <= {a.key for a in progress}
+    # Progress artifacts are reported by the stage tasks, on this pipeline run (what the user watches).
+    progress = [a for a in artifacts_of(state.state_details.flow_run_id) if a.type == "progress"]
+    assert {"progress-invert", "progress-reference", "progress-sample"} <= {a.key for a in progress}
     assert all(float(a.data) == 100.0 for a in progress if a.key == "progress-sample")
     summary = artifacts["markdown"].data
     assert result["run_id"] in summary and str(store) in summary
@@ -99,6 +114,10 @@ def test_pipeline_flow_quarantines_bad_files_and_attaches_artifacts(mixed_dir: P
     assert len(rows) == 3 and {"seed", "parent", "nearest_input_distance"} <= set(rows[0])
     assert set(result["artifacts"]) >= {"ood-run-summary", "ood-run-criteria"}
     assert result["pictures"] == [str(png)]
+    # ood_core's warnings (each quarantined file) are in the flow run's logs, as the UI shows them.
+    messages = [log.message for log in logs_of(state.state_details.flow_run_id)]
+    assert any("quarantined" in m and "truncated.fits" in m for m in messages), messages[:20]
+    assert any("quarantined" in m and "notes.fits" in m for m in messages)
 
 
 def test_pipeline_flow_with_nothing_usable_raises_and_writes_no_run(tmp_path: Path) -> None:
@@ -112,6 +131,33 @@ def test_pipeline_flow_with_nothing_usable_raises_and_writes_no_run(tmp_path: Pa
     with pytest.raises(NoUsableInputError, match=r"a\.fits") as info:
         pipeline_flow(small_params([str(bad)], store))
     assert {Path(q.path).name for q in info.value.quarantined} == {"a.fits", "b.fits"}
+    assert not store.exists() or list_runs(str(store)) == []
+
+
+def test_expected_failure_ends_with_one_reason_and_a_summary_artifact(fits_dir: Path, tmp_path: Path) -> None:
+    from flows.pipeline import pipeline_flow
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:2]:
+        shutil.copy(path, folder / path.name)
+    (folder / "notes.fits").write_text("not a FITS file")
+    store = tmp_path / "store.zarr"
+    state = pipeline_flow(small_params([str(folder)], store), return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("only 2 usable input(s), the method needs at least 3"), state.message
+    assert "\n" not in state.message
+    with pytest.raises(NoUsableInputError):
+        state.result()
+    flow_run_id = state.state_details.flow_run_id
+    summary = next(a for a in artifacts_of(flow_run_id) if a.key == "ood-run-summary")
+    assert summary.type == "markdown"
+    assert "# Run failed: only 2 usable input(s)" in summary.data and "## What to change" in summary.data
+    assert "add more images" in summary.data and "`tile`" in summary.data
+    assert "notes.fits" in summary.data and "nothing was written to the store" in summary.data
+    logs = [log.message for log in logs_of(flow_run_id)]
+    assert not [m for m in logs if "Traceback" in m], logs
+    assert sum("run failed: only 2 usable" in m for m in logs) == 1
     assert not store.exists() or list_runs(str(store)) == []
 
 

@@ -137,7 +137,9 @@ def _expand_one(spec: str) -> list[Path]:
 
 
 def expand_inputs(specs: Sequence[str | Path]) -> list[Path]:
-    """Files, directories (their FITS files, not recursive) and glob patterns -> sorted unique file paths.
+    """Files, directories (their FITS files, not recursive) and glob patterns -> unique file paths, in the
+    order the user gave the specs (the files of one directory or pattern sorted by name; a file met twice is
+    kept where it first appears), so the run stores its inputs in that order.
 
     A spec that exists is taken as a path even when it holds glob characters (``cut[1].fits``); only a spec
     that names no existing file or directory is expanded as a pattern.
@@ -147,10 +149,11 @@ def expand_inputs(specs: Sequence[str | Path]) -> list[Path]:
     explicitly is kept whatever its ending (reading it decides whether it is FITS); a directory contributes
     only files ending in one of :data:`FITS_SUFFIXES`.
     """
-    found: set[Path] = set()
+    found: dict[Path, None] = {}  # insertion-ordered set
     for spec in specs:
-        found.update(_expand_one(str(spec)))
-    return sorted(found)
+        for path in sorted(_expand_one(str(spec))):
+            found.setdefault(path, None)
+    return list(found)
 
 
 def unmatched_inputs(specs: Sequence[str | Path]) -> list[QuarantinedInput]:

@@ -318,6 +318,16 @@ def _common_units(images: Sequence[FitsImage]) -> str:
     return "mixed (" + "; ".join(u or "none" for u in units) + ")"
 
 
+def _cd_matrix_deg(image: FitsImage) -> list[list[float]] | None:
+    """The input's celestial pixel-scale matrix (CD, degrees per input pixel), None without a celestial WCS."""
+    if image.wcs is None or not image.wcs.has_celestial:
+        return None
+    matrix = np.asarray(image.wcs.celestial.pixel_scale_matrix, dtype=np.float64)
+    if matrix.shape != (2, 2) or not np.isfinite(matrix).all() or not np.any(matrix):
+        return None
+    return [[float(v) for v in row] for row in matrix]
+
+
 def prepare_batch(
     images: Sequence[FitsImage],
     *,
@@ -352,7 +362,7 @@ def prepare_batch(
     for image in images:
         y0, x0, side = square_crop_box(image.shape, resolution)
         sources.append({**image.metadata(), "crop": {"y0": y0, "x0": x0, "side": side},
-                        "block": side // resolution})
+                        "block": side // resolution, "cd_matrix_deg": _cd_matrix_deg(image)})
     return NormalizedBatch(
         images=bands_to_channels(normalized, channels),
         mask=np.stack([mask for _, mask in resized]),

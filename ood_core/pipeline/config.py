@@ -7,7 +7,7 @@ where it writes (store). The scheduled inbox flow reuses :class:`RunSettings` ra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,19 +24,64 @@ def default_model_path() -> str:
     return str(DEFAULT_MODEL_DIR)
 
 
+T0_RANGE = (1, 999)
+STEPS_RANGE = (2, 1000)
+DEFAULT_T0 = 600
+DEFAULT_STEPS = 40
+
+
+def cross_field_rules() -> list[dict[str, Any]]:
+    """The model validator's rules in JSON-schema form (draft 2020-12 ``if``/``then``), so that a deployment
+    with ``enforce_parameter_schema`` refuses a bad combination when the flow run is created (UI form or API),
+    not on the worker. JSON schema cannot compare two fields, so ``steps <= t0`` is one rule per value of t0
+    (``if t0 == v then steps <= v``), about 100 kB of schema; jsonschema checks them in well under a second.
+    """
+    fixed_t0 = {"auto_t0": {"const": False}}  # absent auto_t0 passes too: its default is False
+    per_value = [{"if": {"properties": {"t0": {"const": t0}}}, "then": {"properties": {"steps": {"maximum": t0}}}}
+                 for t0 in range(T0_RANGE[0], min(T0_RANGE[1] + 1, STEPS_RANGE[1]))]
+    rules: list[dict[str, Any]] = [
+        {"if": {"properties": fixed_t0, "required": ["t0"]}, "then": {"allOf": per_value}},
+        {"if": {"properties": fixed_t0, "not": {"required": ["t0"]}},
+         "then": {"properties": {"steps": {"maximum": DEFAULT_T0}}}},
+        # a t0 below the default steps needs steps given (the default would exceed it)
+        {"if": {"properties": {"t0": {"maximum": DEFAULT_STEPS - 1}, **fixed_t0}, "required": ["t0"]},
+         "then": {"required": ["steps"]}},
+        {"if": {"properties": {"auto_t0": {"const": True}}, "required": ["auto_t0"]},
+         "then": {"properties": {"t0_scan": {"minItems": 1}}}},
+    ]
+    return rules
+
+
+def _optional_without_null(schema: dict[str, Any]) -> None:
+    """An optional number shown as a plain (empty) number box in the Prefect form, not as "type None":
+    drop the ``null`` branch and the ``null`` default. Prefect's validator re-allows null for a property that is
+    not required and has no default, and pydantic keeps None as the default."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    schema.pop("default", None)
+
+
+def _run_settings_schema(schema: dict[str, Any]) -> None:
+    schema.setdefault("allOf", []).extend(cross_field_rules())
+
+
 class RunSettings(BaseModel):
     """How a run computes: model, inversion, prior, sampler, normalization and device settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_run_settings_schema)
 
-    model: str = Field(default_factory=default_model_path, description="diffusers model folder or hub id")
+    model: str = Field(default=default_model_path(), description="diffusers model folder or hub id (default: "
+                                                                 "the shipped base model models/base64)")
     samples: int = Field(default=16, ge=1, le=100_000, description="number of accepted samples to generate")
     seed: int = Field(default=0, ge=0, le=2**62, description="seed of the whole run")
-    t0: int = Field(default=600, ge=1, le=999, description="inversion bandwidth: timestep of the latents")
+    t0: int = Field(default=DEFAULT_T0, ge=T0_RANGE[0], le=T0_RANGE[1],
+                    description="inversion bandwidth: timestep of the latents")
     auto_t0: bool = Field(default=False, description="scan t0 and pick the largest meeting the PSNR threshold")
     t0_scan: list[int] = Field(default=[300, 450, 600, 750, 900], description="t0 values tried by auto_t0")
     psnr_threshold_db: float = Field(default=30.0, ge=0, le=100, description="auto_t0 reconstruction bar")
-    steps: int = Field(default=40, ge=2, le=1000, description="DDIM steps K between 0 and t0")
+    steps: int = Field(default=DEFAULT_STEPS, ge=STEPS_RANGE[0], le=STEPS_RANGE[1],
+                       description="DDIM steps K between 0 and t0 (at most t0)")
     eta: float = Field(default=0.0, ge=0.0, le=1.0, description="DDIM noise for generation (0 = deterministic)")
     prior: Literal["scalar", "ppca"] = Field(default="scalar", description="OOD prior family")
     strategy: Literal["prior", "slerp_ood_prior", "slerp_ood_ood"] = Field(
@@ -49,11 +94,13 @@ class RunSettings(BaseModel):
     )
     normalization: Literal["per_run", "per_image"] = Field(default="per_run", description="normalization mode")
     stretch: Literal["asinh", "linear", "sqrt", "log"] = Field(default="asinh", description="intensity stretch")
-    tile: int | None = Field(default=None, ge=8, le=8192, description="cut inputs into tiles of this size first")
-    hdu: int | None = Field(default=None, ge=0, description="HDU index to read (default: first image HDU)")
+    tile: int | None = Field(default=None, ge=8, le=8192, json_schema_extra=_optional_without_null,
+                             description="cut inputs into square tiles of this size first (empty: no tiling)")
+    hdu: int | None = Field(default=None, ge=0, json_schema_extra=_optional_without_null,
+                            description="HDU index to read (empty: the first image HDU)")
     batch_size: int | None = Field(
-        default=None, ge=1, le=4096,
-        description="images per network evaluation (default: 16 on the CPU, sized from the free memory on CUDA)",
+        default=None, ge=1, le=4096, json_schema_extra=_optional_without_null,
+        description="images per network evaluation (empty: 16 on the CPU, sized from the free memory on CUDA)",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="where the network runs")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
@@ -68,17 +115,20 @@ class RunSettings(BaseModel):
                     "the samples are the same for any number",
     )
     dask_address: str | None = Field(
-        default=None, description="Dask scheduler for the shards (tcp://host:8786, e.g. a dask-cuda cluster with "
-                                  "one worker per GPU); empty: a local cluster",
+        default=None, json_schema_extra=_optional_without_null,
+        description="Dask scheduler for the shards (tcp://host:8786, e.g. a dask-cuda cluster with one worker per "
+                    "GPU); empty: a local cluster",
     )
     dask_workers: int | None = Field(
-        default=None, ge=1, le=1024, description="workers of the local Dask cluster (default: one per shard)"
+        default=None, ge=1, le=1024, json_schema_extra=_optional_without_null,
+        description="workers of the local Dask cluster (empty: one per shard)",
     )
 
     @model_validator(mode="after")
     def _steps_within_t0(self) -> RunSettings:
         if self.steps > self.t0 and not self.auto_t0:
-            raise ValueError(f"steps ({self.steps}) must not exceed t0 ({self.t0})")
+            raise ValueError(f"steps ({self.steps}) must not exceed t0 ({self.t0}): DDIM takes at most one step "
+                             f"per timestep between 0 and t0; lower steps or raise t0")
         if self.auto_t0 and not self.t0_scan:
             raise ValueError("auto_t0 needs a non-empty t0_scan")
         return self
@@ -94,7 +144,8 @@ class _RunTarget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: list[str] = Field(
-        min_length=1, description="FITS files, directories or glob patterns of the few-shot set"
+        min_length=1, description="FITS files, directories or glob patterns of the few-shot set",
+        json_schema_extra={"items": {"type": "string", "pattern": r"\S"}},  # no blank path (as the validator)
     )
     store: str = Field(min_length=1, description="zarr store URL (local path or any fsspec URL)")
 

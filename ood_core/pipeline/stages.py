@@ -40,7 +40,9 @@ from ood_core.store.shards import ShardWriter
 log = logging.getLogger(__name__)
 
 ProgressHook = Callable[[str, int, int], None]
-"""progress(stage, done, total): called during long stages."""
+"""progress(stage, done, total): called during long stages; stage is one of bandwidth_scan, invert (per network
+evaluation), reference (in-domain latents, per network evaluation), prior_fit (fit and diagnostics), sample
+(committed samples, at the start and after each batch)."""
 
 ACCEPTED_PER_SAMPLE = sampling.ACCEPTED_PER_SAMPLE
 
@@ -199,9 +201,15 @@ def stage_prior(
             batch_size=batch_size(params, model, writer), progress=_stage_progress(progress, "reference"),
         )
         writer.write_reference_latents(reference.numpy())
+        if progress is not None:
+            progress("prior_fit", 0, 2)
         ood_flat = _flat(_tensor(writer, "input_latents"))
         prior = fit_prior(ood_flat, params.prior)
+        if progress is not None:
+            progress("prior_fit", 1, 2)
         diagnostics = prior_diagnostics(ood_flat, prior, reference_latents=_flat(reference))
+        if progress is not None:
+            progress("prior_fit", 2, 2)
         writer.update_provenance(prior={
             **prior.to_dict(), "diagnostics": diagnostics,
             "reference": {"count": params.reference_count, "seed": seed, "seed_stream": "reference",
@@ -237,6 +245,8 @@ def stage_sample(
         ctx = sampling.SampleContext(params, writer, model)
         if writer.n_samples:
             log.info("run %s: resuming sampling after %d committed samples", writer.run_id, writer.n_samples)
+        if progress is not None:
+            progress("sample", writer.n_samples, params.samples)
         counters = sampling.run_blocks(ctx, model, sampling.appender_of(writer), range(ctx.plan.blocks),
                                        writer.sample_checkpoint, progress, writer.n_samples)
         writer.flush()

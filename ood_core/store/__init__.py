@@ -4,6 +4,7 @@ from ood_core.store.appender import BackgroundAppender, BackgroundWriteError
 from ood_core.store.fits_export import (
     CRITERION_KEYWORDS,
     SHA_PREFIX_LENGTH,
+    ExportExistsError,
     criterion_keyword,
     export_run_fits,
     run_header,
@@ -93,6 +94,7 @@ __all__ = [
     "ArraySpec",
     "BackgroundAppender",
     "BackgroundWriteError",
+    "ExportExistsError",
     "RunCheck",
     "RunInfo",
     "RunNotCompleteError",

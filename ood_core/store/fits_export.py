@@ -12,7 +12,14 @@ OODT0       inversion bandwidth t0          OODSTEPS  DDIM steps K
 OODETA      DDIM eta of generation          OODPRIOR  prior kind (scalar, ppca)
 OODSTRAT    candidate strategy              OODRATE   acceptance rate of the run
 OODVERS     ood-synth version               OODSCHEM  store schema version
+OODBLOCK    block-average factor of the inputs (model pixel = OODBLOCK x OODBLOCK input pixels)
+OODPIXSC    pixel scale of the sample, arcsec per pixel (the inputs' scale x OODBLOCK)
 ==========  ===========================================================================
+
+Pixel scale: ``CD1_1 .. CD2_2`` (with ``CUNIT1/2 = deg``) are the inputs' CD matrix times the block factor
+(a 128-pixel input seen by a 64-pixel model: 2x), from the parent input of the sample (the first input when
+the sample has none). A generated sample has no position on the sky: there is no CRVAL and no celestial
+CTYPE; the axes are angular offsets from the image centre (CRPIX). The store URL is recorded absolute.
 
 Criterion values use :data:`CRITERION_KEYWORDS` (the card comment repeats the full criterion name);
 a criterion without an entry there gets ``OODCRInn`` with nn its 1-based position.
@@ -31,7 +38,7 @@ import numpy as np
 from astropy.io import fits
 
 from ood_core.store.provenance import utc_now
-from ood_core.store.runs import SCHEMA_VERSION, latest_complete_run_id, open_run
+from ood_core.store.runs import SCHEMA_VERSION, StoreError, latest_complete_run_id, open_run
 
 #: FITS keywords of the sampler's criteria (names from ``ood_core.method.sampler.CRITERION_NAMES``).
 CRITERION_KEYWORDS: dict[str, str] = {
@@ -42,6 +49,23 @@ CRITERION_KEYWORDS: dict[str, str] = {
 SHA_PREFIX_LENGTH = 16
 _HISTORY_WIDTH = 72  # characters of text a HISTORY card holds
 _CARD_WIDTH = 80
+
+
+class ExportExistsError(StoreError, FileExistsError):
+    """The output folder already holds files of this export; nothing was written. ``existing``: their paths."""
+
+    def __init__(self, outdir: str, existing: list[Path]) -> None:
+        self.outdir = outdir
+        self.existing = existing
+        super().__init__(f"{outdir}: {len(existing)} file(s) of this export exist already (e.g. "
+                         f"{existing[0].name}); pass overwrite=True to replace them")
+
+
+def absolute_store_url(store_url: str) -> str:
+    """A local store path made absolute (as recorded in headers); URLs with a scheme unchanged."""
+    if "://" in store_url and not store_url.startswith("file://"):
+        return store_url
+    return os.path.abspath(store_url.removeprefix("file://"))
 
 
 def criterion_keyword(name: str, position: int) -> str:
@@ -129,8 +153,9 @@ def run_header(
     if isinstance(sha, str):
         _history(header, "model weights sha256:")
         _history(header, sha)
+    tried = _first(_get(record, "sampler", "tried"), _get(record, "sampler", "candidates_tried"))
     _history(header, f"seed {_get(record, 'parameters', 'seed')} samples {_get(record, 'sampler', 'written')}"
-                     f" candidates {_get(record, 'sampler', 'candidates_tried')}")
+                     f" candidates tried {tried}")
     _history(header, f"normalization {_get(record, 'normalization', 'mode')}")
     inputs = record.get("inputs")
     if isinstance(inputs, list):
@@ -138,9 +163,47 @@ def run_header(
         for item in inputs:
             path = item.get("path") if isinstance(item, Mapping) else item
             _history(header, f"  {path}")
+        sizes = sorted({(int(_get(item, "crop", "side")), int(item["block"])) for item in inputs
+                        if isinstance(item, Mapping) and isinstance(item.get("block"), int)
+                        and isinstance(_get(item, "crop", "side"), int)})
+        if sizes:
+            how = ", ".join(f"{side} -> {side // block} px ({block}x)" for side, block in sizes)
+            _history(header, f"inputs were centre-cropped and block-averaged (NaN-aware mean) to the model "
+                             f"resolution before inversion: {how}")
     for position, name in enumerate(criterion_names):
         _history(header, f"criterion {criterion_keyword(name, position)} = {name}")
     return header
+
+
+def _input_geometry(record: Mapping[str, Any], index: int) -> tuple[int | None, np.ndarray | None]:
+    """Block factor and CD matrix (deg per input pixel) of input ``index`` from provenance (None when unknown)."""
+    inputs = record.get("inputs")
+    if not isinstance(inputs, list) or not 0 <= index < len(inputs) or not isinstance(inputs[index], Mapping):
+        return None, None
+    item = inputs[index]
+    block = int(item["block"]) if isinstance(item.get("block"), int) else None
+    cd = item.get("cd_matrix_deg")
+    matrix = np.asarray(cd, dtype=np.float64) if isinstance(cd, list) else None
+    if matrix is not None and (matrix.shape != (2, 2) or not np.isfinite(matrix).all()):
+        matrix = None
+    return block, matrix
+
+
+def set_pixel_scale(header: fits.Header, record: Mapping[str, Any], parent: int, shape: tuple[int, int]) -> None:
+    """Block factor, and the pixel scale of the sample (parent input's CD x block), without a sky position."""
+    block, matrix = _input_geometry(record, parent if parent >= 0 else 0)
+    _set(header, "OODBLOCK", block, "inputs block-averaged by this factor per axis")
+    if matrix is None:
+        return
+    scaled = matrix * (block or 1)
+    _set(header, "OODPIXSC", float(np.sqrt(abs(np.linalg.det(scaled)))) * 3600.0,
+         "arcsec per pixel: inputs' scale x OODBLOCK")
+    for axis in (1, 2):
+        _set(header, f"CRPIX{axis}", (shape[2 - axis] + 1) / 2.0, "centre pixel: offsets are from here")
+        _set(header, f"CUNIT{axis}", "deg", "angular offset; no sky position (no CRVAL)")
+    for i in (1, 2):
+        for j in (1, 2):
+            _set(header, f"CD{i}_{j}", float(scaled[i - 1, j - 1]), "inputs' CD x block factor")
 
 
 def export_run_fits(
@@ -163,18 +226,23 @@ def export_run_fits(
     record: dict[str, Any] = dict(ds.attrs["ood_run"])
     names = [str(n) for n in ds["criterion"].values]
     physical = ds["samples_physical"]
-    base = run_header(record, store_url, str(physical.attrs.get("units", "")), names)
+    base = run_header(record, absolute_store_url(store_url), str(physical.attrs.get("units", "")), names)
     seeds = ds["sample_seed"].values
     parents = ds["sample_parent"].values
     criteria = ds["sample_criteria"].values
     distances = ds["sample_nearest_input_distance"].values
 
     out = Path(outdir)
+    targets = [out / f"{run_id}_sample_{index:06d}.fits" for index in range(ds.sizes["sample"])]
+    existing = [path for path in targets if path.exists()]
+    if existing and not overwrite:  # refuse before writing anything, so no folder is left half replaced
+        raise ExportExistsError(str(outdir), existing)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index in range(ds.sizes["sample"]):
+    for index, path in enumerate(targets):
         header = base.copy()
         # New keywords go after the last keyword card, i.e. before the HISTORY block.
+        set_pixel_scale(header, record, int(parents[index]), (physical.shape[1], physical.shape[2]))
         _set(header, "OODIDX", index, "sample index in the run")
         _set(header, "OODSEED", seeds[index], "sample seed")
         _set(header, "OODPARNT", parents[index], "parent OOD latent, -1 if none")
@@ -182,7 +250,6 @@ def export_run_fits(
         for position, name in enumerate(names):
             _set(header, criterion_keyword(name, position), criteria[index, position], name[:47])
         data = np.asarray(physical[index].values, dtype=np.float32)
-        path = out / f"{run_id}_sample_{index:06d}.fits"
         fits.PrimaryHDU(data=data, header=header).writeto(path, overwrite=overwrite)
         paths.append(path)
     return paths

@@ -49,6 +49,7 @@ from zarr.storage import FsspecStore, LocalStore
 
 from ood_core.errors import OODError
 from ood_core.store.appender import BackgroundAppender
+from ood_core.store.describe import describe_run
 from ood_core.store.heartbeat import RECORD_LOCK, STALE_AFTER_S, heartbeat_now, stale_reason, start_heartbeat
 from ood_core.store.integrity import CHECKSUM_ATTR, digest_run, verify_run
 from ood_core.store.provenance import json_safe, new_run_id, utc_now_iso
@@ -526,6 +527,7 @@ class RunWriter:
         found = self.problems()
         if found:
             raise StoreError(f"run {self.run_id} is not whole: " + "; ".join(found))
+        describe_run(self._group, self._record, self.n_samples)  # long_name, units, coordinates for xarray
         checksums = digest_run(self._group)  # after the flush: every shard is on disk
         # Status and checksums land in one metadata write.
         self._save(record={"status": "complete", "ended": self._record.get("ended") or utc_now_iso()},
