@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+import zarr
+import zarr.errors
 from test_fits_io import write_damaged_tile_compressed
 
 from ood_cli.main import EXIT_OK
@@ -45,11 +47,22 @@ def server_processes(home: Path, exclude: int | None = None) -> list[int]:
 
 
 def writing_runs(store: Path) -> list[str]:
-    """Ids of "writing" runs, [] while the store is still being created."""
+    """Ids of "writing" runs whose creation is over (the "ingest" stage recorded: arrays made, inputs stored), []
+    while the store or the run is still being created: a kill inside creation is another case (such a run can
+    never complete and is marked failed on resume, tests/test_faults.py)."""
     try:
-        return [r.run_id for r in list_runs(str(store)) if r.status == "writing"]
+        runs = [r.run_id for r in list_runs(str(store)) if r.status == "writing"]
     except StoreError:  # the folder exists, its root metadata not yet
         return []
+    created = []
+    for run_id in runs:
+        try:
+            group = zarr.open_group(str(store), path=f"runs/{run_id}", mode="r")
+            if "ingest" in dict(group.attrs.get("ood_progress") or {}).get("completed_stages", []):
+                created.append(run_id)
+        except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
+            continue
+    return created
 
 
 def wait_until_gone(home: Path, seconds: float) -> list[int]:
