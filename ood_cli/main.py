@@ -81,8 +81,8 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
                         help="how candidates are drawn (default slerp_ood_prior)")
     parser.add_argument("--reference-count", type=int, help="in-domain reference latents (default 16)")
     parser.add_argument("--novelty-factor", type=float,
-                        help="near-copy if the nearest-input distance < factor x the inputs' median nearest-"
-                             "neighbour distance (default 0.5)")
+                        help="near-copy if the nearest-input distance, up to flips and right-angle rotations of "
+                             "the inputs, < factor x the inputs' median nearest-neighbour distance (default 0.5)")
     parser.add_argument("--normalization", choices=["per_run", "per_image"],
                         help="one normalization for all inputs, or one per image (default per_run)")
     parser.add_argument("--stretch", choices=["asinh", "linear", "sqrt", "log"],

@@ -87,10 +87,14 @@ def test_known_relations_between_rows(evaluation: dict[str, Any]) -> None:
     sets = evaluation["sets"]
     # The inputs are the inputs: nearest-input distance 0, all near-copies.
     assert sets["inputs"]["nearest_input_median"] == 0.0 and sets["inputs"]["near_copy_fraction"] == 1.0
-    # Flips and rotations keep each image's pixel values: the augmented set's pixels are the inputs'.
-    assert sets["augmentation"]["near_copy_fraction"] < 1.0
-    # The run's sampler rejected near-copies by the same rule.
+    # Novelty is measured up to flips/rotations: augmentation (flipped/rotated inputs) is a copy, ratio 0
+    # where a plain nearest-input distance called it as new as real images (ratio about 1).
+    assert sets["augmentation"]["near_copy_fraction"] == 1.0
+    assert sets["augmentation"]["nearest_input_ratio"] < 0.05
+    assert max(sets["augmentation"]["nearest_input_distances"]) < 1e-6
+    # The run's sampler rejected near-copies by the same rule: its samples are new, and newer than augmentation.
     assert sets["method"]["near_copy_fraction"] == 0.0
+    assert sets["method"]["nearest_input_ratio"] > 0.5
     # Every set is scored with the same in-domain vs reference classifier.
     accuracies = {round(v["domain_classifier_loo_accuracy"], 9) for v in sets.values()}
     assert len(accuracies) == 1
@@ -230,6 +234,9 @@ def test_novelty_numbers_come_from_the_method_s_own_novelty_module(evaluation: d
     expected = input_nearest_neighbour_distances(inputs)
     assert evaluation["novelty"]["inputs_nn_distances"] == expected.tolist()
     assert evaluation["novelty"]["near_copy_threshold"] == NoveltyRule(factor=0.5).threshold(inputs)
+    assert evaluation["novelty"]["invariance"] == "D4"
+    record = open_run(run["store"], run["run_id"], chunks=None).attrs["ood_run"]["novelty"]
+    assert record["invariance"] == "D4" and record["threshold"] == evaluation["novelty"]["near_copy_threshold"]
     assert evaluation["sets"]["method"]["inputs_nn_median"] == pytest.approx(float(expected.median()))
 
 

@@ -107,8 +107,8 @@ def distance_labels(distances: Sequence[float], threshold: float | None) -> list
 
 def distance_note(threshold: float | None, factor: float | None) -> str:
     """What the ``d_in`` panel labels mean, with the run's near-copy threshold when it is known."""
-    text = ("d_in = RMS distance from an image to the nearest run input, in model space (images scaled to "
-            "[-1, 1]; 0 = a copy)")
+    text = ("d_in = RMS distance from an image to the nearest run input or a flip/rotation of one, in model "
+            "space (images scaled to [-1, 1]; 0 = a copy)")
     if threshold is None:
         return text + "."
     rule = f"{factor:g} x the inputs' median nearest-neighbour distance" if factor else "the novelty rule"

@@ -90,7 +90,8 @@ class RunSettings(BaseModel):
     candidate_budget: int = Field(default=20_000, ge=1, le=10_000_000, description="max candidates screened")
     reference_count: int = Field(default=16, ge=2, le=4096, description="in-domain reference latents")
     novelty_factor: float = Field(
-        default=0.5, ge=0.0, le=10.0, description="near-copy if nearest-input distance < factor x inputs' NN median"
+        default=0.5, ge=0.0, le=10.0,
+        description="near-copy if nearest-input distance (up to flips/rotations) < factor x inputs' NN median",
     )
     normalization: Literal["per_run", "per_image"] = Field(default="per_run", description="normalization mode")
     stretch: Literal["asinh", "linear", "sqrt", "log"] = Field(default="asinh", description="intensity stretch")
