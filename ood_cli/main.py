@@ -56,7 +56,9 @@ def _err(text: str) -> None:
 
 
 def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
-    parser.add_argument("--model", help="diffusers model folder or hub id (default: the shipped models/base64)")
+    parser.add_argument("--model", help="diffusers model folder or hub id (default auto: the shipped model for "
+                                        "the number of bands, models/mono64 for single-band inputs, "
+                                        "models/base64 for three-band groups)")
     parser.add_argument("--samples", type=int, help="number of accepted samples (default 16)")
     parser.add_argument("--seed", type=int, help="seed of the whole run (default 0)")
     t0 = parser.add_mutually_exclusive_group()
@@ -122,19 +124,28 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
     if args.compile:
         fields["compile"] = True
     params = PipelineParameters(**fields)
-    if args.resolution is not None:
-        _check_resolution(params.model, args.resolution)
+    _check_model(params, args.resolution)
     return params
 
 
-def _check_resolution(model: str, resolution: int) -> None:
-    config_path = Path(model) / "unet" / "config.json"
+def _check_model(params: Any, resolution: int | None) -> None:
+    """Refuse, before anything runs, a resolution or a number of channels the (local) model does not have."""
+    from ood_core.errors import ConfigurationError
+    from ood_core.pipeline.ingest import band_channel_map
+
+    config_path = Path(params.model) / "unet" / "config.json"
     if not config_path.is_file():
         return
-    size = json.loads(config_path.read_text()).get("sample_size")
-    if size is not None and int(size) != resolution:
-        raise UsageError(f"--resolution {resolution}: the model {model} works at {size}x{size}; "
+    config = json.loads(config_path.read_text())
+    size = config.get("sample_size")
+    if resolution is not None and size is not None and int(size) != resolution:
+        raise UsageError(f"--resolution {resolution}: the model {params.model} works at {size}x{size}; "
                          f"inputs are resized to the model's resolution")
+    if config.get("in_channels") is not None:
+        try:
+            band_channel_map(params.band_count, int(config["in_channels"]), params.model)
+        except ConfigurationError as exc:
+            raise UsageError(str(exc)) from exc
 
 
 def _run_flow(params: Any, verbosity: Verbosity = "normal") -> dict[str, Any]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from ood_core.errors import NoUsableInputError, QuarantinedInput
+from ood_core.errors import ConfigurationError, NoUsableInputError, QuarantinedInput
 from ood_core.io.fits import FitsImage, expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs
 from ood_core.method.normalization import NormalizedBatch, prepare_batch
 from ood_core.pipeline.config import MIN_USABLE_INPUTS, PipelineParameters
@@ -28,6 +29,27 @@ class IngestResult:
     images: list[FitsImage]
     quarantined: list[QuarantinedInput]
     batch: NormalizedBatch
+    bands: dict[str, Any] = field(default_factory=dict)
+    """How the bands map onto the model's channels (:func:`band_channel_map`), for provenance."""
+
+
+def band_channel_map(bands: int, channels: int, model: str) -> dict[str, Any]:
+    """How inputs of ``bands`` bands go into a model of ``channels`` channels, or a ConfigurationError saying
+    how to fix the call.
+
+    One band per channel when the counts match. A single band into a C-channel model (an explicit ``--model``
+    such as models/base64) is replicated into every channel and the samples are the channel mean, as the
+    pipeline did before one-channel models shipped. Any other mismatch is refused.
+    """
+    if bands == channels:
+        return {"bands": bands, "channels": channels, "mapping": "one band per channel"}
+    if bands == 1:
+        return {"bands": 1, "channels": channels,
+                "mapping": f"the band replicated into {channels} channels; samples are the channel mean"}
+    raise ConfigurationError(
+        f"the inputs have {bands} bands but the model {model} reads {channels} channel(s): leave the model out "
+        f"(or --model auto) to use the shipped model for {bands} bands, or give a model with {bands} input "
+        f"channels (--model)")
 
 
 def drop_duplicates(images: Sequence[FitsImage]) -> tuple[list[FitsImage], list[QuarantinedInput]]:
@@ -60,15 +82,17 @@ def read_inputs(params: PipelineParameters, resolution: int) -> tuple[list[FitsI
 def ingest(params: PipelineParameters, resolution: int, channels: int) -> IngestResult:
     """Read, validate, deduplicate, tile and normalize the inputs.
 
-    Raises NoUsableInputError when fewer than MIN_USABLE_INPUTS images are usable (nothing is written then).
+    Raises ConfigurationError on a band/channel mismatch (before reading anything) and NoUsableInputError when
+    fewer than MIN_USABLE_INPUTS images are usable (nothing is written then).
     """
+    bands = band_channel_map(params.band_count, channels, params.model)
     images, quarantined = read_inputs(params, resolution)
     if len(images) < MIN_USABLE_INPUTS:
         raise NoUsableInputError(quarantined, usable=len(images), needed=MIN_USABLE_INPUTS)
     batch = prepare_batch(
         images, resolution=resolution, channels=channels, mode=params.normalization, stretch=params.stretch
     )
-    return IngestResult(images, quarantined, batch)
+    return IngestResult(images, quarantined, batch, bands)
 
 
 def input_set_key(input_sha256s: Sequence[str], params: PipelineParameters) -> str:

@@ -118,6 +118,7 @@ def create_run(
         "input_set_key": input_set_key([str(s["sha256"]) for s in batch.sources], params),
         "environment": environment_info(),
         "model": model.provenance(),
+        "bands": ingested.bands,
         "normalization": {"mode": params.normalization, "params": [p.to_dict() for p in batch.params]},
         "inputs": batch.sources,
         "quarantined": [q.to_dict() for q in [*extra_quarantined, *ingested.quarantined]],
