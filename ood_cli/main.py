@@ -114,6 +114,8 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
     from ood_core.pipeline.config import PipelineParameters
 
     fields: dict[str, Any] = {"inputs": inputs, "store": store}
+    if getattr(args, "band_groups", None):
+        fields["band_groups"] = [list(group) for group in args.band_groups]
     for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "dtype", "tile",
                  "hdu", "candidate_budget", "shards", "dask_address", *PIPELINE_FLAGS):
         value = getattr(args, name, None)
@@ -208,7 +210,11 @@ def _execute_pipeline(params: Any, verbosity: Verbosity = "normal") -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    params = _parameters(args, list(args.inputs), args.store)
+    groups = [list(group) for group in args.band_groups or []]
+    if bool(groups) == bool(args.inputs):
+        raise UsageError("give either INPUT files (single-band images) or band groups (--bands FILE FILE ...), "
+                         "not both and not neither")
+    params = _parameters(args, list(args.inputs) or [p for g in groups for p in g], args.store)
     return _execute_pipeline(params, _verbosity(args))
 
 
@@ -336,9 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="the pipeline on your FITS files (files, directories or globs)")
-    run.add_argument("inputs", nargs="+", metavar="INPUT",
+    run.add_argument("inputs", nargs="*", metavar="INPUT",
                      help="FITS files, directories (their FITS files) or quoted glob patterns ('data/*.fits'); "
                           "stored in this order; unusable files are set aside with their reason")
+    run.add_argument("--bands", action="append", nargs="+", metavar="FILE", dest="band_groups",
+                     help="one band group: the FITS files of one field, one per band, in channel order (e.g. "
+                          "--bands g.fits r.fits i.fits); repeat for more fields (at least 3 groups, or --tile); "
+                          "bands on other WCS grids are reprojected onto the first band's")
     run.add_argument("--store", required=True, help="zarr store URL (local path or fsspec URL)")
     _pipeline_arguments(run, demo=False)
     run.set_defaults(func=cmd_run)

@@ -163,6 +163,27 @@ class _RunTarget(BaseModel):
         json_schema_extra={"items": {"type": "string", "pattern": r"\S"}},  # no blank path (as the validator)
     )
     store: str = Field(min_length=1, description="zarr store URL (local path or any fsspec URL)")
+    band_groups: list[list[str]] = Field(
+        default=[], description="band groups: each the FITS files of one field, one per band (channel order); "
+                                "inputs then lists the same files (filled in when left out)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inputs_of_band_groups(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("band_groups") and not data.get("inputs"):
+            data = {**data, "inputs": [path for group in data["band_groups"] for path in group]}
+        return data
+
+    @model_validator(mode="after")
+    def _band_groups_alike(self) -> _RunTarget:
+        sizes = {len(group) for group in self.band_groups}
+        if self.band_groups and (len(sizes) != 1 or min(sizes) < 2):
+            raise ValueError(f"every band group needs the same number of files, at least 2 (one per band); got "
+                             f"groups of {sorted(len(g) for g in self.band_groups)} files")
+        if self.band_groups and sorted(self.inputs) != sorted(p for g in self.band_groups for p in g):
+            raise ValueError("with band groups, inputs must list the groups' files (or be left out)")
+        return self
 
     @field_validator("inputs")
     @classmethod
@@ -180,8 +201,15 @@ class PipelineParameters(RunSettings, _RunTarget):
 
     @property
     def band_count(self) -> int:
-        """Bands per input image: 1 for plain FITS images."""
-        return 1
+        """Bands per input image: 1 for plain FITS images, the group size for band groups."""
+        return len(self.band_groups[0]) if self.band_groups else 1
+
+    @model_validator(mode="after")
+    def _band_groups_per_run(self) -> PipelineParameters:
+        if self.band_groups and self.normalization != "per_run":
+            raise ValueError("band groups are normalized per band over the run (normalization per_run); "
+                             "per_image is for single-band inputs")
+        return self
 
     @model_validator(mode="after")
     def _shipped_model_for_bands(self) -> PipelineParameters:

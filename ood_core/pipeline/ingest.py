@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ood_core.errors import ConfigurationError, NoUsableInputError, QuarantinedInput
+from ood_core.errors import ConfigurationError, InvalidInputError, NoUsableInputError, QuarantinedInput
+from ood_core.io.bands import BandGroup, read_band_group, tile_band_group
 from ood_core.io.fits import FitsImage, expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs
-from ood_core.method.normalization import NormalizedBatch, prepare_batch
+from ood_core.method.normalization import NormalizedBatch, prepare_band_batch, prepare_batch
 from ood_core.pipeline.config import MIN_USABLE_INPUTS, PipelineParameters
 
-KEY_IGNORED_PARAMETERS = ("inputs", "store", "batch_size", "compile", "shards", "dask_address", "dask_workers")
+KEY_IGNORED_PARAMETERS = ("inputs", "band_groups", "store", "batch_size", "compile", "shards", "dask_address",
+                          "dask_workers")
 """Parameters that do not change what a run computes from the same input files (the idempotence key ignores them)."""
 
 
@@ -27,10 +29,12 @@ class IngestResult:
     """The usable images (after tiling), what was set aside and why, and the normalized batch."""
 
     images: list[FitsImage]
+    """Single-band inputs; for band groups, each group's first band (the groups are in ``groups``)."""
     quarantined: list[QuarantinedInput]
     batch: NormalizedBatch
     bands: dict[str, Any] = field(default_factory=dict)
     """How the bands map onto the model's channels (:func:`band_channel_map`), for provenance."""
+    groups: list[BandGroup] = field(default_factory=list)
 
 
 def band_channel_map(bands: int, channels: int, model: str) -> dict[str, Any]:
@@ -79,6 +83,31 @@ def read_inputs(params: PipelineParameters, resolution: int) -> tuple[list[FitsI
     return images, quarantined
 
 
+def read_band_inputs(params: PipelineParameters, resolution: int) -> tuple[list[BandGroup], list[QuarantinedInput]]:
+    """Every usable band group (aligned, tiled when asked); a group with an unusable file is set aside whole."""
+    groups: list[BandGroup] = []
+    quarantined: list[QuarantinedInput] = []
+    for paths in params.band_groups:
+        try:
+            group = read_band_group(paths, hdu=params.hdu, min_size=params.min_input_size(resolution))
+        except InvalidInputError as exc:
+            reason = f"band group {' + '.join(paths)} set aside: {exc}"
+            quarantined += [QuarantinedInput(path, reason, type(exc).__name__) for path in paths]
+            continue
+        groups += tile_band_group(group, params.tile) if params.tile else [group]
+    return groups, quarantined
+
+
+def _ingest_band_groups(params: PipelineParameters, resolution: int, bands: dict[str, Any]) -> IngestResult:
+    groups, quarantined = read_band_inputs(params, resolution)
+    if len(groups) < MIN_USABLE_INPUTS:
+        raise NoUsableInputError(quarantined, usable=len(groups), needed=MIN_USABLE_INPUTS)
+    batch = prepare_band_batch(groups, resolution=resolution, stretch=params.stretch)
+    names = groups[0].names
+    bands = {**bands, "names": names, "band_map": "per input: inputs[i]['bands'] (channel, name, file, FILTER)"}
+    return IngestResult([g.bands[0] for g in groups], quarantined, batch, bands, groups)
+
+
 def ingest(params: PipelineParameters, resolution: int, channels: int) -> IngestResult:
     """Read, validate, deduplicate, tile and normalize the inputs.
 
@@ -86,6 +115,8 @@ def ingest(params: PipelineParameters, resolution: int, channels: int) -> Ingest
     fewer than MIN_USABLE_INPUTS images are usable (nothing is written then).
     """
     bands = band_channel_map(params.band_count, channels, params.model)
+    if params.band_groups:
+        return _ingest_band_groups(params, resolution, bands)
     images, quarantined = read_inputs(params, resolution)
     if len(images) < MIN_USABLE_INPUTS:
         raise NoUsableInputError(quarantined, usable=len(images), needed=MIN_USABLE_INPUTS)
