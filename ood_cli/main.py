@@ -227,8 +227,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = write_demo_skies(inputs, n=args.images, seed=args.sky_seed)
     _say(f"demo: wrote {len(paths)} synthetic sky FITS files to {inputs}")
     if args.prior is None:
-        # Measured on these skies with the shipped model: the scalar prior's draws fail the geometric
-        # screening (0 of 2048 candidates), the PPCA prior's pass (about 10-30 %).
+        # Measured on these skies with base64: the scalar prior's draws fail the geometric screening (0 of
+        # 2048 candidates), the PPCA prior's pass (about 10-30 %). With mono64 (the skies are single-band) the
+        # default demo's PPCA acceptance measured 0.727 (16 samples, seed 0; the scalar prior not re-measured).
         args.prior = DEMO_PRIOR
     params = _parameters(args, [str(inputs)], str(store))
     _say(f"demo: running the pipeline flow with the model {params.model} into {store}")
