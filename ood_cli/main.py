@@ -412,9 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_USAGE
     except Exception as exc:
+        from ood_core.errors import ConfigurationError
         from ood_core.store import StoreError
 
-        if isinstance(exc, StoreError):  # no such store or run: bad usage, nothing written
+        # no such store or run, or a call the library refuses before any work (e.g. `ood evaluate` of a
+        # band-group run): bad usage, with the reason and no traceback
+        if isinstance(exc, (StoreError, ConfigurationError)):
             _err(str(exc))
             return EXIT_USAGE
         raise

@@ -61,6 +61,8 @@ def test_ood_run_bands_gives_three_channel_samples_whose_fits_name_their_bands(
     assert [header[f"BAND{n}"] for n in (1, 2, 3)] == ["g", "r", "i"]
     assert header["BFILE3"] == "galaxy_HCG88_SDSS_i.fits" and header["BFILT3"] == "g"  # what the file's header says
     np.testing.assert_allclose(data, ds.samples_physical.values[0], rtol=1e-6)
+    # Evaluating a band-group run is not implemented: refused with the reason, exit 2.
+    assert main(["evaluate", str(store), "--reference", gri[0], "--out", str(tmp_path / "eval")]) == EXIT_USAGE
 
 
 def test_a_band_channel_mismatch_is_refused_before_anything_is_written(
