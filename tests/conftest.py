@@ -36,6 +36,18 @@ def shipped_model(shipped_model_dir: Path):  # type: ignore[no-untyped-def]
     return load_model(shipped_model_dir, device="cpu")
 
 
+MONO_MODEL = SHIPPED_MODEL.parent / "mono64"
+
+
+@pytest.fixture(scope="session")
+def mono_model():  # type: ignore[no-untyped-def]
+    """The shipped one-channel model (models/mono64): what a run on single-band inputs uses by default."""
+    from ood_core.method.model import load_model
+
+    assert (MONO_MODEL / "unet" / "diffusion_pytorch_model.safetensors").is_file(), "models/mono64 missing"
+    return load_model(MONO_MODEL, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def prefect_server() -> Iterator[None]:
     """A temporary Prefect server for the module's flow runs (what `ood run` starts when no server is set)."""

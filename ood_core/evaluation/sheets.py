@@ -137,6 +137,14 @@ def _run_physical(ds: Any, columns: int) -> tuple[dict[str, npt.NDArray[np.float
                 "samples": samples.mean(axis=1)}, "model units [-1, 1]"
     own = np.arange(inputs.shape[0])
     physical = ds["samples_physical"]
+    record = dict(ds.attrs["ood_run"])
+    if record.get("normalization", {}).get("per_band"):  # band groups: the bands' mean, drawn grey like the rest
+        names = ", ".join(str(n) for n in (record.get("bands") or {}).get("names", []))
+        return {
+            "inputs": model_to_physical(inputs, params, per_band=True).mean(axis=1),
+            "reconstructions": model_to_physical(recons, params, per_band=True).mean(axis=1),
+            "samples": np.asarray(physical.values[:columns], dtype=np.float32).mean(axis=1),
+        }, f"{physical.attrs.get('units') or params[0].units}, mean of bands {names}"
     return {
         "inputs": model_to_physical(inputs, params, own),
         "reconstructions": model_to_physical(recons, params, own),

@@ -118,6 +118,17 @@ SAMPLE_ARRAYS: dict[str, ArraySpec] = {
     "sample_criteria": ArraySpec(("sample", "criterion"), "float32"),
     "sample_nearest_input_distance": ArraySpec(("sample",), "float32"),
 }
+BAND_PHYSICAL = ArraySpec(("sample", "channel", "y", "x"), "float32")
+"""``samples_physical`` of a band-group run: one physical plane per band (channel k = band k)."""
+
+
+def array_spec(name: str, ndim: int) -> ArraySpec:
+    """The contract of ``name`` for an array of ``ndim`` dimensions (``samples_physical`` has a band form)."""
+    if name == "samples_physical" and ndim == len(BAND_PHYSICAL.dims):
+        return BAND_PHYSICAL
+    return RUN_ARRAYS[name]
+
+
 COORDINATE_ARRAYS: dict[str, ArraySpec] = {"criterion": ArraySpec(("criterion",), "str")}
 REFERENCE_ARRAYS: dict[str, ArraySpec] = {"reference_latents": ArraySpec(("reference", *_IMAGE_DIMS), "float32")}
 """Created empty with the run; the prior stage fills it (in-domain reference latents at t0, count known then)."""
@@ -274,9 +285,12 @@ class RunWriter:
         vector_chunk: int = 4096,
         expected_samples: int = 0,
         units: str = "",
+        physical_bands: bool = False,
         storage_options: Mapping[str, Any] | None = None,
     ) -> RunWriter:
         """Create ``runs/<run_id>`` with status "writing" and all its arrays (sample arrays empty).
+
+        ``physical_bands``: a band-group run, whose ``samples_physical`` keeps one plane per channel (band).
 
         ``sample_chunk`` images per chunk along the sample axis (inputs are always one per chunk), by default
         up to 4 MiB and at most 64 images: the cost of a write is per chunk more than per byte (one sample per
@@ -315,7 +329,7 @@ class RunWriter:
             raise StoreError(f"{store_url}: run {run_id} already exists; runs never share a group") from exc
 
         _create_arrays(group, n_inputs, (channels, height, width), names, units,
-                       _SampleLayout(sample_chunk, shard, vector_chunk, expected_samples))
+                       _SampleLayout(sample_chunk, shard, vector_chunk, expected_samples), physical_bands)
         return cls(group, store_url, run_id, storage_options)
 
     @classmethod
@@ -613,8 +627,9 @@ class RunWriter:
         units = str(self._samples["samples_physical"].attrs.get("units", ""))
         image_bytes = 4 * int(np.prod(self._samples["samples"].shape[1:]))
         layout = _SampleLayout(math.gcd(unit, default_sample_chunk(image_bytes)), unit, unit, rows)
-        for name, spec in SAMPLE_ARRAYS.items():
+        for name in SAMPLE_ARRAYS:
             rest = tuple(self._samples[name].shape[1:])
+            spec = array_spec(name, 1 + len(rest))
             self._samples[name] = self._group.create_array(
                 name, shape=(rows, *rest), dtype=spec.dtype, dimension_names=spec.dims, fill_value=_fill(spec.dtype),
                 attributes={"units": units} if name == "samples_physical" else None, overwrite=True,
@@ -703,6 +718,7 @@ def _create_arrays(
     criterion_names: list[str],
     units: str,
     layout: _SampleLayout,
+    physical_bands: bool = False,
 ) -> None:
     """The arrays of a new run group: per-input arrays at full size, per-sample arrays ``layout.expected`` long
     (they grow; readers go by the committed count)."""
@@ -718,12 +734,12 @@ def _create_arrays(
         group.create_array(name, shape=shape, dtype=spec.dtype, chunks=(1, *shape[1:]),
                            dimension_names=spec.dims, fill_value=_fill(spec.dtype))
     trailing = {
-        "samples": image, "samples_physical": (height, width), "sample_latents": image,
+        "samples": image, "samples_physical": image if physical_bands else (height, width), "sample_latents": image,
         "sample_seed": (), "sample_parent": (), "sample_criteria": (len(names),),
         "sample_nearest_input_distance": (),
     }
     for name, rest in trailing.items():
-        spec = SAMPLE_ARRAYS[name]
+        spec = array_spec(name, 1 + len(rest))
         group.create_array(
             name, shape=(layout.expected, *rest), dtype=spec.dtype, dimension_names=spec.dims,
             fill_value=_fill(spec.dtype),

@@ -31,6 +31,7 @@ from ood_core.store.runs import (
     STORE_ATTR,
     ArraySpec,
     StoreError,
+    array_spec,
     list_runs,
     zarr_store,
 )
@@ -88,6 +89,7 @@ def _check_arrays(group: zarr.Group, where: str) -> tuple[list[str], dict[str, z
             problems.append(f"{where}: array {name!r} is missing")
             continue
         dims = tuple(node.metadata.dimension_names or ())  # type: ignore[union-attr]  # zarr v2 metadata has no dimension_names; v3 stores only here
+        spec = array_spec(name, node.ndim)
         if dims != spec.dims:
             problems.append(f"{where}/{name}: dimension names {list(dims)}, expected {list(spec.dims)}")
         if not _dtype_matches(node, spec):
@@ -105,7 +107,7 @@ def _check_sizes(arrays: dict[str, zarr.Array[Any]], record: dict[str, Any], pro
     problems = []
     sizes: dict[str, dict[str, int]] = {}
     for name, arr in arrays.items():
-        for dim, size in zip(RUN_ARRAYS[name].dims, arr.shape, strict=True):
+        for dim, size in zip(array_spec(name, arr.ndim).dims, arr.shape, strict=True):
             sizes.setdefault(dim, {})[name] = size
     complete = record.get("status") == "complete"
     for dim, by_array in sizes.items():
