@@ -266,5 +266,5 @@ def test_resume_is_refused_unless_the_run_is_stale(
     assert main(["run", "a.fits", "--resume", live.run_id, "--store", store]) == EXIT_USAGE
     assert "give only --store" in capsys.readouterr().err
     assert main(["run", "--store", store]) == EXIT_USAGE
-    assert "give the INPUT files" in capsys.readouterr().err
+    assert "give either INPUT files" in capsys.readouterr().err
     live.close()
