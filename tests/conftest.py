@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,3 +57,20 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels() -> Iterator[None]:
+    """`ood --quiet` called in-process (ood_cli.terminal) sets process-wide log levels and Prefect's level variable
+    for the rest of the command's process; give every test back the levels it started with."""
+    names = ("ood_core", "diffusers")
+    levels = {name: logging.getLogger(name).level for name in names}
+    env = {key: os.environ.get(key) for key in ("PREFECT_LOGGING_LEVEL",)}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
