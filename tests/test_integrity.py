@@ -17,6 +17,7 @@ import pytest
 import store_writer_proc as proc
 import xarray as xr
 import zarr
+from zarr.core.sync import sync
 
 from ood_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from ood_core.store import (
@@ -32,6 +33,7 @@ from ood_core.store import (
     validate_store,
 )
 from ood_core.store.heartbeat import beat, start_heartbeat
+from ood_core.store.integrity import _digest
 
 WRITER = Path(__file__).with_name("store_writer_proc.py")
 
@@ -54,9 +56,30 @@ def test_complete_run_records_a_checksum_for_every_array(three_runs: tuple[str, 
     arrays = record["arrays"]
     assert sorted(arrays) == sorted(name for name, _ in group.arrays())
     assert arrays["samples"]["objects"] == len(chunk_files(store, run_ids[0], "samples")) >= 1
-    assert arrays["samples"]["shape"] == [20, 3, 16, 16] and len(arrays["samples"]["sha256"]) == 64
+    assert arrays["samples"]["shape"] == [20, 3, 16, 16] and re.fullmatch("[0-9a-f]{8}", arrays["samples"]["crc32c"])
+    assert record["algorithm"].startswith("crc32c")
     assert validate_store(store) == []
     assert all(check.ok and check.status == "complete" for check in audit_store(store))
+
+
+def test_sha256_records_of_earlier_versions_still_verify(three_runs: tuple[str, list[str]]) -> None:
+    store, run_ids = three_runs
+    group = zarr.open_group(store, path=f"runs/{run_ids[0]}", mode="r+")
+    record = dict(group.attrs[CHECKSUM_ATTR])
+    old = {}
+    for name, entry in record["arrays"].items():
+        objects, digest = sync(_digest(group.store, f"{group.path}/{name}/", "sha256"))
+        assert objects == entry["objects"]
+        old[name] = {key: value for key, value in entry.items() if key != "crc32c"} | {"sha256": digest}
+    group.update_attributes({CHECKSUM_ATTR: {"algorithm": "sha256 of the stored objects, in key order",
+                                             "arrays": old}})
+    open_run(store, run_ids[0])
+    chunk = chunk_files(store, run_ids[0], "samples")[0]
+    data = bytearray(chunk.read_bytes())
+    data[3] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(StoreIntegrityError, match="samples: chunk contents differ from the checksum"):
+        open_run(store, run_ids[0])
 
 
 @pytest.mark.parametrize("array", ["samples", "samples_physical"])

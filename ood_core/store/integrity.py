@@ -1,10 +1,16 @@
 """Checksums of a complete run's arrays, and their verification.
 
 When a run completes, every array of its group gets a record in ``attrs["ood_checksums"]``: its shape, the
-number of stored objects (chunks or shards) and a sha256 over their raw bytes as stored (compressed, read
-through the zarr store, so local paths and fsspec URLs alike). Hashing stored bytes is cheap (no
+number of stored objects (chunks or shards) and a CRC-32C over their keys and raw bytes as stored (compressed,
+read through the zarr store, so local paths and fsspec URLs alike). Checking stored bytes is cheap (no
 decompression) and sees what readers would otherwise not: a deleted chunk (which zarr reads as the fill
 value, NaN), a deleted or truncated ``zarr.json`` (the variable vanishes from xarray), flipped bytes.
+
+CRC-32C (the checksum zarr's own sharding index uses, hardware-accelerated through ``google-crc32c``, a zarr
+dependency) runs at about 11 GB/s here against 1.8 GB/s for sha256, which made the completion of a 10^4-sample
+run cost more than writing it (bench/bench_store.py). It detects accidental damage (every burst of up to 32
+bits, any other with probability 1 - 2^-32); it is not a defence against deliberate tampering. Records written
+with sha256 by earlier versions still verify with sha256.
 
 Chunks equal to the fill value are never written by zarr, so the recorded object count is what was stored
 at completion, not the size of the chunk grid.
@@ -18,6 +24,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import google_crc32c
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
@@ -25,7 +32,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 CHECKSUM_ATTR = "ood_checksums"
-ALGORITHM = "sha256 of the stored objects, in key order"
+ALGORITHM = "crc32c of the stored objects, in key order"
 _METADATA = "zarr.json"
 _PARALLEL_READS = 32
 
@@ -40,9 +47,27 @@ async def _keys(store: Store, prefix: str) -> list[str]:
     return sorted(key for key in found if key.startswith(prefix) and _is_data_key(key[len(prefix):]))
 
 
-async def _digest(store: Store, prefix: str) -> tuple[int, str]:
+class _Crc32c:
+    """hashlib-like running CRC-32C."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes) -> None:
+        self._value = google_crc32c.extend(self._value, data)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
+def _hasher(kind: str) -> _Crc32c | Any:
+    return _Crc32c() if kind == "crc32c" else hashlib.sha256()
+
+
+async def _digest(store: Store, prefix: str, kind: str = "crc32c") -> tuple[int, str]:
+    """(stored objects under ``prefix``, the ``kind`` digest of their keys, lengths and bytes in key order)."""
     keys = await _keys(store, prefix)
-    digest = hashlib.sha256()
+    digest = _hasher(kind)
     prototype = default_buffer_prototype()
     for start in range(0, len(keys), _PARALLEL_READS):
         batch = keys[start:start + _PARALLEL_READS]
@@ -64,7 +89,7 @@ def digest_array(group: zarr.Group, name: str, array: zarr.Array[Any]) -> dict[s
     metadata = _metadata_bytes(group, name) or b""
     objects, digest = sync(_digest(group.store, f"{group.path}/{name}/"))
     return {"shape": [int(n) for n in array.shape], "metadata_sha256": hashlib.sha256(metadata).hexdigest(),
-            "objects": objects, "sha256": digest}
+            "objects": objects, "crc32c": digest}
 
 
 def digest_run(group: zarr.Group) -> dict[str, Any]:
@@ -94,13 +119,14 @@ def _array_problem(group: zarr.Group, name: str, expected: Mapping[str, Any], co
     problem = _metadata_problem(group, name, expected)
     if problem or not content:
         return problem
-    objects, digest = sync(_digest(group.store, f"{group.path}/{name}/"))
+    kind = "crc32c" if "crc32c" in expected else "sha256"  # sha256: records of earlier versions
+    objects, digest = sync(_digest(group.store, f"{group.path}/{name}/", kind))
     recorded = int(expected.get("objects", -1))
     if objects < recorded:
         return f"{recorded - objects} of its {recorded} stored chunk objects (chunks or shards) are missing"
     if objects > recorded:
         return f"{objects - recorded} chunk object(s) more than the {recorded} stored when the run completed"
-    if digest != expected.get("sha256"):
+    if digest != expected.get(kind):
         return "chunk contents differ from the checksum recorded when the run completed"
     return None
 
