@@ -107,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.latents:
-        data = torch.load(args.latents, map_location="cpu")
+        data = torch.load(args.latents, map_location="cpu", weights_only=True)
         ood, reference = data["ood"].flatten(1).float(), data["reference"].flatten(1).float()
     else:
         ood, reference = synthetic_latents(16, 32, 3 * 64 * 64)

@@ -48,14 +48,15 @@ def prepare_run_logging() -> None:
     quiet_expected_failures()
 
 
-def run_or_fail(params: PipelineParameters, key_prefix: str = "ood-run") -> dict[str, Any] | State[Any]:
-    """Create the run and execute it; an expected failure becomes a Failed state with its summary artifact.
+def run_or_fail(params: PipelineParameters, key_prefix: str = "ood-run",
+                resume_run_id: str | None = None) -> dict[str, Any] | State[Any]:
+    """Create the run (or take up ``resume_run_id``) and execute it; an expected failure becomes a Failed state.
 
     Unexpected errors (bugs, outages) get the artifact too and propagate with their traceback.
     """
     run_id: str | None = None
     try:
-        run_id = create_run_task(params)
+        run_id = resume_run_id or create_run_task(params)
         return execute_run(params, run_id, key_prefix)
     except Exception as exc:
         if not is_expected(exc):
@@ -68,11 +69,13 @@ prepare_run_logging()  # also here: a flow run whose parameters fail validation 
 
 
 @flow(name="pipeline", flow_run_name=pipeline_run_name, persist_result=True)
-def pipeline_flow(params: PipelineParameters) -> dict[str, Any] | State[Any]:
+def pipeline_flow(params: PipelineParameters, resume_run_id: str | None = None) -> dict[str, Any] | State[Any]:
     """Few-shot OOD synthesis on FITS inputs; returns the RunResult as a plain dict plus artifact keys/paths.
 
     Called in Python it raises NoUsableInputError (or another OODError) unchanged when the run cannot go on;
     as a deployment run it ends Failed with that reason and the ``ood-run-summary`` artifact says what to change.
+    ``resume_run_id``: continue that "writing" run of ``params.store`` (e.g. a stale one whose process died)
+    from its last completed stage instead of creating a new run.
     """
     prepare_run_logging()
-    return run_or_fail(params)
+    return run_or_fail(params, resume_run_id=resume_run_id)

@@ -56,7 +56,9 @@ def _err(text: str) -> None:
 
 
 def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
-    parser.add_argument("--model", help="diffusers model folder or hub id (default: the shipped models/base64)")
+    parser.add_argument("--model", help="diffusers model folder or hub id (default auto: the shipped model for "
+                                        "the number of bands, models/mono64 for single-band inputs, "
+                                        "models/base64 for three-band groups)")
     parser.add_argument("--samples", type=int, help="number of accepted samples (default 16)")
     parser.add_argument("--seed", type=int, help="seed of the whole run (default 0)")
     t0 = parser.add_mutually_exclusive_group()
@@ -86,8 +88,8 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
                              "before the run (default: on with at least 6 usable shots)")
     parser.add_argument("--reference-count", type=int, help="in-domain reference latents (default 16)")
     parser.add_argument("--novelty-factor", type=float,
-                        help="near-copy if the nearest-input distance < factor x the inputs' median nearest-"
-                             "neighbour distance (default 0.5)")
+                        help="near-copy if the nearest-input distance, up to flips and right-angle rotations of "
+                             "the inputs, < factor x the inputs' median nearest-neighbour distance (default 0.5)")
     parser.add_argument("--normalization", choices=["per_run", "per_image"],
                         help="one normalization for all inputs, or one per image (default per_run)")
     parser.add_argument("--stretch", choices=["asinh", "linear", "sqrt", "log"],
@@ -117,6 +119,8 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
     from ood_core.pipeline.config import PipelineParameters
 
     fields: dict[str, Any] = {"inputs": inputs, "store": store}
+    if getattr(args, "band_groups", None):
+        fields["band_groups"] = [list(group) for group in args.band_groups]
     for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "dtype", "tile",
                  "hdu", "candidate_budget", "shards", "dask_address", *PIPELINE_FLAGS):
         value = getattr(args, name, None)
@@ -127,28 +131,44 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
     if args.compile:
         fields["compile"] = True
     params = PipelineParameters(**fields)
-    if args.resolution is not None:
-        _check_resolution(params.model, args.resolution)
+    _check_model(params, args.resolution)
     return params
 
 
-def _check_resolution(model: str, resolution: int) -> None:
-    config_path = Path(model) / "unet" / "config.json"
+def _check_model(params: Any, resolution: int | None) -> None:
+    """Refuse, before anything runs, a resolution or a number of channels the (local) model does not have."""
+    from ood_core.errors import ConfigurationError
+    from ood_core.pipeline.ingest import band_channel_map
+
+    config_path = Path(params.model) / "unet" / "config.json"
     if not config_path.is_file():
         return
-    size = json.loads(config_path.read_text()).get("sample_size")
-    if size is not None and int(size) != resolution:
-        raise UsageError(f"--resolution {resolution}: the model {model} works at {size}x{size}; "
+    config = json.loads(config_path.read_text())
+    size = config.get("sample_size")
+    if resolution is not None and size is not None and int(size) != resolution:
+        raise UsageError(f"--resolution {resolution}: the model {params.model} works at {size}x{size}; "
                          f"inputs are resized to the model's resolution")
+    if config.get("in_channels") is not None:
+        try:
+            band_channel_map(params.band_count, int(config["in_channels"]), params.model)
+        except ConfigurationError as exc:
+            raise UsageError(str(exc)) from exc
 
 
-def _run_flow(params: Any, verbosity: Verbosity = "normal") -> dict[str, Any]:
+def _prefect_api() -> Any:
+    """The configured Prefect server, or a temporary one that dies with this process (even on SIGKILL)."""
+    from ood_cli.prefect_server import prefect_api
+
+    return prefect_api(timeout=float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+
+
+def _run_flow(params: Any, verbosity: Verbosity = "normal", resume: str | None = None) -> dict[str, Any]:
     """Run the pipeline as the Prefect flow: the same flow, provenance and artifacts as a UI run."""
     from flows.pipeline import pipeline_flow
 
-    with TerminalProgress(verbosity):
+    with _prefect_api(), TerminalProgress(verbosity):
         # A run that cannot go on ends the flow Failed; called in Python, the flow raises its error instead.
-        result = pipeline_flow(params)
+        result = pipeline_flow(params, resume_run_id=resume)
     assert isinstance(result, dict)
     return result
 
@@ -210,11 +230,11 @@ def _open_hint(store: str, run_id: str) -> None:
     _say(f"List runs: ood runs {store}    Export FITS: ood export-fits {store} OUTDIR --run {run_id}")
 
 
-def _execute_pipeline(params: Any, verbosity: Verbosity = "normal") -> int:
+def _execute_pipeline(params: Any, verbosity: Verbosity = "normal", resume: str | None = None) -> int:
     from ood_core.errors import NoUsableInputError
 
     try:
-        result = _run_flow(params, verbosity)
+        result = _run_flow(params, verbosity, resume)
     except NoUsableInputError as exc:
         _err(str(exc))
         _err("nothing was written")
@@ -232,8 +252,45 @@ def _execute_pipeline(params: Any, verbosity: Verbosity = "normal") -> int:
     return EXIT_OK
 
 
+_RUN_OPTIONS = ("model", "samples", "seed", "t0", "steps", "eta", "prior", "candidate_budget", "resolution",
+                "batch_size", "device", "dtype", "shards", "dask_address", "strategy", "reference_count",
+                "novelty_factor", "normalization", "stretch", "tile", "hdu")
+
+
+def _resumable(store: str, run_id: str) -> Any:
+    """The recorded parameters of a stale "writing" run, or a UsageError saying why it cannot be resumed."""
+    from ood_core.pipeline import PipelineParameters
+    from ood_core.store import STALE_AFTER_S, list_runs
+    from ood_core.store.runs import run_records
+
+    info = next((r for r in list_runs(store) if r.run_id == run_id), None)
+    if info is None:
+        raise UsageError(f"no run {run_id} in {store} (see `ood runs {store}`)")
+    if info.status != "writing":
+        raise UsageError(f"run {run_id} is {info.status!r}; only a stale 'writing' run can be resumed")
+    if not info.stale:
+        beat = info.heartbeat or {}
+        raise UsageError(f"run {run_id} is still being written (last heartbeat {beat.get('time')} from pid "
+                         f"{beat.get('pid')} on {beat.get('host')}); it reads as stale when its process is gone "
+                         f"or {STALE_AFTER_S:.0f} s after its last heartbeat")
+    record = next(r for r in run_records(store) if r.get("run_id") == run_id)
+    return PipelineParameters(**{**record["parameters"], "store": store})
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    params = _parameters(args, list(args.inputs), args.store)
+    from ood_core.store import check_store_location
+
+    groups = [list(group) for group in args.band_groups or []]
+    if args.resume:
+        if args.inputs or groups or args.auto_t0 or args.compile or any(
+                getattr(args, name) is not None for name in _RUN_OPTIONS):
+            raise UsageError("--resume continues a run with the parameters it recorded: give only --store")
+        return _execute_pipeline(_resumable(args.store, args.resume), _verbosity(args), resume=args.resume)
+    if bool(groups) == bool(args.inputs):
+        raise UsageError("give either INPUT files (single-band images) or band groups (--bands FILE FILE ...), "
+                         "not both and not neither (or --resume RUN_ID to continue a stale run)")
+    params = _parameters(args, list(args.inputs) or [p for g in groups for p in g], args.store)
+    check_store_location(params.store)  # a folder that is not a store is refused before any work
     return _execute_pipeline(params, _verbosity(args))
 
 
@@ -246,8 +303,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = write_demo_skies(inputs, n=args.images, seed=args.sky_seed)
     _say(f"demo: wrote {len(paths)} synthetic sky FITS files to {inputs}")
     if args.prior is None:
-        # Measured on these skies with the shipped model: the scalar prior's draws fail the geometric
-        # screening (0 of 2048 candidates), the PPCA prior's pass (about 10-30 %).
+        # Measured on these skies with base64: the scalar prior's draws fail the geometric screening (0 of
+        # 2048 candidates), the PPCA prior's pass (about 10-30 %). With mono64 (the skies are single-band) the
+        # default demo's PPCA acceptance measured 0.727 (16 samples, seed 0; the scalar prior not re-measured).
         args.prior = DEMO_PRIOR
     params = _parameters(args, [str(inputs)], str(store))
     _say(f"demo: running the pipeline flow with the model {params.model} into {store}")
@@ -262,7 +320,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from ood_core.store import list_runs
-    from ood_core.store.runs import run_records
 
     runs = list_runs(args.store)
     if not runs:
@@ -271,13 +328,42 @@ def cmd_runs(args: argparse.Namespace) -> int:
     _say(f"{'run id':<32} {'status':<9} {'inputs':>6} {'samples':>7} {'acceptance':>10}")
     for r in runs:
         rate = "-" if r.acceptance_rate is None else f"{r.acceptance_rate:.3f}"
-        _say(f"{r.run_id:<32} {r.status:<9} {r.n_inputs:>6} {r.n_samples:>7} {rate:>10}")
-    # Why each failed run failed, after the table (the first line of the error its run recorded).
-    for record in run_records(args.store):
-        if record.get("status") == "failed":
-            reason = str(record.get("error") or "no reason recorded").strip().splitlines() or [""]
-            _say(f"  {record.get('run_id')}: failed: {reason[0]}")
+        counts = f"{'-':>6} {'-':>7}" if r.status == "broken" else f"{r.n_inputs:>6} {r.n_samples:>7}"
+        _say(f"{r.run_id:<32} {r.shown_status:<9} {counts} {rate:>10}")
+    # Reasons after the table, so one bad run never hides the others; non-zero exit only at the end.
+    for r in runs:
+        if r.stale:
+            _say(f"  {r.run_id}: stale, {r.problem}; continue it: ood run --resume {r.run_id} --store {args.store}")
+        elif r.status in ("failed", "broken"):
+            # The first line of the recorded error (the whole of it is in the run's provenance).
+            reason = (r.problem or "no reason recorded").strip().splitlines() or [""]
+            _say(f"  {r.run_id}: {r.status}: {reason[0]}")
+    broken = [r.run_id for r in runs if r.status == "broken"]
+    if broken:
+        _err(f"{len(broken)} run(s) with an unreadable record: {', '.join(broken)} (see `ood check {args.store}`)")
+        return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ood_core.store import audit_store
+
+    checks = audit_store(args.store, content=not args.quick)
+    if not checks:
+        _say(f"{args.store}: no runs")
+    for check in checks:
+        verdict = "ok" if check.ok else "DAMAGED" if check.status != "broken" else "BROKEN"
+        _say(f"{check.run_id:<32} {check.status:<9} {verdict}")
+        for problem in check.problems:
+            _say(f"    {problem}")
+        for note in check.notes:
+            _say(f"    ({note})")
+        if check.status == "stale":
+            _say(f"    continue it: ood run --resume {check.run_id} --store {args.store}")
+    bad = [c for c in checks if not c.ok]
+    what = "metadata and shapes" if args.quick else "metadata, shapes and chunk checksums"
+    _say(f"{len(checks)} run(s) checked ({what}): {len(checks) - len(bad)} intact, {len(bad)} damaged or broken")
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 def cmd_export_fits(args: argparse.Namespace) -> int:
@@ -318,7 +404,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                         ("seed", "seed")):
         if getattr(args, name) is not None:
             fields[field] = getattr(args, name)
-    with TerminalProgress(_verbosity(args)):
+    with _prefect_api(), TerminalProgress(_verbosity(args)):
         result = evaluate_flow(EvaluateParameters(**fields))
     _say(json.dumps(result.get("table", result), indent=2, default=str))
     _say(f"metrics and plots in {args.out}")
@@ -335,7 +421,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
         fields["total_steps"] = args.total_steps
     if args.card_cutouts is not None:
         fields["card_cutouts"] = args.card_cutouts
-    with TerminalProgress(_verbosity(args)):
+    with _prefect_api(), TerminalProgress(_verbosity(args)):
         result = train_base_flow(TrainBaseParameters(**fields))
     _say(json.dumps(result, indent=2, default=str))
     return EXIT_OK
@@ -361,16 +447,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     run = sub.add_parser("run", help="the pipeline on your FITS files (files, directories or globs)")
-    run.add_argument("inputs", nargs="+", metavar="INPUT",
+    run.add_argument("inputs", nargs="*", metavar="INPUT",
                      help="FITS files, directories (their FITS files) or quoted glob patterns ('data/*.fits'); "
                           "stored in this order; unusable files are set aside with their reason")
+    run.add_argument("--bands", action="append", nargs="+", metavar="FILE", dest="band_groups",
+                     help="one band group: the FITS files of one field, one per band, in channel order (e.g. "
+                          "--bands g.fits r.fits i.fits); repeat for more fields (at least 3 groups, or --tile); "
+                          "bands on other WCS grids are reprojected onto the first band's")
     run.add_argument("--store", required=True, help="zarr store URL (local path or fsspec URL)")
+    run.add_argument("--resume", metavar="RUN_ID",
+                     help="continue a stale run (its process died) of the store with its recorded parameters")
     _pipeline_arguments(run, demo=False)
     run.set_defaults(func=cmd_run)
 
     runs = sub.add_parser("runs", help="one line per run: id, status, inputs, samples, acceptance rate")
     runs.add_argument("store")
     runs.set_defaults(func=cmd_runs)
+
+    check = sub.add_parser("check", help="verify every run of a store against its checksums (exit 1 if damaged)")
+    check.add_argument("store")
+    check.add_argument("--quick", action="store_true", help="metadata and shapes only, no chunk is read")
+    check.set_defaults(func=cmd_check)
 
     export = sub.add_parser("export-fits", help="a run's samples as FITS files with provenance headers")
     export.add_argument("store")
@@ -426,9 +523,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_USAGE
     except Exception as exc:
-        from ood_core.store import StoreError
+        from ood_core.errors import ConfigurationError
+        from ood_core.store import StoreError, StoreIntegrityError
 
-        if isinstance(exc, StoreError):  # no such store or run: bad usage, nothing written
+        if isinstance(exc, StoreIntegrityError):  # the data are damaged: a failure, not bad usage
+            _err(str(exc))
+            _err(f"nothing was written; `ood check {exc.store_url}` lists every damaged run")
+            return EXIT_FAILED
+        # no such store or run, or a call the library refuses before any work (e.g. `ood evaluate` of a
+        # band-group run): bad usage, with the reason and no traceback
+        if isinstance(exc, (StoreError, ConfigurationError)):
             _err(str(exc))
             return EXIT_USAGE
         raise

@@ -42,6 +42,15 @@ class TruncatedFitsError(InvalidInputError):
     """The file is shorter than its headers announce, or its structure cannot be parsed."""
 
 
+class CorruptFitsError(InvalidInputError):
+    """The file is complete but damaged: a corrupt header card, undecodable (e.g. tile-compressed) data or a
+    failed DATASUM."""
+
+
+class ImageTooLargeError(InvalidInputError):
+    """The image (or the decompressed file) is larger than the reader's stated limit."""
+
+
 class NoImageHDUError(InvalidInputError):
     """No HDU holds image data (or the requested HDU is not an image / does not exist)."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +38,18 @@ def shipped_model(shipped_model_dir: Path):  # type: ignore[no-untyped-def]
     return load_model(shipped_model_dir, device="cpu")
 
 
+MONO_MODEL = SHIPPED_MODEL.parent / "mono64"
+
+
+@pytest.fixture(scope="session")
+def mono_model():  # type: ignore[no-untyped-def]
+    """The shipped one-channel model (models/mono64): what a run on single-band inputs uses by default."""
+    from ood_core.method.model import load_model
+
+    assert (MONO_MODEL / "unet" / "diffusion_pytorch_model.safetensors").is_file(), "models/mono64 missing"
+    return load_model(MONO_MODEL, device="cpu")
+
+
 @pytest.fixture(scope="module")
 def prefect_server() -> Iterator[None]:
     """A temporary Prefect server for the module's flow runs (what `ood run` starts when no server is set)."""
@@ -43,3 +57,20 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels() -> Iterator[None]:
+    """`ood --quiet` called in-process (ood_cli.terminal) sets process-wide log levels and Prefect's level variable
+    for the rest of the command's process; give every test back the levels it started with."""
+    names = ("ood_core", "diffusers")
+    levels = {name: logging.getLogger(name).level for name in names}
+    env = {key: os.environ.get(key) for key in ("PREFECT_LOGGING_LEVEL",)}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

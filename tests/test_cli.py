@@ -166,6 +166,9 @@ def test_demo_runs_end_to_end_and_says_where_the_store_is(tmp_path: Path) -> Non
     assert [r.status for r in runs] == ["complete"] and runs[0].n_samples == 2
     ds = open_run(str(store))
     assert ds.samples_physical.attrs["units"] and ds.sizes["input"] == 6
+    # The demo skies are single-band: the shipped one-channel model, one-channel samples.
+    assert "mono64" in done.stdout and ds.sizes["channel"] == 1
+    assert Path(ds.attrs["ood_run"]["model"]["source"]).name == "mono64"
     # Sky 5 of seed 0 has NaN bad columns: it goes through the user path (filled, masked) and is kept.
     with fits.open(tmp_path / "demo" / "inputs" / "sky_0_5.fits") as hdul:
         assert np.isnan(hdul[0].data).any()

@@ -39,7 +39,7 @@ def glimpse(fits_dir: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def run(glimpse: list[str], shipped_model: FrozenDiffusionModel, tmp_path_factory: pytest.TempPathFactory
+def run(glimpse: list[str], mono_model: FrozenDiffusionModel, tmp_path_factory: pytest.TempPathFactory
         ) -> dict[str, Any]:
     store = tmp_path_factory.mktemp("eval") / "store.zarr"
     params = PipelineParameters(inputs=glimpse[:N_INPUTS], store=str(store), samples=4, steps=8, t0=400,
@@ -49,14 +49,14 @@ def run(glimpse: list[str], shipped_model: FrozenDiffusionModel, tmp_path_factor
 
 
 @pytest.fixture(scope="module")
-def evaluation(run: dict[str, Any], glimpse: list[str], shipped_model: FrozenDiffusionModel,
+def evaluation(run: dict[str, Any], glimpse: list[str], mono_model: FrozenDiffusionModel,
                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("eval_out")
     # One input among the references: it must be left out, not counted as unseen.
     reference = [glimpse[N_INPUTS - 1], *glimpse[N_INPUTS : N_INPUTS + 5]]
     return evaluate_run(run["store"], reference, run["run_id"], out_dir=out, n_baseline_samples=4,
                         finetune_steps=2, finetune_batch_size=2, sample_steps=6, in_domain_anchor_count=6,
-                        model=shipped_model)
+                        model=mono_model)
 
 
 def test_json_is_strict_and_equals_the_result(evaluation: dict[str, Any]) -> None:
@@ -87,10 +87,14 @@ def test_known_relations_between_rows(evaluation: dict[str, Any]) -> None:
     sets = evaluation["sets"]
     # The inputs are the inputs: nearest-input distance 0, all near-copies.
     assert sets["inputs"]["nearest_input_median"] == 0.0 and sets["inputs"]["near_copy_fraction"] == 1.0
-    # Flips and rotations keep each image's pixel values: the augmented set's pixels are the inputs'.
-    assert sets["augmentation"]["near_copy_fraction"] < 1.0
-    # The run's sampler rejected near-copies by the same rule.
+    # Novelty is measured up to flips/rotations: augmentation (flipped/rotated inputs) is a copy, ratio 0
+    # where a plain nearest-input distance called it as new as real images (ratio about 1).
+    assert sets["augmentation"]["near_copy_fraction"] == 1.0
+    assert sets["augmentation"]["nearest_input_ratio"] < 0.05
+    assert max(sets["augmentation"]["nearest_input_distances"]) < 1e-6
+    # The run's sampler rejected near-copies by the same rule: its samples are new, and newer than augmentation.
     assert sets["method"]["near_copy_fraction"] == 0.0
+    assert sets["method"]["nearest_input_ratio"] > 0.5
     # Every set is scored with the same in-domain vs reference classifier.
     accuracies = {round(v["domain_classifier_loo_accuracy"], 9) for v in sets.values()}
     assert len(accuracies) == 1
@@ -99,17 +103,17 @@ def test_known_relations_between_rows(evaluation: dict[str, Any]) -> None:
 
 
 def test_reference_excludes_inputs_and_is_in_run_units(
-    evaluation: dict[str, Any], run: dict[str, Any], glimpse: list[str], shipped_model: FrozenDiffusionModel
+    evaluation: dict[str, Any], run: dict[str, Any], glimpse: list[str], mono_model: FrozenDiffusionModel
 ) -> None:
     reference = evaluation["reference"]
     assert reference["n"] == 5
     assert [e["path"] for e in reference["excluded"]] == [glimpse[N_INPUTS - 1]]
     # Reading the reference again by hand gives the run-normalized physical values (clipped like samples).
     provenance = open_run(run["store"], run["run_id"], chunks=None).attrs["ood_run"]
-    loaded = load_reference([glimpse[N_INPUTS]], provenance, shipped_model.resolution, shipped_model.channels)
+    loaded = load_reference([glimpse[N_INPUTS]], provenance, mono_model.resolution, mono_model.channels)
     params = NormalizationParams.from_dict(provenance["normalization"]["params"][0])
     image = read_fits_image(glimpse[N_INPUTS])
-    plane, _ = resize_to_resolution(image.data, image.mask, shipped_model.resolution)
+    plane, _ = resize_to_resolution(image.data, image.mask, mono_model.resolution)
     expected = denormalize(normalize(plane, params), params)
     np.testing.assert_array_equal(loaded.images.physical[0], expected)
     low, high = params.background + params.vmin, params.background + params.vmax
@@ -125,13 +129,13 @@ def test_plots_are_written(evaluation: dict[str, Any]) -> None:
         assert Path(path).parent == Path(evaluation["json"]).parent
 
 
-def test_bad_calls_raise(run: dict[str, Any], glimpse: list[str], shipped_model: FrozenDiffusionModel,
+def test_bad_calls_raise(run: dict[str, Any], glimpse: list[str], mono_model: FrozenDiffusionModel,
                          tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="choose from"):
-        evaluate_run(run["store"], glimpse[N_INPUTS:], out_dir=tmp_path, baselines=["gan"], model=shipped_model)
+        evaluate_run(run["store"], glimpse[N_INPUTS:], out_dir=tmp_path, baselines=["gan"], model=mono_model)
     with pytest.raises(ConfigurationError, match="no usable reference"):
-        evaluate_run(run["store"], glimpse[:N_INPUTS], out_dir=tmp_path, baselines=[], model=shipped_model)
-    other = shipped_model.__class__(**{**shipped_model.__dict__, "weights_sha256": "0" * 64})
+        evaluate_run(run["store"], glimpse[:N_INPUTS], out_dir=tmp_path, baselines=[], model=mono_model)
+    other = mono_model.__class__(**{**mono_model.__dict__, "weights_sha256": "0" * 64})
     with pytest.raises(ConfigurationError, match="not the run's frozen model"):
         evaluate_run(run["store"], glimpse[N_INPUTS:], out_dir=tmp_path, baselines=[], model=other)
 
@@ -198,7 +202,7 @@ def test_evaluate_flow_writes_results_and_artifacts(
 
 
 def test_per_image_normalization_paths(run: dict[str, Any], glimpse: list[str],
-                                       shipped_model: FrozenDiffusionModel) -> None:
+                                       mono_model: FrozenDiffusionModel) -> None:
     from ood_core.evaluation import to_physical
     from ood_core.method.normalization import fit_normalization
 
@@ -208,9 +212,9 @@ def test_per_image_normalization_paths(run: dict[str, Any], glimpse: list[str],
                                 units=first.units, mode="per_image")
     provenance["normalization"] = {"mode": "per_image", "params": [first.to_dict(), other.to_dict()]}
     # Each reference image gets its own fit of the same kind.
-    loaded = load_reference([glimpse[N_INPUTS]], provenance, shipped_model.resolution, shipped_model.channels)
+    loaded = load_reference([glimpse[N_INPUTS]], provenance, mono_model.resolution, mono_model.channels)
     image = read_fits_image(glimpse[N_INPUTS])
-    plane, _ = resize_to_resolution(image.data, image.mask, shipped_model.resolution)
+    plane, _ = resize_to_resolution(image.data, image.mask, mono_model.resolution)
     own = fit_normalization([plane], units=first.units, mode="per_image")
     np.testing.assert_array_equal(loaded.images.physical[0], denormalize(normalize(plane, own), own))
     # Model-space images map back with their parent's parameters; no parent is an error.
@@ -230,6 +234,9 @@ def test_novelty_numbers_come_from_the_method_s_own_novelty_module(evaluation: d
     expected = input_nearest_neighbour_distances(inputs)
     assert evaluation["novelty"]["inputs_nn_distances"] == expected.tolist()
     assert evaluation["novelty"]["near_copy_threshold"] == NoveltyRule(factor=0.5).threshold(inputs)
+    assert evaluation["novelty"]["invariance"] == "D4"
+    record = open_run(run["store"], run["run_id"], chunks=None).attrs["ood_run"]["novelty"]
+    assert record["invariance"] == "D4" and record["threshold"] == evaluation["novelty"]["near_copy_threshold"]
     assert evaluation["sets"]["method"]["inputs_nn_median"] == pytest.approx(float(expected.median()))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from astropy.io import fits
 
 from ood_core.errors import (
+    CorruptFitsError,
     EmptyImageError,
+    ImageTooLargeError,
     ImageTooSmallError,
     InvalidInputError,
     MissingInputError,
@@ -23,6 +26,7 @@ from ood_core.errors import (
     WrongDimensionError,
 )
 from ood_core.io.fits import (
+    DEFAULT_MAX_PIXELS,
     FitsImage,
     QuarantinedInput,
     expand_inputs,
@@ -230,7 +234,7 @@ def _write_bad_files(source: Path, folder: Path) -> dict[str, tuple[type[Invalid
     fits.PrimaryHDU(np.arange(1600, dtype=np.float32).reshape(40, 40)).writeto(folder / "small.fits")
     return {
         "truncated.fits": (TruncatedFitsError, "file truncated"),
-        "header_cut.fits": (TruncatedFitsError, "truncated or corrupt"),
+        "header_cut.fits": (TruncatedFitsError, "file truncated: the header of HDU 0 has no END card"),
         "notes.fits": (NotFitsError, "not a FITS file (first bytes b'These are my"),
         "empty.fits": (NotFitsError, "empty file (0 bytes)"),
         "broken.fits.gz": (TruncatedFitsError, "compressed stream"),
@@ -364,3 +368,166 @@ def test_input_errors_survive_pickling() -> None:
     error = pickle.loads(pickle.dumps(TruncatedFitsError("a.fits", "file truncated: 10 bytes")))
     assert type(error) is TruncatedFitsError and error.path == "a.fits"
     assert str(error) == "a.fits: file truncated: 10 bytes"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Damaged and hostile files (issue 13): every reader error is a reason; data accepted are data decoded
+
+
+def _garble_tile_data(path: Path, hdu_index: int = 1, length: int = 400) -> None:
+    """Flip bytes in the middle of the HDU's stored (compressed) data, leaving the headers intact."""
+    raw = bytearray(path.read_bytes())
+    with fits.open(path) as hdul:
+        start = int(hdul.fileinfo(hdu_index)["datLoc"])
+    for offset in range(start + 2000, start + 2000 + length):
+        raw[offset] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
+def _replace_card(source: Path, target: Path, old: str, new: str) -> None:
+    raw = source.read_bytes()
+    header = raw[:2880].decode("ascii")
+    assert old in header and len(old) == len(new)
+    target.write_bytes(header.replace(old, new).encode("ascii") + raw[2880:])
+
+
+def write_damaged_tile_compressed(folder: Path, compression: str = "RICE_1") -> Path:
+    """A real tile-compressed file (CompImageHDU) whose compressed tile bytes are garbled."""
+    data = (np.random.default_rng(0).normal(size=(128, 128)) * 100).astype(np.int16)
+    path = folder / f"garbled_{compression.lower()}.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, compression_type=compression)]).writeto(path)
+    _garble_tile_data(path)
+    return path
+
+
+@pytest.mark.parametrize("compression", ["RICE_1", "GZIP_1", "GZIP_2", "HCOMPRESS_1"])
+def test_garbled_tile_compressed_data_is_a_reason_naming_the_file(tmp_path: Path, compression: str) -> None:
+    path = write_damaged_tile_compressed(tmp_path, compression)
+    with pytest.raises(CorruptFitsError, match="image data cannot be decoded") as info:
+        read_fits_image(path)
+    assert info.value.path == str(path)
+    images, quarantined = read_fits_batch([path])
+    assert images == [] and quarantined[0].error == "CorruptFitsError" and quarantined[0].path == str(path)
+
+
+def test_datasum_mismatch_is_refused_and_a_sound_checksum_passes(tmp_path: Path) -> None:
+    data = np.abs(np.random.default_rng(1).normal(size=(128, 128)) * 100).astype(np.int16)
+    sound = tmp_path / "plio.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, compression_type="PLIO_1")]).writeto(
+        sound, checksum=True)
+    np.testing.assert_array_equal(read_fits_image(sound).data, data.astype(np.float32))
+    # PLIO decodes garbage without an error: only the DATASUM the file carries can tell.
+    _garble_tile_data(sound, length=40)
+    with pytest.raises(CorruptFitsError, match="DATASUM"):
+        read_fits_image(sound)
+
+
+def test_corrupt_header_cards_are_named_not_called_truncated(fits_dir: Path, tmp_path: Path) -> None:
+    source = fits_dir / "cutouts_128" / "glimpse_y0000_x0000.fits"
+    header = source.read_bytes()[:2880].decode("ascii")
+    naxis1 = next(header[i:i + 80] for i in range(0, 2880, 80) if header.startswith("NAXIS1", i))
+    bitpix = next(header[i:i + 80] for i in range(0, 2880, 80) if header.startswith("BITPIX", i))
+    _replace_card(source, tmp_path / "naxis.fits", naxis1, "NAXIS1  =                  abc".ljust(80))
+    _replace_card(source, tmp_path / "bitpix.fits", bitpix, "BITPIX  =                  -33".ljust(80))
+    with pytest.raises(CorruptFitsError, match=r"header card 4 of HDU 0 is corrupt: 'NAXIS1  = +abc'"):
+        read_fits_image(tmp_path / "naxis.fits")
+    with pytest.raises(CorruptFitsError, match=r"header card 2 of HDU 0 \(BITPIX\) is corrupt: -33 is not one"):
+        read_fits_image(tmp_path / "bitpix.fits")
+
+
+def _gzipped_zero_image(path: Path, shape: tuple[int, int]) -> None:
+    """A gzip FITS file of a float32 zero image, streamed so the test never holds the image in memory."""
+    import zlib
+
+    header = fits.Header([("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", shape[1]),
+                          ("NAXIS2", shape[0])])
+    size = -(-shape[0] * shape[1] * 4 // 2880) * 2880
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [packer.compress(header.tostring().encode("ascii"))]
+    block = bytes(1 << 22)
+    for start in range(0, size, len(block)):
+        parts.append(packer.compress(block[: min(len(block), size - start)]))
+    parts.append(packer.flush())
+    path.write_bytes(b"".join(parts))
+
+
+def _peak_memory_mb(path: Path) -> float:
+    """Peak resident memory (VmHWM) of a fresh process that imports the reader and reads ``path``."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom ood_core.io.fits import read_fits_image\n"
+            "try:\n    read_fits_image(sys.argv[1])\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+            "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1024
+
+
+def test_a_small_gzip_of_a_huge_image_is_refused_without_decompressing_it(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.fits.gz"
+    _gzipped_zero_image(bomb, (8000, 8000))  # 256 MB of pixels in about 250 kB
+    assert bomb.stat().st_size < 300_000
+    limit = f"8000x8000 = 64000000 pixels, above the limit of {DEFAULT_MAX_PIXELS}"
+    with pytest.raises(ImageTooLargeError, match=limit):
+        read_fits_image(bomb)
+    if Path("/proc/self/status").exists():
+        small = tmp_path / "small_plain.fits"
+        fits.PrimaryHDU(np.ones((64, 64), np.float32)).writeto(small)
+        grown = _peak_memory_mb(bomb) - _peak_memory_mb(small)
+        assert grown < 64, f"refusing the bomb took {grown:.0f} MB more than reading a 64x64 image"
+    # The limit is stated and can be changed; a stream that expands past it is cut off while inflating.
+    small = tmp_path / "small.fits.gz"
+    _gzipped_zero_image(small, (2000, 2000))
+    with pytest.raises(ImageTooLargeError, match="above the limit of 1000000 pixels"):
+        read_fits_image(small, max_pixels=1_000_000)
+    hidden = tmp_path / "hidden.fits.gz"  # the big image sits in an extension: the inflate bound catches it
+    buffer = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((3000, 3000), np.float32))]).writeto(buffer)
+    hidden.write_bytes(gzip.compress(buffer.getvalue()))
+    with pytest.raises(ImageTooLargeError, match="expands to more than"):
+        read_fits_image(hidden, max_pixels=10_000)
+
+
+def test_oversized_plain_image_is_refused_before_decoding(tmp_path: Path) -> None:
+    fits.PrimaryHDU(np.arange(200 * 300, dtype=np.float32).reshape(200, 300)).writeto(tmp_path / "big.fits")
+    with pytest.raises(ImageTooLargeError, match="200x300 = 60000 pixels, above the limit of 50000"):
+        read_fits_image(tmp_path / "big.fits", max_pixels=50_000)
+    assert read_fits_image(tmp_path / "big.fits", max_pixels=60_000).shape == (200, 300)
+
+
+def test_mostly_nan_and_beyond_float32_images_are_kept_with_warnings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    holes = np.arange(64 * 64, dtype=np.float32).reshape(64, 64)
+    holes[:58] = np.nan  # about 91 % NaN
+    fits.PrimaryHDU(holes).writeto(tmp_path / "holes.fits")
+    huge = np.arange(64 * 64, dtype=np.float64).reshape(64, 64)
+    huge[0, :3] = 1e39
+    fits.PrimaryHDU(huge).writeto(tmp_path / "huge.fits")
+    with caplog.at_level("WARNING"):
+        mostly_nan = read_fits_image(tmp_path / "holes.fits")
+        beyond = read_fits_image(tmp_path / "huge.fits")
+    assert mostly_nan.warnings == ("91% of the pixels are NaN, inf or BLANK (masked)",)
+    assert beyond.warnings == ("3 pixel(s) beyond the float32 range (|value| > 3.4e+38) are masked",)
+    assert beyond.mask[0, :3].all() and not beyond.mask[0, 3:].any()
+    assert beyond.metadata()["warnings"] == list(beyond.warnings)
+    assert "holes.fits: 91% of the pixels" in caplog.text and "huge.fits: 3 pixel(s)" in caplog.text
+    holes[:30] = 1.0  # now 44 % NaN: no warning
+    fits.PrimaryHDU(holes).writeto(tmp_path / "fewer_holes.fits")
+    clean = read_fits_image(tmp_path / "fewer_holes.fits")
+    assert clean.warnings == () and clean.metadata()["warnings"] == []
+
+
+def test_existing_paths_with_glob_characters_are_paths(fits_dir: Path, tmp_path: Path) -> None:
+    source = fits_dir / "cutouts_128" / "glimpse_y0000_x0000.fits"
+    (tmp_path / "cut[1].fits").write_bytes(source.read_bytes())
+    (tmp_path / "obs[2]").mkdir()
+    (tmp_path / "obs[2]" / "a.fits").write_bytes(source.read_bytes())
+    (tmp_path / "cut1.fits").write_bytes(b"")  # what the pattern cut[1].fits would match
+    specs = [str(tmp_path / "cut[1].fits"), str(tmp_path / "obs[2]")]
+    assert expand_inputs(specs) == [tmp_path / "cut[1].fits", tmp_path / "obs[2]" / "a.fits"]
+    assert unmatched_inputs(specs) == []
+    assert read_fits_image(tmp_path / "cut[1].fits").shape == (128, 128)
+    # A spec that does not exist is still a pattern.
+    assert expand_inputs([str(tmp_path / "cut[0-9].fits")]) == [tmp_path / "cut1.fits"]
+    assert [q.reason for q in unmatched_inputs([str(tmp_path / "nope[3].fits")])] == ["no file matches this pattern"]

@@ -80,3 +80,30 @@ def test_cuda_without_gpu_is_refused_and_auto_falls_back() -> None:
     with pytest.raises(ConfigurationError, match="no CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_pickle_weights_are_read_only_when_allowed(tmp_path: Path) -> None:
+    folder = tmp_path / "bin"
+    tiny_unet().save_pretrained(folder / "unet", safe_serialization=False)  # diffusion_pytorch_model.bin
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(folder / "scheduler")
+    assert not list((folder / "unet").glob("*.safetensors"))
+    with pytest.raises(ConfigurationError, match=r"no \.safetensors weights \(found diffusion_pytorch_model\.bin\)"):
+        load_model(folder, device="cpu")
+    allowed = load_model(folder, device="cpu", allow_pickle_weights=True)
+    reference = load_model(save_pipeline_folder(tmp_path / "safe"), device="cpu")
+    expected = reference.unet.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in allowed.unet.state_dict().items())
+
+
+def test_a_planted_pickle_beside_safetensors_is_never_loaded(tmp_path: Path) -> None:
+    import os
+    import pickle
+
+    class Planted:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    folder = save_pipeline_folder(tmp_path / "model")
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps({"w": Planted()}, protocol=2))
+    model = load_model(folder, device="cpu")
+    assert model.channels == 3 and not (tmp_path / "pwned").exists()

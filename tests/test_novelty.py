@@ -1,4 +1,5 @@
-"""Novelty on real GLIMPSE cutouts: copies of inputs are flagged, unseen cutouts of the same field are not."""
+"""Novelty on real GLIMPSE cutouts: copies of inputs are flagged, also when flipped or rotated by a right
+angle; unseen cutouts of the same field are not."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from astropy.io import fits
@@ -14,21 +16,16 @@ from astropy.nddata import block_reduce
 from astropy.visualization import AsinhStretch, PercentileInterval
 
 from ood_core.errors import ConfigurationError
+from ood_core.method.dihedral import TRANSFORM_NAMES, dihedral, shape_preserving
 from ood_core.method.novelty import (
     NoveltyRule,
+    dihedral_distances,
     input_nearest_neighbour_distances,
     nearest_input_distance,
+    rms_distances,
 )
 
 N_INPUTS = 6
-
-
-@pytest.fixture(scope="module")
-def fits_dir() -> Path:
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits"
-    if not path.is_dir():
-        pytest.skip(f"real FITS test data not found at {path}")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -41,43 +38,91 @@ def glimpse(fits_dir: Path) -> torch.Tensor:
     return torch.from_numpy(scaled[:, None]).float()
 
 
-def test_distances_match_a_naive_loop(glimpse: torch.Tensor) -> None:
+def numpy_transform(image: npt.NDArray[np.float32], k: int) -> npt.NDArray[np.float32]:
+    """Transform k written independently of ``dihedral``: k % 4 quarter turns, then mirror x if k >= 4."""
+    out = np.rot90(image, k % 4, axes=(-2, -1))
+    return np.ascontiguousarray(out[..., ::-1] if k >= 4 else out)
+
+
+def naive_distance(a: torch.Tensor, b: npt.NDArray[np.float32]) -> float:
+    return float(np.linalg.norm(a.double().numpy() - b.astype(np.float64)) / math.sqrt(a.numel()))
+
+
+def test_distances_match_a_naive_loop_over_samples_inputs_and_transforms(glimpse: torch.Tensor) -> None:
     inputs, samples = glimpse[:N_INPUTS], glimpse[N_INPUTS:]
-    distance, index = nearest_input_distance(samples, inputs)
-    d = inputs[0].numel()
+    distance, index, transform = nearest_input_distance(samples, inputs)
+    plain = rms_distances(samples, inputs).min(dim=1).values
     for s in range(samples.shape[0]):
-        naive = [np.linalg.norm((samples[s].double() - x.double()).numpy()) / math.sqrt(d) for x in inputs]
-        assert distance[s].item() == pytest.approx(min(naive), rel=1e-12)
-        assert index[s].item() == int(np.argmin(naive))
+        naive = np.array([[naive_distance(samples[s], numpy_transform(x.numpy(), k)) for k in range(8)]
+                          for x in inputs])
+        assert distance[s].item() == pytest.approx(naive.min(), rel=1e-12)
+        assert naive[index[s].item(), transform[s].item()] == pytest.approx(naive.min(), rel=1e-12)
+        assert distance[s].item() <= plain[s].item()
+    # The unseen cutouts do come nearer some input's flip/rotation than the input itself (real data).
+    assert bool((transform != 0).any())
     nn = input_nearest_neighbour_distances(inputs)
     for i in range(N_INPUTS):
-        others = [np.linalg.norm((inputs[i].double() - inputs[j].double()).numpy()) / math.sqrt(d)
-                  for j in range(N_INPUTS) if j != i]
+        others = [naive_distance(inputs[i], numpy_transform(inputs[j].numpy(), k))
+                  for j in range(N_INPUTS) if j != i for k in range(8)]
         assert nn[i].item() == pytest.approx(min(others), rel=1e-12)
 
 
-def test_rule_flags_copies_and_passes_unseen_cutouts(glimpse: torch.Tensor) -> None:
+@pytest.mark.parametrize("k", range(8), ids=TRANSFORM_NAMES)
+@pytest.mark.parametrize("noise", [0.0, 0.01], ids=["exact", "noisy"])
+def test_every_flip_and_rotation_of_an_input_is_a_near_copy(glimpse: torch.Tensor, k: int, noise: float) -> None:
     inputs, unseen = glimpse[:N_INPUTS], glimpse[N_INPUTS:]
     rule = NoveltyRule(factor=0.5)
     threshold = rule.threshold(inputs)
-    assert threshold == pytest.approx(0.5 * float(input_nearest_neighbour_distances(inputs).median()))
     assert 0.05 < threshold < 0.5  # RMS units of [-1, 1] images
+    jitter = noise * torch.randn(inputs[2].shape, generator=torch.Generator().manual_seed(k))
+    copy = torch.from_numpy(numpy_transform(inputs[2].numpy(), k)) + jitter
+    result = rule.evaluate(torch.cat([copy[None], unseen]), inputs)
+    assert result.index[0].item() == 2 and result.transform[0].item() == k
+    if noise == 0.0:
+        assert result.distance[0].item() == 0.0
+    else:
+        assert result.distance[0].item() == pytest.approx(noise, rel=0.1)
+    assert bool(result.is_near_copy[0])
+    # A genuinely different image (new cutouts of the same field) is not a near-copy.
+    assert not result.is_near_copy[1:].any()
+    assert bool((result.distance[1:] > threshold).all())
 
-    noise = 0.01 * torch.randn(inputs[3].shape, generator=torch.Generator().manual_seed(0))
-    samples = torch.cat([inputs[3:4], inputs[1:2] + noise, unseen])
-    result = rule.evaluate(samples, inputs)
-    assert result.distance[0].item() == 0.0 and result.index[0].item() == 3
-    assert result.index[1].item() == 1 and result.distance[1].item() < 0.02
-    assert result.is_near_copy[:2].tolist() == [True, True]
-    # New cutouts of the same field are as far from the inputs as the inputs are from each other.
-    assert not result.is_near_copy[2:].any()
-    assert bool((result.distance[2:] > threshold).all())
 
+@pytest.mark.parametrize("k", [0, 2, 4, 6])
+def test_non_square_tiles_use_the_four_shape_keeping_transforms(glimpse: torch.Tensor, k: int) -> None:
+    tiles = glimpse[:, :, :, 4:28]  # 32 x 24
+    assert shape_preserving(32, 24) == (0, 2, 4, 6) and shape_preserving(32, 32) == tuple(range(8))
+    inputs, unseen = tiles[:N_INPUTS], tiles[N_INPUTS:]
+    copy = torch.from_numpy(numpy_transform(inputs[4].numpy(), k))
+    distances, transforms = dihedral_distances(torch.cat([copy[None], unseen]), inputs)
+    assert distances.shape == (1 + unseen.shape[0], N_INPUTS)
+    assert set(transforms.unique().tolist()) <= {0, 2, 4, 6}
+    result = NoveltyRule().evaluate(torch.cat([copy[None], unseen]), inputs)
+    assert result.distance[0].item() == 0.0 and result.index[0].item() == 4 and result.transform[0].item() == k
+    assert result.is_near_copy.tolist() == [True] + [False] * unseen.shape[0]
+
+
+def test_dihedral_is_the_group_of_the_square(glimpse: torch.Tensor) -> None:
+    x = glimpse[:2]
+    views = [dihedral(x, k) for k in range(8)]
+    for k, view in enumerate(views):
+        np.testing.assert_array_equal(view.numpy(), numpy_transform(x.numpy(), k))
+        assert all(not torch.equal(view, other) for other in views[k + 1 :])
+    assert torch.equal(dihedral(dihedral(x, 1), 3), x) and torch.equal(dihedral(dihedral(x, 5), 5), x)
+    with pytest.raises(ConfigurationError):
+        dihedral(x, 8)
+
+
+def test_summary_and_provenance_say_novelty_is_up_to_d4(glimpse: torch.Tensor) -> None:
+    inputs = glimpse[:N_INPUTS]
+    result = NoveltyRule(factor=0.5).evaluate(torch.cat([dihedral(inputs[:2], 5), glimpse[N_INPUTS:]]), inputs)
     summary = result.to_dict()
-    assert summary["n_near_copies"] == 2 and summary["n_samples"] == samples.shape[0]
+    assert summary["n_near_copies"] == 2 and summary["n_samples"] == 2 + glimpse.shape[0] - N_INPUTS
     json.dumps(summary, allow_nan=False)
-    words = rule.to_dict()
-    assert "median" in words["rule"] and words["factor"] == 0.5
+    words = NoveltyRule(factor=0.5).to_dict()
+    assert words["invariance"] == "D4" and words["transforms"] == list(TRANSFORM_NAMES)
+    assert "median" in words["rule"] and "rotations" in words["rule"] and words["factor"] == 0.5
+    json.dumps(words, allow_nan=False)
 
 
 def test_bad_calls_raise(glimpse: torch.Tensor) -> None:
@@ -85,5 +130,9 @@ def test_bad_calls_raise(glimpse: torch.Tensor) -> None:
         NoveltyRule(factor=-1.0)
     with pytest.raises(ConfigurationError):
         input_nearest_neighbour_distances(glimpse[:1])
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="one shape"):
         nearest_input_distance(glimpse[:2, :, :16], glimpse[:3])
+    with pytest.raises(ConfigurationError, match="one shape"):
+        nearest_input_distance(glimpse[:2].reshape(2, -1), glimpse[:3].reshape(3, -1))
+    with pytest.raises(ConfigurationError):
+        nearest_input_distance(glimpse[:2], glimpse[:0])

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from flows.pipeline import pipeline_flow
+from ood_core.errors import ConfigurationError
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.pipeline import NoUsableInputError, run_in_process, run_stages
 from ood_core.pipeline.config import PipelineParameters
+from ood_core.pipeline.ingest import band_channel_map
 from ood_core.store import list_runs, open_run
 from ood_core.store.schema import validate_store
 
@@ -40,7 +42,7 @@ def few_shot_dir(fits_dir: Path, tmp_path: Path) -> Path:
 
 
 def test_run_writes_a_complete_valid_run_and_quarantines_bad_files(
-    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel
+    few_shot_dir: Path, tmp_path: Path, mono_model: FrozenDiffusionModel
 ) -> None:
     store = tmp_path / "store.zarr"
     result = pipeline_flow(small_params([str(few_shot_dir)], store))
@@ -52,6 +54,9 @@ def test_run_writes_a_complete_valid_run_and_quarantines_bad_files(
     assert ds.samples_physical.attrs["units"] == "MJy/sr"
     provenance = ds.attrs["ood_run"]
     assert provenance["status"] == "complete"
+    # Single-band inputs: the shipped one-channel model, one band per channel, one-channel samples.
+    assert Path(provenance["parameters"]["model"]).name == "mono64" and ds.sizes["channel"] == 1
+    assert provenance["bands"] == {"bands": 1, "channels": 1, "mapping": "one band per channel"}
     assert len(provenance["quarantined"]) == 2
     assert provenance["sampler"]["accepted"] >= 4
     assert 0 < provenance["sampler"]["acceptance_rate"] <= 1
@@ -64,7 +69,7 @@ def test_run_writes_a_complete_valid_run_and_quarantines_bad_files(
 
 
 def test_same_seed_gives_identical_samples(
-    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel
+    few_shot_dir: Path, tmp_path: Path, mono_model: FrozenDiffusionModel
 ) -> None:
     params_a = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "a.zarr", samples=2, eta=0.3)
     params_b = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "b.zarr", samples=2, eta=0.3)
@@ -75,7 +80,41 @@ def test_same_seed_gives_identical_samples(
     np.testing.assert_array_equal(a.sample_seed.values, b.sample_seed.values)
 
 
-def test_nothing_usable_writes_nothing(tmp_path: Path, shipped_model: FrozenDiffusionModel) -> None:
+def test_an_explicit_three_channel_model_gets_the_band_replicated(
+    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel
+) -> None:
+    """--model models/base64 on single-band inputs: the band goes into all 3 channels (recorded); samples are
+    3-channel in model space and their channel mean in physical units."""
+    params = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "rgb.zarr", samples=2,
+                          model=str(shipped_model.source))
+    assert Path(params.model).name == "base64"
+    run_in_process(params)
+    ds = open_run(str(tmp_path / "rgb.zarr"))
+    assert ds.sizes["channel"] == 3 and ds.samples_physical.dims == ("sample", "y", "x")
+    assert ds.attrs["ood_run"]["bands"]["mapping"].startswith("the band replicated into 3 channels")
+    np.testing.assert_array_equal(ds.inputs.values[:, 0], ds.inputs.values[:, 2])
+    # Preparing a run with another model than the parameters name would strand it: refused, nothing written.
+    from ood_core.pipeline import prepare_run
+
+    default = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "other.zarr")
+    with pytest.raises(ConfigurationError, match="the parameters name"):
+        prepare_run(default, shipped_model)
+    assert not (tmp_path / "other.zarr").exists()
+
+
+def test_model_auto_follows_the_bands_and_a_mismatch_is_refused(tmp_path: Path) -> None:
+    params = PipelineParameters(inputs=["x.fits"], store=str(tmp_path / "s.zarr"))
+    assert Path(params.model).name == "mono64" and params.band_count == 1
+    assert PipelineParameters(inputs=["x.fits"], store=str(tmp_path / "s.zarr"), model="auto").model == params.model
+    assert band_channel_map(1, 1, params.model)["mapping"] == "one band per channel"
+    assert band_channel_map(1, 3, "models/base64")["mapping"].startswith("the band replicated")
+    with pytest.raises(ConfigurationError, match=r"3 bands but the model \S*mono64 reads 1 channel.*--model"):
+        band_channel_map(3, 1, params.model)
+    with pytest.raises(ConfigurationError, match="2 bands"):
+        band_channel_map(2, 3, "models/base64")
+
+
+def test_nothing_usable_writes_nothing(tmp_path: Path, mono_model: FrozenDiffusionModel) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.fits").write_text("not fits")
@@ -112,12 +151,12 @@ def test_duplicates_are_quarantined_and_too_few_inputs_stop_before_any_network_w
 
 
 def test_a_failing_stage_marks_the_run_failed_once_in_the_sequence(
-    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel
+    few_shot_dir: Path, tmp_path: Path, mono_model: FrozenDiffusionModel
 ) -> None:
     from ood_core.pipeline import execute_stage, prepare_run
 
     params = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "s.zarr", samples=2)
-    run_id = prepare_run(params, shipped_model)
+    run_id = prepare_run(params, mono_model)
     seen: list[str] = []
 
     def execute(stage: str, p: PipelineParameters, rid: str) -> dict[str, object]:
@@ -136,17 +175,17 @@ def test_a_failing_stage_marks_the_run_failed_once_in_the_sequence(
 
 
 def test_each_stage_needs_the_previous_one_stored(
-    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel
+    few_shot_dir: Path, tmp_path: Path, mono_model: FrozenDiffusionModel
 ) -> None:
     from ood_core import pipeline
     from ood_core.store import StoreError
 
     params = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "s.zarr")
-    writer = pipeline.create_run(params, shipped_model, pipeline.ingest(params, 64, 3))
+    writer = pipeline.create_run(params, mono_model, pipeline.ingest(params, 64, 1))
     with pytest.raises(StoreError, match="'invert' must complete before 'prior'"):
-        pipeline.stage_prior(params, shipped_model, writer)
+        pipeline.stage_prior(params, mono_model, writer)
     with pytest.raises(StoreError, match="'prior' must complete before 'sample'"):
-        pipeline.stage_sample(params, shipped_model, writer)
+        pipeline.stage_sample(params, mono_model, writer)
 
 
 class _Interrupted(Exception):
@@ -154,7 +193,7 @@ class _Interrupted(Exception):
 
 
 def test_interrupted_run_resumes_without_redoing_completed_stages(
-    few_shot_dir: Path, tmp_path: Path, shipped_model: FrozenDiffusionModel, monkeypatch: pytest.MonkeyPatch
+    few_shot_dir: Path, tmp_path: Path, mono_model: FrozenDiffusionModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ood_core import pipeline
     from ood_core.method import ddim
@@ -163,17 +202,17 @@ def test_interrupted_run_resumes_without_redoing_completed_stages(
     whole = run_in_process(small_params(files, tmp_path / "whole.zarr", samples=3, batch_size=2))
 
     params = small_params(files, tmp_path / "cut.zarr", samples=3, batch_size=2)
-    ingested = pipeline.ingest(params, shipped_model.resolution, shipped_model.channels)
-    writer = pipeline.create_run(params, shipped_model, ingested)
-    pipeline.stage_invert(params, shipped_model, writer)
-    pipeline.stage_prior(params, shipped_model, writer)
+    ingested = pipeline.ingest(params, mono_model.resolution, mono_model.channels)
+    writer = pipeline.create_run(params, mono_model, ingested)
+    pipeline.stage_invert(params, mono_model, writer)
+    pipeline.stage_prior(params, mono_model, writer)
 
     def stop_after_first(stage: str, done: int, total: int) -> None:
         if stage == "sample" and done >= 1:
             raise _Interrupted
 
     with pytest.raises(_Interrupted):
-        pipeline.stage_sample(params, shipped_model, writer, progress=stop_after_first)
+        pipeline.stage_sample(params, mono_model, writer, progress=stop_after_first)
     assert 1 <= writer.n_samples < 3
     assert list_runs(str(tmp_path / "cut.zarr"))[0].status == "writing"
 

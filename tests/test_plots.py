@@ -66,6 +66,7 @@ def test_distance_labels_and_note_name_the_near_copy_threshold() -> None:
     assert sheets.distance_labels([0.05], None) == ["d_in 0.050"]
     note = sheets.distance_note(0.0766, 0.5)
     assert "below 0.077" in note and "0.5 x the inputs' median nearest-neighbour distance" in note
+    assert "flip/rotation" in note
     assert "near-copy" not in sheets.distance_note(None, None)
 
 

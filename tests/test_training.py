@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 
+import pytest
 import torch
 
 from ood_core.base_model.training import (
+    CHECKPOINT_FILE,
     EXCLUDED_ASTRONOMICAL,
     PatchSampler,
     TrainConfig,
     export_model,
     natural_images,
+    read_checkpoint,
     train_base_model,
     warm_start_from_export,
 )
+from ood_core.errors import ConfigurationError
 from ood_core.method.model import load_model
 
 
@@ -53,8 +59,8 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path: Path) -> None
     train_base_model(tiny_config(4), tmp_path / "resumed", max_steps=2)
     resumed = train_base_model(tiny_config(4), tmp_path / "resumed")
     assert straight.step == resumed.step == 4
-    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)["unet"]
-    b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=False)["unet"]
+    a = read_checkpoint(tmp_path / "straight")["unet"]  # type: ignore[index]
+    b = read_checkpoint(tmp_path / "resumed")["unet"]  # type: ignore[index]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(resumed.losses) == 2 and all(loss > 0 for loss in resumed.losses)
 
@@ -79,7 +85,80 @@ def test_warm_start_continues_from_an_exported_folder(tmp_path: Path) -> None:
 
     state = warm_start_from_export(tmp_path / "model", tmp_path / "fresh", config)
     assert state.step == 2 and len(state.losses) == 1
-    seeded = torch.load(tmp_path / "fresh" / "state.pt", weights_only=False)["unet"]
+    seeded = read_checkpoint(tmp_path / "fresh")["unet"]  # type: ignore[index]
     assert all(torch.equal(seeded[k], v) for k, v in exported.unet.state_dict().items())
     resumed = train_base_model(config, tmp_path / "fresh")
     assert resumed.step == 4 and len(resumed.losses) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints never run code (issue 13, item 1)
+
+
+class _PlantedPayload:
+    """What an attacker pickles: unpickling it calls os.system to create a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_is_safetensors_with_json_and_no_pickle(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    train_base_model(tiny_config(2), tmp_path / "ckpt")
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == [CHECKPOINT_FILE]
+    with safe_open(str(tmp_path / "ckpt" / CHECKPOINT_FILE), framework="pt") as handle:  # type: ignore[no-untyped-call]
+        keys = list(handle.keys())
+        metadata = handle.metadata()
+    assert any(k.startswith("state.unet.") for k in keys) and "state.generator" in keys
+    assert '"step": 2' in metadata["ood_checkpoint"]
+    state = read_checkpoint(tmp_path / "ckpt")
+    assert state is not None and state["step"] == 2
+    assert isinstance(state["optimizer"]["param_groups"][0]["betas"], tuple)
+
+
+@pytest.mark.parametrize("how", ["plain pickle", "torch.save"])
+def test_planted_pickle_checkpoint_is_refused_and_never_runs(tmp_path: Path, how: str) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    marker = tmp_path / "pwned"
+    # First show that the payload is live: the full unpickler runs it.
+    pickle.loads(pickle.dumps(_PlantedPayload(marker)))
+    assert marker.exists()
+    marker.unlink()
+    payload = {"unet": _PlantedPayload(marker), "step": 0}
+    if how == "plain pickle":
+        (folder / "state.pt").write_bytes(pickle.dumps(payload, protocol=2))
+    else:
+        torch.save(payload, folder / "state.pt")
+    with pytest.raises(ConfigurationError, match="refused to load this pickle checkpoint") as info:
+        train_base_model(tiny_config(2), folder)
+    assert "state.pt" in str(info.value) and "weights_only=True" in str(info.value)
+    with pytest.raises(ConfigurationError, match="refused"):
+        export_model(tiny_config(2), folder, tmp_path / "model")
+    assert not marker.exists()
+
+
+def test_legacy_pickle_checkpoint_of_plain_tensors_still_resumes(tmp_path: Path) -> None:
+    config = tiny_config(4)
+    train_base_model(config, tmp_path / "new", max_steps=2)
+    state = read_checkpoint(tmp_path / "new")
+    (tmp_path / "old").mkdir()
+    torch.save(state, tmp_path / "old" / "state.pt")  # what earlier versions wrote
+    resumed = train_base_model(config, tmp_path / "old")
+    straight = train_base_model(config, tmp_path / "new")
+    assert resumed.step == straight.step == 4
+    a, b = read_checkpoint(tmp_path / "old"), read_checkpoint(tmp_path / "new")
+    assert a is not None and b is not None and all(torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
+
+
+def test_a_pickle_beside_a_safetensors_checkpoint_is_ignored(tmp_path: Path) -> None:
+    train_base_model(tiny_config(2), tmp_path / "ckpt")
+    marker = tmp_path / "pwned"
+    (tmp_path / "ckpt" / "state.pt").write_bytes(pickle.dumps({"x": _PlantedPayload(marker)}))
+    assert train_base_model(tiny_config(3), tmp_path / "ckpt").step == 3
+    assert not marker.exists()

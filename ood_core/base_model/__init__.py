@@ -15,6 +15,7 @@ from ood_core.base_model.model_card import (
     write_model_card,
 )
 from ood_core.base_model.training import (
+    CHECKPOINT_FILE,
     EXCLUDED_ASTRONOMICAL,
     PatchSampler,
     TrainConfig,
@@ -23,11 +24,13 @@ from ood_core.base_model.training import (
     build_unet,
     export_model,
     natural_images,
+    read_checkpoint,
     train_base_model,
     warm_start_from_export,
 )
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "EXCLUDED_ASTRONOMICAL",
     "PatchSampler",
     "ReconstructionRow",
@@ -42,6 +45,7 @@ __all__ = [
     "make_sky",
     "natural_images",
     "psf_kernel",
+    "read_checkpoint",
     "reconstruction_table",
     "sample_grid_png",
     "train_base_model",

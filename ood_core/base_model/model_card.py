@@ -39,7 +39,7 @@ class ReconstructionRow:
 def sample_grid_png(
     model: FrozenDiffusionModel, path: Path, *, count: int = 16, steps: int = 50, seed: int = 0
 ) -> Path:
-    """DDIM samples from N(0, I) over the full schedule, shown as an RGB grid."""
+    """DDIM samples from N(0, I) over the full schedule, shown as an RGB grid (grey for a one-channel model)."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((count, model.channels, model.resolution, model.resolution), generator=generator)
     grid = ddim.timestep_grid(model.num_train_timesteps - 1, steps, model.num_train_timesteps)
@@ -48,7 +48,11 @@ def sample_grid_png(
     rows = int(np.ceil(count / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows))
     for ax, image in zip(np.ravel(axes), images, strict=False):
-        ax.imshow(((image.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1))
+        pixels = ((image.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
+        if pixels.shape[-1] == 1:
+            ax.imshow(pixels[..., 0], cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(pixels)
     for ax in np.ravel(axes):
         ax.axis("off")
     fig.suptitle(f"DDIM samples from N(0, I), {steps} steps, seed {seed}", fontsize=9)
@@ -79,7 +83,7 @@ def reconstruction_table(
     model: FrozenDiffusionModel,
     cutout_dir: Path,
     *,
-    sources: Sequence[str] = ("glimpse", "horsehead", "gc2massK", "bolocam", "hcg88r", "m17"),
+    sources: Sequence[str] = ("glimpse", "horsehead", "gc2massK", "bolocam", "hcg88r", "m17Ks"),
     per_source: int = 4,
     settings: Sequence[tuple[int, int]] = ((600, 40),),
 ) -> list[ReconstructionRow]:

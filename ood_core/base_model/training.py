@@ -4,6 +4,8 @@ The in-domain data are random patches, at random scales and with flips, of the p
 with scikit-image and scikit-learn, so the project can train offline and FITS skies are genuinely out
 of domain. Astronomical pictures that ship with scikit-image (Hubble deep field, moon) are excluded.
 Training checkpoints after every ``checkpoint_every`` steps and resumes from the last checkpoint.
+Checkpoints are ``state.safetensors`` (tensors in safetensors, the rest JSON; see :mod:`.checkpoint`), so
+resuming from a folder someone else filled never unpickles anything.
 """
 
 from __future__ import annotations
@@ -23,12 +25,18 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
+from ood_core.base_model.checkpoint import load_checkpoint, load_legacy_pickle, save_checkpoint
+from ood_core.errors import ConfigurationError
+
 # RGB photographs of everyday scenes; grey textures are replicated to RGB.
 _SKIMAGE_RGB = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                 "motorcycle_right.png")
 _SKIMAGE_GREY = ("camera.png", "brick.png", "grass.png", "gravel.png", "coins.png")
 _SKLEARN_RGB = ("china.jpg", "flower.jpg")
 EXCLUDED_ASTRONOMICAL = ("hubble_deep_field", "moon")
+CHECKPOINT_FILE = "state.safetensors"
+LEGACY_CHECKPOINT_FILE = "state.pt"
+"""Pickle checkpoints of older versions: read only with torch's restricted loader (weights_only=True)."""
 
 
 def natural_images() -> dict[str, npt.NDArray[np.float32]]:
@@ -157,7 +165,7 @@ def train_base_model(
 ) -> TrainState:
     """Train (or resume) until ``config.total_steps`` or ``max_steps`` more steps; checkpoint regularly."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    state_file = checkpoint_dir / "state.pt"
+    state_file = checkpoint_dir / CHECKPOINT_FILE
     torch.manual_seed(config.seed)
     unet = build_unet(config)
     scheduler = build_scheduler(config)
@@ -165,8 +173,8 @@ def train_base_model(
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed)
     state = TrainState(step=0, losses=[], seconds=0.0)
-    if state_file.exists():
-        saved = torch.load(state_file, weights_only=False)
+    saved = read_checkpoint(checkpoint_dir)
+    if saved is not None:
         unet.load_state_dict(saved["unet"])
         ema.load_state_dict(saved["ema"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -206,6 +214,21 @@ def train_base_model(
     return state
 
 
+def read_checkpoint(checkpoint_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint state in ``checkpoint_dir`` (None when there is none); never runs code from the folder.
+
+    ``state.safetensors`` is read as tensors + JSON; an old ``state.pt`` only through torch's restricted
+    unpickler, and a pickle it refuses (one that would import or call anything) raises ConfigurationError.
+    """
+    current = checkpoint_dir / CHECKPOINT_FILE
+    if current.exists():
+        return load_checkpoint(current)
+    legacy = checkpoint_dir / LEGACY_CHECKPOINT_FILE
+    if legacy.exists():
+        return load_legacy_pickle(legacy)
+    return None
+
+
 def _save_checkpoint(
     path: Path,
     unet: UNet2DModel,
@@ -225,9 +248,7 @@ def _save_checkpoint(
         "seconds": state.seconds,
         "config": config.to_dict(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a kill mid-save never corrupts the last good checkpoint
+    save_checkpoint(path, payload)  # atomic: a kill mid-save never corrupts the last good checkpoint
 
 
 def warm_start_from_export(model_dir: Path, checkpoint_dir: Path, config: TrainConfig) -> TrainState:
@@ -238,7 +259,7 @@ def warm_start_from_export(model_dir: Path, checkpoint_dir: Path, config: TrainC
     the model card still tells the whole history.
     """
     log = json.loads((model_dir / "training_log.json").read_text())
-    unet = UNet2DModel.from_pretrained(model_dir / "unet")
+    unet = UNet2DModel.from_pretrained(model_dir / "unet", use_safetensors=True)
     ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, power=2 / 3)
     ema.optimization_step = int(log["steps"])
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
@@ -247,13 +268,15 @@ def warm_start_from_export(model_dir: Path, checkpoint_dir: Path, config: TrainC
         step=int(log["steps"]), losses=list(log["loss_per_checkpoint"]), seconds=float(log["train_seconds"])
     )
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    _save_checkpoint(checkpoint_dir / "state.pt", unet, ema, optimizer, generator, state, config)
+    _save_checkpoint(checkpoint_dir / CHECKPOINT_FILE, unet, ema, optimizer, generator, state, config)
     return state
 
 
 def export_model(config: TrainConfig, checkpoint_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Write the EMA weights as a diffusers pipeline folder (unet/ + scheduler/) and a training log."""
-    saved = torch.load(checkpoint_dir / "state.pt", weights_only=False)
+    saved = read_checkpoint(checkpoint_dir)
+    if saved is None:
+        raise ConfigurationError(f"{checkpoint_dir}: no checkpoint ({CHECKPOINT_FILE}) to export")
     unet = build_unet(config)
     unet.load_state_dict(saved["unet"])
     ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, power=2 / 3)

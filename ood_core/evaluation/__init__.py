@@ -17,7 +17,6 @@ from ood_core.evaluation.baselines import (
     ProgressHook,
     augmentation_samples,
     check_baselines,
-    dihedral,
     draw_baseline,
     finetune_model,
     finetune_samples,
@@ -59,6 +58,7 @@ from ood_core.evaluation.metrics import (
     minkowski_thresholds,
     nearest_distances,
     nearest_indices,
+    nearest_input_distances,
     novelty_statistics,
     set_statistics,
     spectrum_distance,
@@ -82,6 +82,7 @@ from ood_core.evaluation.run_report import (
 )
 from ood_core.evaluation.scoring import TABLE_COLUMNS, Scores, novelty_summary, score_sets, table_rows
 from ood_core.evaluation.sheets import RunSheet, contact_sheet, distance_labels, distance_note, run_contact_sheet
+from ood_core.method.dihedral import dihedral
 
 __all__ = [
     "ANCHOR_STREAM",
@@ -144,6 +145,7 @@ __all__ = [
     "morphology_panels",
     "nearest_distances",
     "nearest_indices",
+    "nearest_input_distances",
     "novelty_histograms",
     "novelty_statistics",
     "novelty_summary",

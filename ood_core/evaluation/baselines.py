@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ood_core.errors import ConfigurationError
 from ood_core.method import ddim
+from ood_core.method.dihedral import dihedral
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.prior import PriorKind, fit_prior
 from ood_core.method.sampler import candidate_seed
@@ -85,15 +86,6 @@ def unscreened_prior_samples(
     seeds = [candidate_seed(seed, i) for i in range(n)]
     latents = prior.sample_with_seeds(seeds).reshape(n, *input_latents.shape[1:]).float()
     return ddim.ddim_generate(model, latents, list(grid), eta=eta, seeds=seeds, batch_size=batch_size)
-
-
-def dihedral(images: torch.Tensor, k: int) -> torch.Tensor:
-    """One of the 8 symmetries of the square on (N, C, H, W): rotate by k % 4 quarter turns, then flip the
-    x axis when k >= 4. k = 0 is the identity."""
-    if not 0 <= k < 8:
-        raise ConfigurationError(f"dihedral index must be 0..7, got {k}")
-    out = torch.rot90(images, k % 4, dims=(-2, -1))
-    return out.flip(-1) if k >= 4 else out
 
 
 def augmentation_samples(

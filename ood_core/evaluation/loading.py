@@ -118,6 +118,10 @@ def load_run(store_url: str, run_id: str | None = None) -> RunData:
     ds = open_run(store_url, run_id, chunks=None)
     provenance: dict[str, Any] = dict(ds.attrs["ood_run"])
     actual_run_id = str(provenance.get("run_id", run_id or ""))
+    if provenance.get("normalization", {}).get("per_band"):
+        raise ConfigurationError(f"run {actual_run_id} is a band-group run (bands "
+                                 f"{(provenance.get('bands') or {}).get('names')}): its evaluation against "
+                                 "single-band references is not implemented yet; evaluate single-band runs")
     normalization = run_normalization(provenance)
     samples = _float_tensor(ds["samples"].values)
     if samples.shape[0] == 0:

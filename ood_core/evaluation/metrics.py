@@ -18,9 +18,11 @@ model space ([-1, 1], (N, C, H, W)). One line per metric, lower/higher is better
   Minkowski-functional curves (area fraction, perimeter, Euler characteristic of the excursion sets
   ``image >= nu``) over thresholds nu shared by all sets; lower.
 - ``nearest_input_ratio``: median nearest-input RMS distance of the candidates over the inputs' own median
-  nearest-neighbour distance (novelty); higher means newer, about 1 or more is as new as a fresh real image.
-- ``near_copy_fraction``: fraction of candidates closer to an input than ``factor`` x the inputs' median
-  nearest-neighbour distance; lower.
+  nearest-neighbour distance (novelty), both up to flips and right-angle rotations of the inputs (D4, see
+  ``ood_core.method.novelty``), so a rotated or mirrored input scores 0; higher means newer, about 1 or more
+  is as new as a fresh real image.
+- ``near_copy_fraction``: fraction of candidates closer to an input (up to flips/rotations) than ``factor`` x
+  the inputs' median nearest-neighbour distance; lower.
 - ``domain_separation``: mean probability, under a logistic classifier fitted to tell the base model's own
   in-domain samples from the reference images (summary features), that a candidate is target-domain; higher
   is better (1: as target-like as real images; 0: fell back into the base domain, mode interference).
@@ -56,7 +58,12 @@ from scipy.stats import wasserstein_distance
 from skimage.measure import euler_number, perimeter
 
 from ood_core.errors import ConfigurationError
-from ood_core.method.novelty import NoveltyRule, input_nearest_neighbour_distances, rms_distances
+from ood_core.method.novelty import (
+    NoveltyRule,
+    input_nearest_neighbour_distances,
+    nearest_input_distance,
+    rms_distances,
+)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -75,8 +82,10 @@ METRIC_DOCS: dict[str, str] = {
     "minkowski_area": "relative L1 distance of mean area-fraction curves V0(nu); lower is better",
     "minkowski_perimeter": "relative L1 distance of mean perimeter curves V1(nu); lower is better",
     "minkowski_euler": "relative L1 distance of mean Euler-characteristic curves V2(nu); lower is better",
-    "nearest_input_ratio": "median nearest-input distance / inputs' median NN distance (novelty); higher is newer",
-    "near_copy_fraction": "fraction of near-copies of an input (novelty rule); lower is better",
+    "nearest_input_ratio": ("median nearest-input distance / inputs' median NN distance, both up to flips/rotations"
+                            " (novelty); higher is newer"),
+    "near_copy_fraction": ("fraction of near-copies of an input, flips/rotations included (novelty rule); lower is "
+                           "better"),
     "domain_separation": "P(target domain) from an in-domain vs reference classifier, mean; higher is better",
     "fidelity_distance": "median RMS distance from a candidate to its nearest reference image; lower is better",
     "coverage_distance": "median RMS distance from a reference image to its nearest candidate; lower is better",
@@ -461,11 +470,21 @@ def nearest_indices(candidates: torch.Tensor | npt.ArrayLike, others: torch.Tens
     return out.astype(np.int64)
 
 
+def nearest_input_distances(candidates: torch.Tensor | npt.ArrayLike, inputs: torch.Tensor | npt.ArrayLike
+                            ) -> FloatArray:
+    """(N,) RMS distance (model space) from each candidate to its nearest input up to flips/rotations (D4): the
+    novelty distance of ``ood_core.method.novelty``, as the run measures it."""
+    distance, _, _ = nearest_input_distance(_as_tensor(candidates), _as_tensor(inputs))
+    out: FloatArray = distance.numpy().astype(np.float64)
+    return out
+
+
 def novelty_statistics(
     candidates: torch.Tensor | npt.ArrayLike, inputs: torch.Tensor | npt.ArrayLike, factor: float = 0.5
 ) -> dict[str, float]:
-    """Nearest-input distances of the candidates against the inputs' own nearest-neighbour distances, with
-    the pipeline's own near-copy rule (``ood_core.method.novelty.NoveltyRule``) so the numbers agree with the run's."""
+    """Nearest-input distances of the candidates against the inputs' own nearest-neighbour distances, both up
+    to flips/rotations of the inputs (D4), with the pipeline's own near-copy rule
+    (``ood_core.method.novelty.NoveltyRule``) so the numbers agree with the run's."""
     inputs_t = _as_tensor(inputs)
     result = NoveltyRule(factor=factor).evaluate(_as_tensor(candidates), inputs_t)
     distance = result.distance.numpy().astype(np.float64)

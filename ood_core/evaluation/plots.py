@@ -142,8 +142,8 @@ def minkowski_panels(
 def novelty_histograms(
     distances: Mapping[str, npt.ArrayLike], path: str | Path, *, inputs_nn: npt.ArrayLike, threshold: float
 ) -> Path:
-    """Nearest-input RMS distance (model space) of every set, beside the inputs' own nearest-neighbour
-    distances and the near-copy threshold."""
+    """Nearest-input RMS distance (model space, up to flips/rotations of the inputs) of every set, beside the
+    inputs' own nearest-neighbour distances and the near-copy threshold."""
     values = {name: np.asarray(v, dtype=np.float64).ravel() for name, v in distances.items()}
     nn = np.asarray(inputs_nn, dtype=np.float64).ravel()
     pooled = np.concatenate([*values.values(), nn]) if values else nn
@@ -157,7 +157,7 @@ def novelty_histograms(
         ax.hist(v[np.isfinite(v)], bins=edges.tolist(), histtype="step", color=_color(i + 1), ls=_style(i),
                 lw=1.4, label=name)
     ax.axvline(threshold, color="black", ls=":", label=f"near-copy threshold {threshold:.3g}")
-    ax.set_xlabel("RMS distance to the nearest input (model space)")
+    ax.set_xlabel("RMS distance to the nearest input, up to flips/rotations (model space)")
     ax.set_ylabel("images")
     ax.set_title("novelty: nearest-input distance", fontsize=9)
     ax.legend(fontsize=7)

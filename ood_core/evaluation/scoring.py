@@ -16,7 +16,7 @@ import torch
 
 from ood_core.evaluation import metrics
 from ood_core.evaluation.loading import ImageSet
-from ood_core.method.novelty import NoveltyRule, input_nearest_neighbour_distances
+from ood_core.method.novelty import INVARIANCE, NoveltyRule, input_nearest_neighbour_distances
 
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("pixel_w1", "W1 pix"),
@@ -67,7 +67,7 @@ def _set_values(
     values.update(metrics.domain_separation(image_set.model, anchor, reference.model))
     values["fidelity_distance"] = float(np.median(metrics.nearest_distances(image_set.model, reference.model)))
     values["coverage_distance"] = float(np.median(metrics.nearest_distances(reference.model, image_set.model)))
-    values["nearest_input_distances"] = metrics.nearest_distances(image_set.model, inputs).tolist()
+    values["nearest_input_distances"] = metrics.nearest_input_distances(image_set.model, inputs).tolist()
     values["spectrum"] = stats.spectrum.to_dict()
     values["minkowski_curves"] = stats.minkowski.to_dict()
     values["morphology_per_image"] = {k: v.tolist() for k, v in stats.morphology.items()}
@@ -91,10 +91,12 @@ def reference_summary(ref_stats: metrics.SetStatistics) -> dict[str, Any]:
 
 
 def novelty_summary(inputs: torch.Tensor, factor: float) -> dict[str, Any]:
-    """The inputs' own nearest-neighbour distances and the run's near-copy threshold (``NoveltyRule``)."""
+    """The inputs' own nearest-neighbour distances and the run's near-copy threshold (``NoveltyRule``), both
+    up to flips/rotations (``invariance``: "D4")."""
     rule = NoveltyRule(factor=factor)
     return {"inputs_nn_distances": input_nearest_neighbour_distances(inputs).numpy().astype(np.float64).tolist(),
-            "near_copy_threshold": rule.threshold(inputs), "factor": factor, "rule": rule.to_dict()["rule"]}
+            "near_copy_threshold": rule.threshold(inputs), "factor": factor, "rule": rule.to_dict()["rule"],
+            "invariance": INVARIANCE}
 
 
 def score_sets(

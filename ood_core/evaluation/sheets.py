@@ -107,8 +107,8 @@ def distance_labels(distances: Sequence[float], threshold: float | None) -> list
 
 def distance_note(threshold: float | None, factor: float | None) -> str:
     """What the ``d_in`` panel labels mean, with the run's near-copy threshold when it is known."""
-    text = ("d_in = RMS distance from an image to the nearest run input, in model space (images scaled to "
-            "[-1, 1]; 0 = a copy)")
+    text = ("d_in = RMS distance from an image to the nearest run input or a flip/rotation of one, in model "
+            "space (images scaled to [-1, 1]; 0 = a copy)")
     if threshold is None:
         return text + "."
     rule = f"{factor:g} x the inputs' median nearest-neighbour distance" if factor else "the novelty rule"
@@ -137,6 +137,14 @@ def _run_physical(ds: Any, columns: int) -> tuple[dict[str, npt.NDArray[np.float
                 "samples": samples.mean(axis=1)}, "model units [-1, 1]"
     own = np.arange(inputs.shape[0])
     physical = ds["samples_physical"]
+    record = dict(ds.attrs["ood_run"])
+    if record.get("normalization", {}).get("per_band"):  # band groups: the bands' mean, drawn grey like the rest
+        names = ", ".join(str(n) for n in (record.get("bands") or {}).get("names", []))
+        return {
+            "inputs": model_to_physical(inputs, params, per_band=True).mean(axis=1),
+            "reconstructions": model_to_physical(recons, params, per_band=True).mean(axis=1),
+            "samples": np.asarray(physical.values[:columns], dtype=np.float32).mean(axis=1),
+        }, f"{physical.attrs.get('units') or params[0].units}, mean of bands {names}"
     return {
         "inputs": model_to_physical(inputs, params, own),
         "reconstructions": model_to_physical(recons, params, own),

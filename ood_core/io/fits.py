@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import bz2
 import glob
-import gzip
 import hashlib
 import io
 import logging
+import os
+import re
 import warnings
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +30,9 @@ from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS
 
 from ood_core.errors import (
+    CorruptFitsError,
     EmptyImageError,
+    ImageTooLargeError,
     ImageTooSmallError,
     InvalidInputError,
     MissingInputError,
@@ -45,6 +49,17 @@ FITS_SUFFIXES: tuple[str, ...] = (".fits", ".fit", ".fts", ".fits.gz", ".fits.fz
 """File endings picked up when a directory is given as input."""
 
 CubePlane = int | Literal["moment0"]
+
+DEFAULT_MAX_PIXELS = 2**25
+"""Largest image read by default: 33.5 million pixels (e.g. 5792 x 5792), about 0.5 GB of memory to read.
+Larger images are refused with :class:`ImageTooLargeError` before their data are decoded; the environment
+variable ``OOD_MAX_PIXELS`` (or the ``max_pixels`` argument) sets another limit."""
+
+MOSTLY_INVALID_FRACTION = 0.5
+"""An image with more invalid (NaN, inf, BLANK) pixels than this fraction is kept with a warning."""
+
+_HEADER_ALLOWANCE = 1 << 24  # bytes of headers and other HDUs allowed beside the largest image
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _FITS_MAGIC = b"SIMPLE  ="
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -71,6 +86,8 @@ class FitsImage:
     """Of the file's bytes as stored on disk."""
     plane: str | None = None
     """2-D view of the HDU: "plane=12", "moment0", "cutout y0=128 x0=256"; None for a whole 2-D image."""
+    warnings: tuple[str, ...] = ()
+    """What a person should know about an image that was kept (mostly NaN, values beyond float32)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,6 +105,7 @@ class FitsImage:
             value = self.header.get(key)
             meta[key] = None if value is None else str(value).strip()
         meta["plane"] = self.plane
+        meta["warnings"] = list(self.warnings)
         return meta
 
 
@@ -105,14 +123,16 @@ def _has_fits_suffix(path: Path) -> bool:
 
 
 def _expand_one(spec: str) -> list[Path]:
-    if _is_glob(spec):
-        matches = [Path(m) for m in glob.glob(spec, recursive=True)]
-        return [p for p in matches if p.is_file()]
+    # An existing path is a path, whatever its characters (``cut[1].fits``, ``obs[2]/``); only a path that
+    # does not exist may be a glob pattern.
     path = Path(spec)
     if path.is_dir():
         return [p for p in path.iterdir() if p.is_file() and _has_fits_suffix(p)]
     if path.exists():
         return [path]
+    if _is_glob(spec):
+        matches = [Path(m) for m in glob.glob(spec, recursive=True)]
+        return [p for p in matches if p.is_file()]
     return []
 
 
@@ -120,6 +140,9 @@ def expand_inputs(specs: Sequence[str | Path]) -> list[Path]:
     """Files, directories (their FITS files, not recursive) and glob patterns -> unique file paths, in the
     order the user gave the specs (the files of one directory or pattern sorted by name; a file met twice is
     kept where it first appears), so the run stores its inputs in that order.
+
+    A spec that exists is taken as a path even when it holds glob characters (``cut[1].fits``); only a spec
+    that names no existing file or directory is expanded as a pattern.
 
     Specs that match nothing are left out rather than raised, so one typo does not stop a run;
     :func:`unmatched_inputs` turns them into quarantine entries for the caller to report. A file named
@@ -139,10 +162,10 @@ def unmatched_inputs(specs: Sequence[str | Path]) -> list[QuarantinedInput]:
     for spec in map(str, specs):
         if _expand_one(spec):
             continue
-        if _is_glob(spec):
-            reason = "no file matches this pattern"
-        elif Path(spec).is_dir():
+        if Path(spec).is_dir():
             reason = f"directory holds no FITS file ({', '.join(FITS_SUFFIXES)})"
+        elif _is_glob(spec):
+            reason = "no file matches this pattern"
         else:
             reason = "no such file or directory"
         out.append(QuarantinedInput(path=spec, reason=reason, error=MissingInputError.__name__))
@@ -153,32 +176,115 @@ def unmatched_inputs(specs: Sequence[str | Path]) -> list[QuarantinedInput]:
 # Reading one file
 
 
-def _read_bytes(path: str) -> bytes:
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The image size limit in force: ``max_pixels``, else ``$OOD_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    value = os.environ.get("OOD_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return int(value)
+    except ValueError:
+        log.warning("OOD_MAX_PIXELS=%r is not an integer; the limit stays %d pixels", value, DEFAULT_MAX_PIXELS)
+        return DEFAULT_MAX_PIXELS
+
+
+def _content_limit(max_pixels: int) -> int:
+    """Most bytes a file may hold (after whole-file decompression): the largest float64 image plus headers."""
+    return max_pixels * 8 + _HEADER_ALLOWANCE
+
+
+def _too_large(path: str, what: str, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        path, f"{what}, above the limit of {max_pixels} pixels ({_content_limit(max_pixels)} bytes of file); "
+              "cut it into tiles first or raise the limit (OOD_MAX_PIXELS)"
+    )
+
+
+def _read_bytes(path: str, max_pixels: int) -> bytes:
     file = Path(path)
     if not file.exists():
         raise MissingInputError(path, "no such file or directory")
     if not file.is_file():
         raise MissingInputError(path, "not a regular file")
     try:
+        size = file.stat().st_size
+        if size > _content_limit(max_pixels):
+            raise _too_large(path, f"file is {size} bytes", max_pixels)
         return file.read_bytes()
     except OSError as exc:
         raise MissingInputError(path, f"cannot be read ({exc.strerror or exc})") from exc
 
 
-def _decompress(path: str, raw: bytes) -> bytes:
-    """Undo whole-file gzip/bzip2 compression in memory (tile compression is handled by astropy)."""
+def _gunzip(raw: bytes, limit: int) -> bytearray | None:
+    """Every gzip member of ``raw``; None as soon as the output would pass ``limit`` bytes."""
+    out = bytearray()
+    data = raw
+    while data.startswith(_GZIP_MAGIC):
+        inflater = zlib.decompressobj(wbits=31)
+        out += inflater.decompress(data, limit + 1 - len(out))
+        if len(out) > limit or inflater.unconsumed_tail:
+            return None
+        if not inflater.eof:
+            raise EOFError("compressed stream ends early")
+        data = inflater.unused_data
+    return out
+
+
+def _bunzip(raw: bytes, limit: int) -> bytearray | None:
+    """Every bzip2 stream of ``raw``; None as soon as the output would pass ``limit`` bytes."""
+    out = bytearray()
+    data = raw
+    while data.startswith(_BZIP2_MAGIC):
+        inflater = bz2.BZ2Decompressor()
+        out += inflater.decompress(data, max_length=limit + 1 - len(out))
+        if len(out) > limit or (not inflater.eof and not inflater.needs_input):
+            return None
+        if not inflater.eof:
+            raise EOFError("compressed stream ends early")
+        data = inflater.unused_data
+    return out
+
+
+def _check_primary_size(path: str, head: bytes, max_pixels: int) -> None:
+    """Refuse early when the first decompressed bytes already show a primary image above the limit."""
+    end = _find_end(head, 0)
+    if end is None:
+        return
+    try:
+        header = fits.Header.fromstring(head[:end].decode("ascii"))
+        shape = [int(header.get(f"NAXIS{axis}", 0)) for axis in range(int(header.get("NAXIS", 0)), 0, -1)]
+    except Exception:  # a damaged header is reported by the full read
+        return
+    pixels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if pixels > max_pixels:
+        raise _too_large(path, f"image is {'x'.join(map(str, shape))} = {pixels} pixels", max_pixels)
+
+
+def _decompress(path: str, raw: bytes, max_pixels: int) -> bytes | bytearray:
+    """Undo whole-file gzip/bzip2 compression in memory, never past the size limit (a small file may expand
+    to gigabytes); tile compression is handled by astropy."""
+    limit = _content_limit(max_pixels)
     try:
         if raw.startswith(_GZIP_MAGIC):
-            return gzip.decompress(raw)
-        if raw.startswith(_BZIP2_MAGIC):
-            return bz2.decompress(raw)
-    except (EOFError, OSError, ValueError) as exc:
+            _check_primary_size(path, zlib.decompressobj(wbits=31).decompress(raw, 1 << 16), max_pixels)
+            content = _gunzip(raw, limit)
+        elif raw.startswith(_BZIP2_MAGIC):
+            _check_primary_size(path, bz2.BZ2Decompressor().decompress(raw, max_length=1 << 16), max_pixels)
+            content = _bunzip(raw, limit)
+        else:
+            return raw
+    except (EOFError, OSError, ValueError, zlib.error) as exc:
         reason = f"file truncated: compressed stream is damaged or ends early ({exc})"
         raise TruncatedFitsError(path, reason) from exc
-    return raw
+    if content is None:
+        raise _too_large(path, f"the {len(raw)}-byte compressed file expands to more than {limit} bytes",
+                         max_pixels)
+    return content
 
 
-def _check_fits_start(path: str, content: bytes, compressed: bool) -> None:
+def _check_fits_start(path: str, content: bytes | bytearray, compressed: bool) -> None:
     if not content:
         what = "decompresses to nothing" if compressed else "empty file (0 bytes)"
         raise NotFitsError(path, f"{what}, not a FITS file")
@@ -214,7 +320,7 @@ def _stored_data_bytes(raw_header: fits.Header) -> int:
     return bits // 8 * gcount * (pcount + elements)
 
 
-def _check_not_truncated(path: str, hdul: fits.HDUList, content: bytes) -> None:
+def _check_not_truncated(path: str, hdul: fits.HDUList, content: bytes | bytearray) -> None:
     n_bytes = len(content)
     for index in range(len(hdul)):
         info = hdul.fileinfo(index)
@@ -228,6 +334,82 @@ def _check_not_truncated(path: str, hdul: fits.HDUList, content: bytes) -> None:
             raise TruncatedFitsError(
                 path, f"file truncated: HDU {index} needs {needed} bytes, the file has {n_bytes}"
             )
+
+
+_CARD = 80
+_BLOCK = 2880
+_END_CARD = b"END" + b" " * 77
+_VALID_BITPIX = (8, 16, 32, 64, -32, -64)
+_STRUCTURAL = re.compile(r"^(BITPIX|NAXIS\d*|PCOUNT|GCOUNT|ZNAXIS\d*|ZBITPIX)$")
+
+
+def _find_end(content: bytes | bytearray, start: int) -> int | None:
+    """Offset of the END card of the header starting at ``start`` (cards are 80-byte aligned), or None."""
+    pos = content.find(_END_CARD, start)
+    while pos >= 0 and (pos - start) % _CARD:
+        pos = content.find(_END_CARD, pos + 1)
+    return None if pos < 0 else pos
+
+
+def _card_problem(index: int, number: int, image: bytes) -> str | None:
+    """Why one stored header card is unusable, or None."""
+    where = f"header card {number} of HDU {index}"
+    if any(byte < 0x20 or byte > 0x7E for byte in image):
+        return f"{where} is corrupt: it holds bytes that are not printable ASCII ({image[:24]!r})"
+    try:
+        card = fits.Card.fromstring(image.decode("ascii"))
+        keyword, value = card.keyword, card.value
+    except Exception as exc:  # astropy raises several types for unparsable cards
+        return f"{where} is corrupt: {image.decode('ascii').rstrip()!r} ({exc})"
+    if not _STRUCTURAL.match(keyword):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{where} ({keyword}) is corrupt: value {value!r} is not an integer"
+    if keyword in ("BITPIX", "ZBITPIX") and value not in _VALID_BITPIX:
+        return f"{where} ({keyword}) is corrupt: {value} is not one of {list(_VALID_BITPIX)}"
+    if keyword not in ("BITPIX", "ZBITPIX") and (value < 0 or (keyword == "NAXIS" and value > 999)):
+        return f"{where} ({keyword}) is corrupt: {value} is out of range"
+    return None
+
+
+def _header_problem(path: str, content: bytes | bytearray) -> InvalidInputError | None:
+    """Walk the headers as stored: the first missing END card, corrupt card or short data; None if sound."""
+    offset, index = 0, 0
+    while offset < len(content) and content[offset:offset + 6] not in (b"", b"\0" * 6):
+        end = _find_end(content, offset)
+        if end is None:
+            return TruncatedFitsError(path, f"file truncated: the header of HDU {index} has no END card "
+                                            f"(the file ends at {len(content)} bytes)")
+        cards = content[offset:end]
+        for number in range(len(cards) // _CARD):
+            problem = _card_problem(index, number + 1, bytes(cards[number * _CARD:(number + 1) * _CARD]))
+            if problem:
+                return CorruptFitsError(path, problem)
+        data_start = -(-(end + _CARD) // _BLOCK) * _BLOCK
+        stored = _stored_data_bytes(fits.Header.fromstring(cards.decode("ascii")))
+        if data_start + stored > len(content):
+            return TruncatedFitsError(path, f"file truncated: HDU {index} needs {data_start + stored} bytes, "
+                                            f"the file has {len(content)}")
+        offset = data_start + -(-stored // _BLOCK) * _BLOCK
+        index += 1
+    return None
+
+
+def _exception_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
+def _unreadable(path: str, content: bytes | bytearray, exc: Exception, decoding: bool) -> InvalidInputError:
+    """The error to report when astropy failed on a file: what the stored headers show, else astropy's words."""
+    try:
+        found = _header_problem(path, content)
+    except Exception:  # the walk itself tripped: fall back on astropy's message
+        found = None
+    if found is not None:
+        return found
+    what = "image data cannot be decoded" if decoding else "file is corrupt, astropy cannot read it"
+    return CorruptFitsError(path, f"{what} ({_exception_name(exc)}: {exc})")
 
 
 def _has_data(hdu: Any) -> bool:
@@ -255,12 +437,17 @@ def _select_hdu(path: str, hdul: fits.HDUList, hdu: int | str | None) -> int:
     return index
 
 
-def _physical_pixels(path: str, hdu: Any) -> npt.NDArray[np.float32]:
-    """Data as float32 in physical units, NaN where invalid (NaN, inf, BLANK)."""
-    try:
-        raw = np.asarray(hdu.data)
-    except (ValueError, OSError, TypeError, IndexError) as exc:
-        raise TruncatedFitsError(path, f"image data cannot be decoded ({exc})") from exc
+def _check_size(path: str, hdu: Any, max_pixels: int) -> None:
+    """Refuse an image above the pixel limit before its data are decoded."""
+    shape = tuple(int(n) for n in hdu.shape)
+    pixels = int(np.prod(shape, dtype=np.int64))
+    if pixels > max_pixels:
+        raise _too_large(path, f"image is {'x'.join(map(str, shape))} = {pixels} pixels", max_pixels)
+
+
+def _physical_pixels(path: str, hdu: Any) -> tuple[npt.NDArray[np.float32], list[str]]:
+    """Data as float32 in physical units, NaN where invalid (NaN, inf, BLANK), and warnings about them."""
+    raw = np.asarray(hdu.data)  # decoder errors (zlib, cfitsio, numpy) are turned into reasons by the caller
     invalid = np.zeros(raw.shape, dtype=bool)
     blank = hdu.header.get("BLANK")
     if np.issubdtype(raw.dtype, np.integer) and isinstance(blank, int):
@@ -270,9 +457,14 @@ def _physical_pixels(path: str, hdu: Any) -> npt.NDArray[np.float32]:
         invalid |= raw == blank * bscale + bzero
     with np.errstate(over="ignore", invalid="ignore"):
         data = raw.astype(np.float32)
+    notes = []
+    if raw.dtype.kind == "f" and raw.dtype.itemsize > 4:
+        beyond = int(np.count_nonzero(np.isfinite(raw) & ~np.isfinite(data)))
+        if beyond:
+            notes.append(f"{beyond} pixel(s) beyond the float32 range (|value| > {_FLOAT32_MAX:.3g}) are masked")
     invalid |= ~np.isfinite(data)
     data[invalid] = np.nan
-    return data
+    return data, notes
 
 
 def _to_image(
@@ -337,45 +529,79 @@ def _validate_content(
         )
 
 
+def _datasum_failures(caught: list[warnings.WarningMessage]) -> list[str]:
+    """astropy's DATASUM failures among the warnings recorded while opening with ``checksum=True``."""
+    return [str(w.message).strip() for w in caught if "Datasum verification failed" in str(w.message)]
+
+
+def _content_warnings(mask: npt.NDArray[np.bool_]) -> list[str]:
+    fraction = float(mask.mean())
+    if fraction > MOSTLY_INVALID_FRACTION:
+        return [f"{fraction:.0%} of the pixels are NaN, inf or BLANK (masked)"]
+    return []
+
+
+def _decode(
+    name: str, content: bytes | bytearray, hdu: int | str | None, max_pixels: int
+) -> tuple[int, fits.Header, npt.NDArray[np.float32], list[str]]:
+    """Parse ``content``, pick the HDU and decode its data: (index, header, data, warnings)."""
+    with warnings.catch_warnings(record=True) as caught:
+        # Truncation, header and checksum problems become our own errors; astropy's warnings are recorded.
+        warnings.simplefilter("always")
+        decoding = False
+        try:
+            with fits.open(io.BytesIO(content), memmap=False, lazy_load_hdus=False, checksum=True) as hdul:
+                failures = _datasum_failures(caught)
+                if failures:
+                    raise CorruptFitsError(name, f"data do not match their DATASUM: {'; '.join(failures)}")
+                _check_not_truncated(name, hdul, content)
+                index = _select_hdu(name, hdul, hdu)
+                chosen = hdul[index]
+                _check_size(name, chosen, max_pixels)
+                header = chosen.header.copy()
+                decoding = True
+                cube, notes = _physical_pixels(name, chosen)
+        except InvalidInputError:
+            raise
+        except Exception as exc:  # any reader error is a reason to quarantine, never a crash of the run
+            raise _unreadable(name, content, exc, decoding) from exc
+    return index, header, cube, notes
+
+
 def read_fits_image(
     path: str | Path,
     *,
     hdu: int | str | None = None,
     cube_plane: CubePlane = "moment0",
     min_size: int = 1,
+    max_pixels: int | None = None,
 ) -> FitsImage:
     """Read one image: the first HDU holding image data, or ``hdu`` (index or EXTNAME).
 
     BSCALE/BZERO/BLANK are applied and data come back as float32 with NaN for invalid pixels. Whole-file
-    gzip/bzip2 and tile-compressed HDUs are read. A 3-D cube gives ``cube_plane`` (index along the first
-    numpy axis) or its NaN-aware channel sum ("moment0", in BUNIT per channel, not multiplied by the channel
-    width); length-1 axes are squeezed first, so 4-D data with a degenerate Stokes axis work.
+    gzip/bzip2 and tile-compressed HDUs are read, and the data are decoded here, so a file accepted is a file
+    whose pixels can be read; DATASUM is checked where the file carries one. A 3-D cube gives ``cube_plane``
+    (index along the first numpy axis) or its NaN-aware channel sum ("moment0", in BUNIT per channel, not
+    multiplied by the channel width); length-1 axes are squeezed first, so 4-D data with a degenerate Stokes
+    axis work. Images above ``max_pixels`` (default :func:`max_pixels_limit`) are refused before decoding.
+    An image kept with more than half its pixels invalid, or with float64 values beyond float32, carries a
+    warning (``FitsImage.warnings``, also logged).
 
     Raises an :class:`InvalidInputError` subclass for every kind of unusable file.
     """
     name = str(path)
-    raw = _read_bytes(name)
+    limit = max_pixels_limit(max_pixels)
+    raw = _read_bytes(name, limit)
     sha256 = hashlib.sha256(raw).hexdigest()
-    content = _decompress(name, raw)
+    content = _decompress(name, raw, limit)
     _check_fits_start(name, content, compressed=content is not raw)
-    with warnings.catch_warnings():
-        # Truncation and header problems are turned into our own errors below; silence astropy's versions.
-        warnings.simplefilter("ignore", AstropyWarning)
-        try:
-            with fits.open(io.BytesIO(content), memmap=False, lazy_load_hdus=False) as hdul:
-                _check_not_truncated(name, hdul, content)
-                index = _select_hdu(name, hdul, hdu)
-                chosen = hdul[index]
-                header = chosen.header.copy()
-                cube = _physical_pixels(name, chosen)
-        except InvalidInputError:
-            raise
-        except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, fits.VerifyError) as exc:
-            reason = f"file truncated or corrupt, astropy cannot parse it ({exc})"
-            raise TruncatedFitsError(name, reason) from exc
+    index, header, cube, notes = _decode(name, content, hdu, limit)
     data, plane = _to_image(name, cube, cube_plane)
     mask = ~np.isfinite(data)
     _validate_content(name, data, mask, min_size)
+    notes += _content_warnings(mask)
+    for note in notes:
+        log.warning("%s: %s", name, note)
     return FitsImage(
         path=name,
         data=data,
@@ -385,6 +611,7 @@ def read_fits_image(
         hdu_index=index,
         sha256=sha256,
         plane=plane,
+        warnings=tuple(notes),
     )
 
 
@@ -399,13 +626,16 @@ def read_fits_batch(
     hdu: int | str | None = None,
     cube_plane: CubePlane = "moment0",
     min_size: int = 1,
+    max_pixels: int | None = None,
 ) -> tuple[list[FitsImage], list[QuarantinedInput]]:
     """Read every path; unusable files are quarantined with their reason and never stop the rest."""
     images: list[FitsImage] = []
     quarantined: list[QuarantinedInput] = []
     for path in paths:
         try:
-            images.append(read_fits_image(path, hdu=hdu, cube_plane=cube_plane, min_size=min_size))
+            images.append(
+                read_fits_image(path, hdu=hdu, cube_plane=cube_plane, min_size=min_size, max_pixels=max_pixels)
+            )
         except InvalidInputError as exc:
             log.warning("quarantined %s", exc)
             quarantined.append(QuarantinedInput.from_error(exc))

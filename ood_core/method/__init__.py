@@ -12,6 +12,7 @@ from ood_core.method.ddim import (
     scan_bandwidth,
     timestep_grid,
 )
+from ood_core.method.dihedral import TRANSFORM_NAMES, dihedral, shape_preserving
 from ood_core.method.model import (
     CPU_BATCH_SIZE,
     FrozenDiffusionModel,
@@ -43,6 +44,7 @@ from ood_core.method.normalization import (
 from ood_core.method.novelty import (
     NoveltyResult,
     NoveltyRule,
+    dihedral_distances,
     input_nearest_neighbour_distances,
     nearest_input_distance,
     rms_distances,
@@ -92,6 +94,7 @@ __all__ = [
     "MAX_FIT_PIXELS",
     "MAX_KS_VALUES",
     "SLOT_STRIDE",
+    "TRANSFORM_NAMES",
     "AcceptanceBand",
     "AcceptedBatch",
     "BandwidthScan",
@@ -121,6 +124,8 @@ __all__ = [
     "ddim_invert",
     "denormalize",
     "derive_acceptance_band",
+    "dihedral",
+    "dihedral_distances",
     "fit_normalization",
     "fit_per_image",
     "fit_prior",
@@ -143,6 +148,7 @@ __all__ = [
     "resolve_dtype",
     "rms_distances",
     "scan_bandwidth",
+    "shape_preserving",
     "slerp",
     "slot_candidate_seed",
     "square_crop_box",

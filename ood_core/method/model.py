@@ -9,6 +9,10 @@ gives bfloat16 (the pipeline guards it with the reconstruction check, :mod:`ood_
 ``compile=True`` wraps the UNet in ``torch.compile``, and :func:`auto_batch_size` sizes batches from the
 free GPU memory. The schedule's a_t are also kept on the host, so a DDIM step never reads the device. On the
 CPU none of this applies: float32, contiguous, batches of 16, numerically as before.
+
+Weights are read from ``.safetensors`` files only (tensors, no code), unless the caller passes
+``allow_pickle_weights=True`` for a trusted folder that has only pickle ``.bin`` weights (diffusers then
+reads them with torch's restricted loader, ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -200,26 +204,55 @@ def _locate(source: Path) -> tuple[Path, Path]:
     )
 
 
+def _pickle_refused(unet_dir: Path) -> ConfigurationError:
+    pickles = sorted(p.name for p in unet_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    found = f" (found {', '.join(pickles)})" if pickles else ""
+    return ConfigurationError(
+        f"{unet_dir}: no .safetensors weights{found}. Pickle weights can run code when loaded, so they are read "
+        "only when allowed: load_model(..., allow_pickle_weights=True) for a folder you trust, or convert the "
+        "weights to safetensors (UNet2DModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True))"
+    )
+
+
+def _load_local_unet(unet_dir: Path, torch_dtype: torch.dtype, allow_pickle_weights: bool) -> UNet2DModel:
+    has_safetensors = any(unet_dir.glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle_weights:
+        raise _pickle_refused(unet_dir)
+    unet: UNet2DModel = UNet2DModel.from_pretrained(
+        unet_dir, torch_dtype=torch_dtype, use_safetensors=True if not allow_pickle_weights else None
+    )
+    return unet
+
+
 def load_model(
-    source: str | Path, device: DeviceSpec = "auto", dtype: DTypeSpec = "float32", *, compile: bool = False,
+    source: str | Path,
+    device: DeviceSpec = "auto",
+    dtype: DTypeSpec = "float32",
+    *,
+    compile: bool = False,
     channels_last: bool | None = None,
+    allow_pickle_weights: bool = False,
 ) -> FrozenDiffusionModel:
     """Load a frozen UNet2DModel and its schedule from a local folder (or a hub id when online).
 
     ``channels_last`` (default: on CUDA only) stores weights and inputs in that memory format; ``compile``
-    wraps the UNet in ``torch.compile`` (compiled on the first call, tens of seconds)."""
+    wraps the UNet in ``torch.compile`` (compiled on the first call, tens of seconds). Only ``.safetensors``
+    weights are read unless ``allow_pickle_weights`` (a trusted folder with ``.bin``)."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     path = Path(source)
     if path.exists():
         unet_dir, scheduler_file = _locate(path)
-        unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch_dtype)
+        unet = _load_local_unet(unet_dir, torch_dtype, allow_pickle_weights)
         scheduler_config: dict[str, Any] = json.loads(scheduler_file.read_text())
         checksum = weights_sha256(unet_dir)
     else:
         # A hub id: diffusers resolves and caches it; only possible when the machine is online.
         try:
-            unet = UNet2DModel.from_pretrained(str(source), subfolder="unet", torch_dtype=torch_dtype)
+            unet = UNet2DModel.from_pretrained(
+                str(source), subfolder="unet", torch_dtype=torch_dtype,
+                use_safetensors=True if not allow_pickle_weights else None,
+            )
             scheduler = DDPMScheduler.from_pretrained(str(source), subfolder="scheduler")
         except Exception as exc:  # diffusers raises several types for missing/unreachable repos
             raise ConfigurationError(f"cannot load model {source!r}: not a local folder and not loadable "

@@ -20,6 +20,7 @@ one unambiguous inverse; ``per_image`` fits each input on its own for heterogene
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from astropy.visualization import (
 )
 
 from ood_core.errors import ConfigurationError, ImageTooSmallError
+from ood_core.io.bands import BandGroup
 from ood_core.io.fits import FitsImage
 
 log = logging.getLogger(__name__)
@@ -304,9 +306,13 @@ class NormalizedBatch:
     """One shared entry (per_run) or one per image (per_image)."""
     sources: list[dict[str, Any]]
     """Per image: ``FitsImage.metadata()`` plus the crop and block factor used to resize it."""
+    per_band: bool = False
+    """True for band groups: ``params`` holds one per-run entry per band (channel), not one per image."""
 
     def params_for(self, index: int) -> NormalizationParams:
-        """The normalization that applies to input ``index``."""
+        """The normalization that applies to input ``index`` (single-band batches)."""
+        if self.per_band:
+            raise ConfigurationError("a band-group batch has one normalization per band, not per input")
         return self.params[0] if len(self.params) == 1 else self.params[index]
 
 
@@ -371,10 +377,61 @@ def prepare_batch(
     )
 
 
+def _group_source(group: BandGroup, resolution: int) -> dict[str, Any]:
+    """Provenance of one band group: the first band's metadata, the group's path and hash, the band map."""
+    first = group.bands[0]
+    y0, x0, side = square_crop_box(first.shape, resolution)
+    digest = hashlib.sha256("+".join(band.sha256 for band in group.bands).encode()).hexdigest()
+    return {**first.metadata(), "path": group.path, "sha256": digest, "bands": group.band_map(),
+            "crop": {"y0": y0, "x0": x0, "side": side}, "block": side // resolution,
+            "cd_matrix_deg": _cd_matrix_deg(first)}
+
+
+def prepare_band_batch(
+    groups: Sequence[BandGroup],
+    *,
+    resolution: int,
+    stretch: StretchName = "asinh",
+    stretch_param: float | None = None,
+    lower_percentile: float = DEFAULT_LOWER_PERCENTILE,
+    upper_percentile: float = DEFAULT_UPPER_PERCENTILE,
+) -> NormalizedBatch:
+    """Band groups -> (N, B, H, W) model images: band k in channel k, each band normalized on its own over all
+    the groups (one per-run fit per band), mask = invalid in any band."""
+    if not groups:
+        raise ConfigurationError("prepare_band_batch needs at least one band group")
+    count = len(groups[0].bands)
+    if any(len(group.bands) != count for group in groups):
+        raise ConfigurationError(f"every band group needs the same number of bands ({count})")
+    resized = [[resize_to_resolution(b.data, b.mask, resolution, path=b.path) for b in g.bands] for g in groups]
+    params = [
+        fit_normalization([planes[k][0] for planes in resized], units=_common_units([g.bands[k] for g in groups]),
+                          mode="per_run", stretch=stretch, stretch_param=stretch_param,
+                          lower_percentile=lower_percentile, upper_percentile=upper_percentile)
+        for k in range(count)
+    ]
+    images = np.stack([np.stack([normalize(planes[k][0], params[k]) for k in range(count)]) for planes in resized])
+    mask = np.stack([np.logical_or.reduce([planes[k][1] for k in range(count)]) for planes in resized])
+    return NormalizedBatch(images=images.astype(np.float32), mask=mask, params=params,
+                           sources=[_group_source(g, resolution) for g in groups], per_band=True)
+
+
+def bands_to_physical(model_images: npt.ArrayLike, params: Sequence[NormalizationParams]) -> npt.NDArray[np.float32]:
+    """Model-space (N, B, H, W) of a band-group run -> physical (N, B, H, W), band k through ``params[k]``."""
+    values = np.asarray(model_images, dtype=np.float32)
+    if values.ndim != 4 or values.shape[1] != len(params):
+        raise ConfigurationError(f"expected (N, {len(params)}, H, W) for {len(params)} bands, got {values.shape}")
+    return np.stack([denormalize(values[:, k], p) for k, p in enumerate(params)], axis=1).astype(np.float32)
+
+
 def model_to_physical(
-    model_images: npt.ArrayLike, params: Sequence[NormalizationParams], parents: npt.ArrayLike | None = None
+    model_images: npt.ArrayLike, params: Sequence[NormalizationParams], parents: npt.ArrayLike | None = None,
+    *, per_band: bool = False,
 ) -> npt.NDArray[np.float32]:
-    """Model-space (N, C, H, W) -> physical (N, H, W): one parameter set per run, or each image's parent's."""
+    """Model-space (N, C, H, W) -> physical (N, H, W): one parameter set per run, or each image's parent's;
+    ``per_band`` (band-group runs): physical (N, B, H, W), one parameter set per band."""
+    if per_band:
+        return bands_to_physical(model_images, params)
     band = channels_to_band(np.asarray(model_images))
     if len(params) == 1:
         return denormalize(band, params[0]).astype(np.float32)

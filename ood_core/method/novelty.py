@@ -1,9 +1,13 @@
 """Is a sample new, or a near-copy of one of the few-shot inputs? (DESIGN section 2, "Novelty".)
 
 Distances are RMS pixel distances, ||a - b|| / sqrt(D), in model space, so they read in the units of the
-normalized images ([-1, 1]) whatever the image size. The rule: a sample is a near-copy when its distance to
-the nearest input is below ``factor`` times the median of the inputs' own nearest-neighbour distances, i.e.
-when it sits much closer to one input than the inputs typically sit to each other.
+normalized images ([-1, 1]) whatever the image size. Novelty is measured up to the flips and right-angle
+rotations of the inputs (``ood_core.method.dihedral``: the 8 of D4 for square tiles, the 4 that keep the
+shape otherwise): the distance from a sample to an input is the smallest over that input's transforms, so a
+rotated or mirrored input is a copy (distance 0), not a new image. The rule: a sample is a near-copy when its
+distance to the nearest input is below ``factor`` times the median of the inputs' own nearest-neighbour
+distances (measured the same way), i.e. when it sits much closer to one input than the inputs typically sit
+to each other.
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ import torch
 from torch import Tensor
 
 from ood_core.errors import ConfigurationError
+from ood_core.method.dihedral import TRANSFORM_NAMES, dihedral, shape_preserving
 from ood_core.method.prior import flatten_latents
 
 _CHUNK = 256
+INVARIANCE = "D4"
+"""Novelty is measured up to the flips/rotations of the dihedral group D4 (the 4 of them that keep the shape
+of a non-square tile); recorded as ``novelty.invariance`` in provenance and in evaluations."""
 
 
 def rms_distances(samples: Tensor, inputs: Tensor) -> Tensor:
@@ -35,32 +43,58 @@ def rms_distances(samples: Tensor, inputs: Tensor) -> Tensor:
     return distances / math.sqrt(s.shape[1])
 
 
-def nearest_input_distance(samples: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
-    """Per (S, ...) sample: RMS distance (S,) float64 to the nearest input, and that input's index (S,)."""
-    if flatten_latents(inputs).shape[0] < 1:
+def dihedral_distances(samples: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """(S, n) RMS distance from each sample to each input's nearest flip/rotation, and that transform (S, n).
+
+    Samples (S, ..., H, W) and inputs (n, ..., H, W) are images of one shape; the transforms are those that
+    keep it (``dihedral.shape_preserving``). Vectorized over samples and inputs (``rms_distances``, chunked
+    over samples); only the <= 8 transforms are looped over. Ties go to the lower transform index.
+    """
+    if samples.ndim < 3 or samples.shape[1:] != inputs.shape[1:]:
+        raise ConfigurationError(
+            f"novelty needs samples and inputs as images of one shape (N, [C,] H, W), got "
+            f"{tuple(samples.shape)} and {tuple(inputs.shape)}"
+        )
+    height, width = int(inputs.shape[-2]), int(inputs.shape[-1])
+    best = torch.full((samples.shape[0], inputs.shape[0]), math.inf, dtype=torch.float64, device=samples.device)
+    which = torch.zeros(best.shape, dtype=torch.int64, device=samples.device)
+    for k in shape_preserving(height, width):
+        distance = rms_distances(samples, dihedral(inputs, k))
+        closer = distance < best
+        best = torch.where(closer, distance, best)
+        which[closer] = k
+    return best, which
+
+
+def nearest_input_distance(samples: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per (S, ..., H, W) sample, up to flips/rotations of the inputs: RMS distance (S,) float64 to the
+    nearest input, that input's index (S,) and the index of its transform (S,) (``dihedral.TRANSFORM_NAMES``)."""
+    if inputs.ndim < 1 or inputs.shape[0] < 1:
         raise ConfigurationError("nearest_input_distance needs at least one input")
-    distance, index = rms_distances(samples, inputs).min(dim=1)
-    return distance, index
+    distances, transforms = dihedral_distances(samples, inputs)
+    distance, index = distances.min(dim=1)
+    return distance, index, transforms.gather(1, index[:, None])[:, 0]
 
 
 def input_nearest_neighbour_distances(inputs: Tensor) -> Tensor:
-    """(n,) RMS distance from each input to its nearest other input (leave-one-out)."""
-    x = flatten_latents(inputs)
-    if x.shape[0] < 2:
+    """(n,) RMS distance from each input to its nearest other input, up to flips/rotations (leave-one-out)."""
+    if inputs.ndim < 1 or inputs.shape[0] < 2:
         raise ConfigurationError("nearest-neighbour distances need at least 2 inputs")
-    distances = rms_distances(x, x)
+    distances, _ = dihedral_distances(inputs, inputs)
     distances.fill_diagonal_(float("inf"))
     return distances.min(dim=1).values
 
 
 @dataclass(frozen=True, eq=False)
 class NoveltyResult:
-    """Per-sample nearest-input distance (S,), nearest input index (S,), near-copy flags (S,), threshold."""
+    """Per sample (S,): nearest-input distance, nearest input index, near-copy flag, the index of the input's
+    flip/rotation that came nearest (``dihedral.TRANSFORM_NAMES``); and the threshold."""
 
     distance: Tensor
     index: Tensor
     is_near_copy: Tensor
     threshold: float
+    transform: Tensor
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary (the per-sample arrays go to the store, not here)."""
@@ -89,15 +123,19 @@ class NoveltyRule:
 
     def evaluate(self, samples: Tensor, inputs: Tensor) -> NoveltyResult:
         threshold = self.threshold(inputs)
-        distance, index = nearest_input_distance(samples, inputs)
-        return NoveltyResult(distance, index, is_near_copy=distance < threshold, threshold=threshold)
+        distance, index, transform = nearest_input_distance(samples, inputs)
+        return NoveltyResult(distance, index, is_near_copy=distance < threshold, threshold=threshold,
+                             transform=transform)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "factor": self.factor,
-            "distance": "RMS pixel distance in model space, ||sample - input|| / sqrt(D)",
+            "distance": ("RMS pixel distance in model space, min over g of ||sample - g(input)|| / sqrt(D), g "
+                         "running over the flips/rotations of the input (D4)"),
+            "invariance": INVARIANCE,
+            "transforms": list(TRANSFORM_NAMES),
             "rule": (
-                f"a sample is a near-copy when its distance to the nearest input is below {self.factor} x "
-                "the median of the inputs' own nearest-neighbour distances"
+                f"a sample is a near-copy when its distance to the nearest input, up to flips and right-angle "
+                f"rotations, is below {self.factor} x the median of the inputs' own nearest-neighbour distances"
             ),
         }

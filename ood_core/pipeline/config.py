@@ -13,15 +13,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ood_core.io.fits import usable_size
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "base64"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+SHIPPED_MODELS: dict[int, Path] = {1: MODELS_DIR / "mono64", 3: MODELS_DIR / "base64"}
+"""The shipped base model for each number of bands: one channel for single-band inputs (``models/mono64``,
+collapsed from base64), three for three-band groups (``models/base64``)."""
+AUTO_MODEL = "auto"
+"""The ``model`` value that picks the shipped model by the number of bands (the default)."""
 
 MIN_USABLE_INPUTS = 3
 """The sampler's acceptance band comes from leave-one-out statistics of the inverted inputs: 3 at least."""
 
 
+def shipped_model_path(bands: int = 1) -> str:
+    """The shipped base model for inputs of ``bands`` bands (a diffusers pipeline folder in the repository)."""
+    if bands not in SHIPPED_MODELS:
+        raise ValueError(f"no shipped model reads {bands} bands (shipped: "
+                         + ", ".join(f"{n} band(s): {p.name}" for n, p in SHIPPED_MODELS.items())
+                         + f"); give a model with {bands} input channels (--model)")
+    return str(SHIPPED_MODELS[bands])
+
+
 def default_model_path() -> str:
-    """The shipped base model (a diffusers pipeline folder inside the repository)."""
-    return str(DEFAULT_MODEL_DIR)
+    """The shipped base model of single-band inputs (what a run on ordinary FITS images uses)."""
+    return shipped_model_path(1)
 
 
 T0_RANGE = (1, 999)
@@ -78,8 +92,9 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_run_settings_schema)
 
-    model: str = Field(default=default_model_path(), description="diffusers model folder or hub id (default: "
-                                                                 "the shipped base model models/base64)")
+    model: str = Field(default=AUTO_MODEL, min_length=1,
+                       description="diffusers model folder or hub id; auto: the shipped model for the number of "
+                                   "bands (models/mono64 for single-band inputs, models/base64 for three)")
     samples: int = Field(default=16, ge=1, le=100_000, description="number of accepted samples to generate")
     seed: int = Field(default=0, ge=0, le=2**62, description="seed of the whole run")
     t0: int | None = Field(default=None, ge=T0_RANGE[0], le=T0_RANGE[1], json_schema_extra=_optional_without_null,
@@ -106,7 +121,8 @@ class RunSettings(BaseModel):
     candidate_budget: int = Field(default=20_000, ge=1, le=10_000_000, description="max candidates screened")
     reference_count: int = Field(default=16, ge=2, le=4096, description="in-domain reference latents")
     novelty_factor: float = Field(
-        default=0.5, ge=0.0, le=10.0, description="near-copy if nearest-input distance < factor x inputs' NN median"
+        default=0.5, ge=0.0, le=10.0,
+        description="near-copy if nearest-input distance (up to flips/rotations) < factor x inputs' NN median",
     )
     normalization: Literal["per_run", "per_image"] = Field(default="per_run", description="normalization mode")
     stretch: Literal["asinh", "linear", "sqrt", "log"] = Field(default="asinh", description="intensity stretch")
@@ -170,6 +186,27 @@ class _RunTarget(BaseModel):
         json_schema_extra={"items": {"type": "string", "pattern": r"\S"}},  # no blank path (as the validator)
     )
     store: str = Field(min_length=1, description="zarr store URL (local path or any fsspec URL)")
+    band_groups: list[list[str]] = Field(
+        default=[], description="band groups: each the FITS files of one field, one per band (channel order); "
+                                "inputs then lists the same files (filled in when left out)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inputs_of_band_groups(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("band_groups") and not data.get("inputs"):
+            data = {**data, "inputs": [path for group in data["band_groups"] for path in group]}
+        return data
+
+    @model_validator(mode="after")
+    def _band_groups_alike(self) -> _RunTarget:
+        sizes = {len(group) for group in self.band_groups}
+        if self.band_groups and (len(sizes) != 1 or min(sizes) < 2):
+            raise ValueError(f"every band group needs the same number of files, at least 2 (one per band); got "
+                             f"groups of {sorted(len(g) for g in self.band_groups)} files")
+        if self.band_groups and sorted(self.inputs) != sorted(p for g in self.band_groups for p in g):
+            raise ValueError("with band groups, inputs must list the groups' files (or be left out)")
+        return self
 
     @field_validator("inputs")
     @classmethod
@@ -180,10 +217,28 @@ class _RunTarget(BaseModel):
 
 
 class PipelineParameters(RunSettings, _RunTarget):
-    """Everything that determines a pipeline run; stored verbatim in provenance."""
+    """Everything that determines a pipeline run; stored verbatim in provenance (``model`` resolved: ``auto``
+    becomes the shipped model folder for :attr:`band_count`)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    @property
+    def band_count(self) -> int:
+        """Bands per input image: 1 for plain FITS images, the group size for band groups."""
+        return len(self.band_groups[0]) if self.band_groups else 1
+
+    @model_validator(mode="after")
+    def _band_groups_per_run(self) -> PipelineParameters:
+        if self.band_groups and self.normalization != "per_run":
+            raise ValueError("band groups are normalized per band over the run (normalization per_run); "
+                             "per_image is for single-band inputs")
+        return self
+
+    @model_validator(mode="after")
+    def _shipped_model_for_bands(self) -> PipelineParameters:
+        if self.model.strip() == AUTO_MODEL:
+            self.model = shipped_model_path(self.band_count)
+        return self
 
 def settled(params: PipelineParameters, provenance: dict[str, Any] | None = None) -> PipelineParameters:
     """The parameters with every choosable setting filled: as given, else as the run recorded it (provenance

@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from ood_core.errors import NoUsableInputError, QuarantinedInput
+from ood_core.errors import ConfigurationError, InvalidInputError, NoUsableInputError, QuarantinedInput
+from ood_core.io.bands import BandGroup, read_band_group, tile_band_group
 from ood_core.io.fits import FitsImage, expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs
-from ood_core.method.normalization import NormalizedBatch, prepare_batch
+from ood_core.method.normalization import NormalizedBatch, prepare_band_batch, prepare_batch
 from ood_core.pipeline.config import MIN_USABLE_INPUTS, PipelineParameters
 
-KEY_IGNORED_PARAMETERS = ("inputs", "store", "batch_size", "compile", "shards", "dask_address", "dask_workers")
+KEY_IGNORED_PARAMETERS = ("inputs", "band_groups", "store", "batch_size", "compile", "shards", "dask_address",
+                          "dask_workers")
 """Parameters that do not change what a run computes from the same input files (the idempotence key ignores them)."""
 
 
@@ -26,8 +29,31 @@ class IngestResult:
     """The usable images (after tiling), what was set aside and why, and the normalized batch."""
 
     images: list[FitsImage]
+    """Single-band inputs; for band groups, each group's first band (the groups are in ``groups``)."""
     quarantined: list[QuarantinedInput]
     batch: NormalizedBatch
+    bands: dict[str, Any] = field(default_factory=dict)
+    """How the bands map onto the model's channels (:func:`band_channel_map`), for provenance."""
+    groups: list[BandGroup] = field(default_factory=list)
+
+
+def band_channel_map(bands: int, channels: int, model: str) -> dict[str, Any]:
+    """How inputs of ``bands`` bands go into a model of ``channels`` channels, or a ConfigurationError saying
+    how to fix the call.
+
+    One band per channel when the counts match. A single band into a C-channel model (an explicit ``--model``
+    such as models/base64) is replicated into every channel and the samples are the channel mean, as the
+    pipeline did before one-channel models shipped. Any other mismatch is refused.
+    """
+    if bands == channels:
+        return {"bands": bands, "channels": channels, "mapping": "one band per channel"}
+    if bands == 1:
+        return {"bands": 1, "channels": channels,
+                "mapping": f"the band replicated into {channels} channels; samples are the channel mean"}
+    raise ConfigurationError(
+        f"the inputs have {bands} bands but the model {model} reads {channels} channel(s): leave the model out "
+        f"(or --model auto) to use the shipped model for {bands} bands, or give a model with {bands} input "
+        f"channels (--model)")
 
 
 def drop_duplicates(images: Sequence[FitsImage]) -> tuple[list[FitsImage], list[QuarantinedInput]]:
@@ -57,18 +83,47 @@ def read_inputs(params: PipelineParameters, resolution: int) -> tuple[list[FitsI
     return images, quarantined
 
 
+def read_band_inputs(params: PipelineParameters, resolution: int) -> tuple[list[BandGroup], list[QuarantinedInput]]:
+    """Every usable band group (aligned, tiled when asked); a group with an unusable file is set aside whole."""
+    groups: list[BandGroup] = []
+    quarantined: list[QuarantinedInput] = []
+    for paths in params.band_groups:
+        try:
+            group = read_band_group(paths, hdu=params.hdu, min_size=params.min_input_size(resolution))
+        except InvalidInputError as exc:
+            reason = f"band group {' + '.join(paths)} set aside: {exc}"
+            quarantined += [QuarantinedInput(path, reason, type(exc).__name__) for path in paths]
+            continue
+        groups += tile_band_group(group, params.tile) if params.tile else [group]
+    return groups, quarantined
+
+
+def _ingest_band_groups(params: PipelineParameters, resolution: int, bands: dict[str, Any]) -> IngestResult:
+    groups, quarantined = read_band_inputs(params, resolution)
+    if len(groups) < MIN_USABLE_INPUTS:
+        raise NoUsableInputError(quarantined, usable=len(groups), needed=MIN_USABLE_INPUTS)
+    batch = prepare_band_batch(groups, resolution=resolution, stretch=params.stretch)
+    names = groups[0].names
+    bands = {**bands, "names": names, "band_map": "per input: inputs[i]['bands'] (channel, name, file, FILTER)"}
+    return IngestResult([g.bands[0] for g in groups], quarantined, batch, bands, groups)
+
+
 def ingest(params: PipelineParameters, resolution: int, channels: int) -> IngestResult:
     """Read, validate, deduplicate, tile and normalize the inputs.
 
-    Raises NoUsableInputError when fewer than MIN_USABLE_INPUTS images are usable (nothing is written then).
+    Raises ConfigurationError on a band/channel mismatch (before reading anything) and NoUsableInputError when
+    fewer than MIN_USABLE_INPUTS images are usable (nothing is written then).
     """
+    bands = band_channel_map(params.band_count, channels, params.model)
+    if params.band_groups:
+        return _ingest_band_groups(params, resolution, bands)
     images, quarantined = read_inputs(params, resolution)
     if len(images) < MIN_USABLE_INPUTS:
         raise NoUsableInputError(quarantined, usable=len(images), needed=MIN_USABLE_INPUTS)
     batch = prepare_batch(
         images, resolution=resolution, channels=channels, mode=params.normalization, stretch=params.stretch
     )
-    return IngestResult(images, quarantined, batch)
+    return IngestResult(images, quarantined, batch, bands)
 
 
 def input_set_key(input_sha256s: Sequence[str], params: PipelineParameters) -> str:

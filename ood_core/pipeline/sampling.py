@@ -157,6 +157,7 @@ class SampleContext:
         self.grid = [int(t) for t in inversion["grid"]]
         self.t0, self.steps = int(inversion["t0"]), int(inversion["steps"])
         self.norm_params = [NormalizationParams.from_dict(p) for p in record["normalization"]["params"]]
+        self.per_band = bool(record["normalization"].get("per_band", False))
         self.rule = NoveltyRule(factor=params.novelty_factor)
         self.eta, self.seed = params.eta, params.seed
         self.plan = SlotPlan.of(params, recorded_batch_size(source))
@@ -170,7 +171,10 @@ class SampleContext:
 
     def physical(self, samples: npt.NDArray[Any], parents: npt.NDArray[np.int64],
                  nearest: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
-        """Samples in physical units: the run's normalization, or (per-image mode) the parent's / nearest input's."""
+        """Samples in physical units: the run's normalization, or (per-image mode) the parent's / nearest input's;
+        band groups: (N, B, H, W), band k through its own normalization."""
+        if self.per_band:
+            return model_to_physical(samples, self.norm_params, per_band=True)
         owners = parents if len(self.norm_params) == 1 else np.where(parents >= 0, parents, nearest)
         return model_to_physical(samples, self.norm_params, owners)
 
@@ -302,7 +306,7 @@ def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "samples": samples,
         "samples_physical": ctx.physical(samples, parents, nearest) if rows
-        else np.empty((0, *shape[1:]), np.float32),
+        else np.empty((0, *(shape if ctx.per_band else shape[1:])), np.float32),
         "sample_latents": np.stack([r["sample_latents"] for r in rows]) if rows else np.empty((0, *shape), np.float32),
         "sample_seed": np.array([r["sample_seed"] for r in rows], dtype=np.int64),
         "sample_parent": parents.astype(np.int32),

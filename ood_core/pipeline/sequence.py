@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ood_core.errors import ConfigurationError
 from ood_core.method.model import FrozenDiffusionModel, cached_model
 from ood_core.pipeline import sampling
 from ood_core.pipeline.config import CHOOSABLE, DEFAULT_SLERP_RANGE, PipelineParameters, settled
@@ -108,6 +110,13 @@ def finish_sample_shards(params: PipelineParameters, run_id: str) -> dict[str, A
     return finish_sample(params, stage_model(params, writer), writer)
 
 
+def _same_model(named: str, source: str) -> bool:
+    """Whether two model references (folders or hub ids) name the same model."""
+    if Path(named).exists() or Path(source).exists():
+        return Path(named).resolve() == Path(source).resolve()
+    return named == source
+
+
 SettingsChooser = Callable[[PipelineParameters, FrozenDiffusionModel, IngestResult], dict[str, Any]]
 """choose(params, model, ingested) -> the calibration record; its ``chosen`` entry ({t0, strategy, prior,
 slerp_range}) fills the settings the user left empty (``ood_core.calibration.calibrate`` is one)."""
@@ -136,7 +145,13 @@ def prepare_run(
     choose: SettingsChooser | None = None,
 ) -> str:
     """Ingest the inputs, calibrate the settings left empty (``choose``), create the "writing" run with them,
-    return its id (NoUsableInputError: nothing written)."""
+    return its id (NoUsableInputError: nothing written).
+
+    ``model`` must be the model ``params.model`` names: the later stages load that one.
+    """
+    if not _same_model(params.model, model.source):
+        raise ConfigurationError(f"prepare_run was given the model {model.source} but the parameters name "
+                                 f"{params.model}, which the later stages load: pass the model the parameters name")
     started = time.perf_counter()
     ingested = ingest(params, model.resolution, model.channels)
     ingest_seconds = time.perf_counter() - started

@@ -118,7 +118,9 @@ def create_run(
         "input_set_key": input_set_key([str(s["sha256"]) for s in batch.sources], params),
         "environment": environment_info(),
         "model": model.provenance(),
-        "normalization": {"mode": params.normalization, "params": [p.to_dict() for p in batch.params]},
+        "bands": ingested.bands,
+        "normalization": {"mode": params.normalization, "params": [p.to_dict() for p in batch.params],
+                          "per_band": batch.per_band},
         "inputs": batch.sources,
         "quarantined": [q.to_dict() for q in [*extra_quarantined, *ingested.quarantined]],
         "timings": {} if ingest_seconds is None else {"ingest": round(ingest_seconds, 3)},
@@ -128,7 +130,7 @@ def create_run(
         params.store, run_id=run_id, n_inputs=batch.images.shape[0], channels=model.channels,
         height=model.resolution, width=model.resolution, criterion_names=list(CRITERION_NAMES),
         provenance=provenance, units=batch.params[0].units if batch.params else "",
-        expected_samples=params.samples,
+        expected_samples=params.samples, physical_bands=batch.per_band,
     )
     writer.write_normalized_inputs(batch.images.astype(np.float32), batch.mask.astype(bool))
     writer.mark_stage_complete("ingest")

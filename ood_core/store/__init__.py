@@ -9,6 +9,8 @@ from ood_core.store.fits_export import (
     export_run_fits,
     run_header,
 )
+from ood_core.store.heartbeat import HEARTBEAT_INTERVAL_S, STALE_AFTER_S, heartbeat_now, stale_reason
+from ood_core.store.integrity import CHECKSUM_ATTR, digest_run, verify_run
 from ood_core.store.provenance import (
     PACKAGE_NAME,
     TRACKED_PACKAGES,
@@ -40,6 +42,8 @@ from ood_core.store.runs import (
     RunNotFoundError,
     RunWriter,
     StoreError,
+    StoreIntegrityError,
+    check_store_location,
     consolidate_store,
     latest_complete_run_id,
     list_runs,
@@ -50,7 +54,9 @@ from ood_core.store.runs import (
 from ood_core.store.schema import (
     REQUIRED_PROVENANCE_KEYS,
     REQUIRED_PROVENANCE_KEYS_ANY_STATUS,
+    RunCheck,
     StoreSchemaError,
+    audit_store,
     check_store,
     validate_store,
 )
@@ -64,8 +70,10 @@ from ood_core.store.shards import (
 )
 
 __all__ = [
+    "CHECKSUM_ATTR",
     "COORDINATE_ARRAYS",
     "CRITERION_KEYWORDS",
+    "HEARTBEAT_INTERVAL_S",
     "INPUT_ARRAYS",
     "LIBRARY",
     "PACKAGE_NAME",
@@ -79,6 +87,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SHARDS_GROUP",
     "SHA_PREFIX_LENGTH",
+    "STALE_AFTER_S",
     "STATUSES",
     "STORE_ATTR",
     "TRACKED_PACKAGES",
@@ -86,6 +95,7 @@ __all__ = [
     "BackgroundAppender",
     "BackgroundWriteError",
     "ExportExistsError",
+    "RunCheck",
     "RunInfo",
     "RunNotCompleteError",
     "RunNotFoundError",
@@ -93,14 +103,19 @@ __all__ = [
     "ShardState",
     "ShardWriter",
     "StoreError",
+    "StoreIntegrityError",
     "StoreSchemaError",
     "assign_regions",
+    "audit_store",
     "check_store",
+    "check_store_location",
     "consolidate_store",
     "criterion_keyword",
+    "digest_run",
     "environment_info",
     "export_run_fits",
     "git_commit",
+    "heartbeat_now",
     "json_safe",
     "latest_complete_run_id",
     "list_runs",
@@ -112,9 +127,11 @@ __all__ = [
     "run_header",
     "sha256_file",
     "shard_states",
+    "stale_reason",
     "strict_json_dumps",
     "utc_now",
     "utc_now_iso",
     "validate_store",
+    "verify_run",
     "zarr_store",
 ]

@@ -14,7 +14,13 @@ OODSTRAT    candidate strategy              OODRATE   acceptance rate of the run
 OODVERS     ood-synth version               OODSCHEM  store schema version
 OODBLOCK    block-average factor of the inputs (model pixel = OODBLOCK x OODBLOCK input pixels)
 OODPIXSC    pixel scale of the sample, arcsec per pixel (the inputs' scale x OODBLOCK)
+OODBANDS    band-group runs: number of bands (planes of the cube, NAXIS3)
+BANDn       band-group runs: name of plane n (1-based; channel n-1)
+BFILEn      band-group runs: file of band n in the sample's parent group   BFILTn  its FILTER/BAND header
 ==========  ===========================================================================
+
+A band-group run (``ood run --bands``) exports each sample as a cube, one plane per band, each in the
+inputs' unit, and names the planes in BANDn (the band -> channel map of the run's provenance).
 
 Pixel scale: ``CD1_1 .. CD2_2`` (with ``CUNIT1/2 = deg``) are the inputs' CD matrix times the block factor
 (a 128-pixel input seen by a 64-pixel model: 2x), from the parent input of the sample (the first input when
@@ -206,18 +212,40 @@ def set_pixel_scale(header: fits.Header, record: Mapping[str, Any], parent: int,
             _set(header, f"CD{i}_{j}", float(scaled[i - 1, j - 1]), "inputs' CD x block factor")
 
 
+def set_bands(header: fits.Header, record: Mapping[str, Any], parent: int) -> None:
+    """Band-group runs: OODBANDS and, per plane n, BANDn (name), BFILEn (file) and BFILTn (header filter)."""
+    names = (record.get("bands") or {}).get("names") or []
+    if not names:
+        return
+    inputs = record.get("inputs") or []
+    source = inputs[parent if 0 <= parent < len(inputs) else 0] if inputs else {}
+    band_map = source.get("bands") or [] if isinstance(source, Mapping) else []
+    _set(header, "OODBANDS", len(names), "bands: planes of this cube (NAXIS3)")
+    for n, name in enumerate(names, start=1):
+        _set(header, f"BAND{n}", str(name), f"band of plane {n} (model channel {n - 1})")
+        if n <= len(band_map):
+            _set(header, f"BFILE{n}", Path(str(band_map[n - 1].get("path", ""))).name, f"file of band {n}")
+            _set(header, f"BFILT{n}", band_map[n - 1].get("FILTER") or band_map[n - 1].get("BAND"),
+                 f"FILTER/BAND header of band {n}'s file")
+
+
 def export_run_fits(
     store_url: str,
     outdir: str | os.PathLike[str],
     run_id: str | None = None,
     *,
     overwrite: bool = False,
+    verify: bool = True,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write one FITS file per sample of a complete run (latest when ``run_id`` is None); return the paths."""
+    """Write one FITS file per sample of a complete run (latest when ``run_id`` is None); return the paths.
+
+    The run is verified against its checksums first (``verify``, see :func:`open_run`): a damaged run raises
+    StoreIntegrityError naming the array, and no file is written.
+    """
     if run_id is None:
         run_id = latest_complete_run_id(store_url, storage_options=storage_options)
-    ds = open_run(store_url, run_id, chunks=None, storage_options=storage_options)
+    ds = open_run(store_url, run_id, chunks=None, verify=verify, storage_options=storage_options)
     record: dict[str, Any] = dict(ds.attrs["ood_run"])
     names = [str(n) for n in ds["criterion"].values]
     physical = ds["samples_physical"]
@@ -237,7 +265,8 @@ def export_run_fits(
     for index, path in enumerate(targets):
         header = base.copy()
         # New keywords go after the last keyword card, i.e. before the HISTORY block.
-        set_pixel_scale(header, record, int(parents[index]), (physical.shape[1], physical.shape[2]))
+        set_pixel_scale(header, record, int(parents[index]), (physical.shape[-2], physical.shape[-1]))
+        set_bands(header, record, int(parents[index]))
         _set(header, "OODIDX", index, "sample index in the run")
         _set(header, "OODSEED", seeds[index], "sample seed")
         _set(header, "OODPARNT", parents[index], "parent OOD latent, -1 if none")

@@ -18,6 +18,11 @@ sample count in ``ood_progress``; a resumed writer trims anything beyond it. Com
 store's consolidated metadata (:func:`consolidate_store`), so ``xarray.open_zarr(store, group="runs/<id>",
 consolidated=True)`` works; the library itself lists and writes runs from the real metadata, never from the
 consolidated copy, which only describes runs as they were at the last completion.
+
+Integrity: the "complete" flip carries per-array checksums (``attrs["ood_checksums"]``, see
+:mod:`.integrity`) in the same metadata write; :func:`open_run` verifies them by default and names the
+damaged array. A writing run carries a heartbeat (:mod:`.heartbeat`) so a dead one reads as stale.
+:func:`list_runs` lists every healthy run even when another run's record is unreadable.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,11 +44,14 @@ import xarray as xr
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
+from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
 from ood_core.errors import OODError
 from ood_core.store.appender import BackgroundAppender
 from ood_core.store.describe import describe_run
+from ood_core.store.heartbeat import RECORD_LOCK, STALE_AFTER_S, heartbeat_now, stale_reason, start_heartbeat
+from ood_core.store.integrity import CHECKSUM_ATTR, digest_run, verify_run
 from ood_core.store.provenance import json_safe, new_run_id, utc_now_iso
 
 log = logging.getLogger(__name__)
@@ -74,6 +83,16 @@ class RunNotCompleteError(StoreError):
     """The run exists but is still "writing" or has "failed"."""
 
 
+class StoreIntegrityError(StoreError):
+    """A complete run's arrays differ from the checksums recorded when it completed; ``problems`` names them."""
+
+    def __init__(self, store_url: str, run_id: str, problems: list[str]) -> None:
+        super().__init__(f"{store_url}: run {run_id} is damaged:\n  " + "\n  ".join(problems))
+        self.store_url = store_url
+        self.run_id = run_id
+        self.problems = list(problems)
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """Contract of one array in a run group: dimension names and dtype."""
@@ -99,6 +118,17 @@ SAMPLE_ARRAYS: dict[str, ArraySpec] = {
     "sample_criteria": ArraySpec(("sample", "criterion"), "float32"),
     "sample_nearest_input_distance": ArraySpec(("sample",), "float32"),
 }
+BAND_PHYSICAL = ArraySpec(("sample", "channel", "y", "x"), "float32")
+"""``samples_physical`` of a band-group run: one physical plane per band (channel k = band k)."""
+
+
+def array_spec(name: str, ndim: int) -> ArraySpec:
+    """The contract of ``name`` for an array of ``ndim`` dimensions (``samples_physical`` has a band form)."""
+    if name == "samples_physical" and ndim == len(BAND_PHYSICAL.dims):
+        return BAND_PHYSICAL
+    return RUN_ARRAYS[name]
+
+
 COORDINATE_ARRAYS: dict[str, ArraySpec] = {"criterion": ArraySpec(("criterion",), "str")}
 REFERENCE_ARRAYS: dict[str, ArraySpec] = {"reference_latents": ArraySpec(("reference", *_IMAGE_DIMS), "float32")}
 """Created empty with the run; the prior stage fills it (in-domain reference latents at t0, count known then)."""
@@ -133,14 +163,37 @@ def _check_root(root: zarr.Group, url: str) -> None:
         )
 
 
+def check_store_location(url: str) -> None:
+    """Refuse a local path that exists but cannot become a store: a file, or a non-empty non-zarr folder.
+
+    An existing folder with files but no ``zarr.json`` is someone's data, never silently made a store.
+    """
+    if "://" in url and not url.startswith("file://"):
+        return
+    path = Path(url.removeprefix("file://"))
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise StoreError(f"{url}: exists and is not a folder; give a new folder or an existing ood-synth store")
+    if (path / "zarr.json").is_file():
+        return
+    entries = sorted(p.name for p in path.iterdir())
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise StoreError(f"{url}: an existing folder that is not a zarr store ({len(entries)} entries: {shown}); "
+                         "give a new or empty folder, or an existing ood-synth store")
+
+
 def open_store(
     url: str, *, create: bool = True, storage_options: Mapping[str, Any] | None = None
 ) -> zarr.Group:
     """Open (and by default create) the store's root group for writing.
 
     Safe when several processes create the same store at once: creation never overwrites, and a
-    process that loses the race opens the group the winner made.
+    process that loses the race opens the group the winner made. A local folder that exists, is not
+    empty and is not a zarr group is refused (:func:`check_store_location`).
     """
+    check_store_location(url)
     store = zarr_store(url, storage_options=storage_options)
     try:
         root = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
@@ -213,6 +266,7 @@ class RunWriter:
         self._save_lock = threading.RLock()  # the appender thread commits while the caller updates provenance
         self._appended = int(self._progress["samples_committed"])
         self._appender: BackgroundAppender | None = None
+        self._heartbeat = start_heartbeat(self, group, RUN_ATTR) if self._record.get("status") == "writing" else None
 
     @classmethod
     def create(
@@ -231,9 +285,12 @@ class RunWriter:
         vector_chunk: int = 4096,
         expected_samples: int = 0,
         units: str = "",
+        physical_bands: bool = False,
         storage_options: Mapping[str, Any] | None = None,
     ) -> RunWriter:
         """Create ``runs/<run_id>`` with status "writing" and all its arrays (sample arrays empty).
+
+        ``physical_bands``: a band-group run, whose ``samples_physical`` keeps one plane per channel (band).
 
         ``sample_chunk`` images per chunk along the sample axis (inputs are always one per chunk), by default
         up to 4 MiB and at most 64 images: the cost of a write is per chunk more than per byte (one sample per
@@ -260,7 +317,7 @@ class RunWriter:
         record = json_safe(dict(provenance))
         assert isinstance(record, dict)
         started = record.get("started") or utc_now_iso()
-        record.update(run_id=run_id, status="writing", started=started, ended=None)
+        record.update(run_id=run_id, status="writing", started=started, ended=None, heartbeat=heartbeat_now())
         progress = {"inputs_written": False, "samples_committed": 0, "completed_stages": []}
 
         root = open_store(store_url, storage_options=storage_options)
@@ -272,7 +329,7 @@ class RunWriter:
             raise StoreError(f"{store_url}: run {run_id} already exists; runs never share a group") from exc
 
         _create_arrays(group, n_inputs, (channels, height, width), names, units,
-                       _SampleLayout(sample_chunk, shard, vector_chunk, expected_samples))
+                       _SampleLayout(sample_chunk, shard, vector_chunk, expected_samples), physical_bands)
         return cls(group, store_url, run_id, storage_options)
 
     @classmethod
@@ -286,6 +343,7 @@ class RunWriter:
         status = _run_record(group).get("status")
         if status != "writing":
             raise StoreError(f"run {run_id} has status {status!r}; only a 'writing' run can be resumed")
+        _refuse_half_created(group, store_url, run_id)
         writer = cls(group, store_url, run_id, storage_options)
         if writer.sample_regions:  # shards own the sample arrays until their regions are merged
             return writer
@@ -484,7 +542,11 @@ class RunWriter:
         if found:
             raise StoreError(f"run {self.run_id} is not whole: " + "; ".join(found))
         describe_run(self._group, self._record, self.n_samples)  # long_name, units, coordinates for xarray
-        self._save(record={"status": "complete", "ended": self._record.get("ended") or utc_now_iso()})
+        checksums = digest_run(self._group)  # after the flush: every shard is on disk
+        # Status and checksums land in one metadata write.
+        self._save(record={"status": "complete", "ended": self._record.get("ended") or utc_now_iso()},
+                   extra={CHECKSUM_ATTR: checksums})
+        self.close()
         consolidate_store(self.store_url, run_id=self.run_id, storage_options=self._storage_options)
 
     def fail(self, error: BaseException | str) -> None:
@@ -496,18 +558,32 @@ class RunWriter:
         if self._appender is not None:
             self._appender.abandon()  # batches not yet committed are dropped, nothing is written after this
         self._save(record={"status": "failed", "error": message, "ended": utc_now_iso()})
+        self.close()
+
+    def close(self) -> None:
+        """Stop the heartbeat (a writer that is simply dropped stops it too, when collected)."""
+        if self._heartbeat is not None:
+            self._heartbeat.set()
 
     def _require_writing(self) -> None:
         if self._record.get("status") != "writing":
             raise StoreError(f"run {self.run_id} is {self._record.get('status')!r}, no more writes")
 
-    def _save(self, record: Mapping[str, Any] | None = None, progress: Mapping[str, Any] | None = None) -> None:
+    def _save(
+        self,
+        record: Mapping[str, Any] | None = None,
+        progress: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         """Apply updates to the records and write both in one metadata write, so status and committed count
-        never disagree on disk; under the lock that the appender thread's commits take too."""
-        with self._save_lock:
+        never disagree on disk; under the lock that the appender thread's commits take too, and the
+        process-wide record lock the heartbeat thread takes. A writing run's heartbeat is refreshed."""
+        with self._save_lock, RECORD_LOCK:
             self._record.update(record or {})
             self._progress.update(progress or {})
-            self._group.update_attributes({RUN_ATTR: self._record, PROGRESS_ATTR: self._progress})
+            if self._record.get("status") == "writing":
+                self._record["heartbeat"] = heartbeat_now()
+            self._group.update_attributes({RUN_ATTR: self._record, PROGRESS_ATTR: self._progress, **(extra or {})})
 
     # -- background appends (ood_core.store.appender)
 
@@ -551,8 +627,9 @@ class RunWriter:
         units = str(self._samples["samples_physical"].attrs.get("units", ""))
         image_bytes = 4 * int(np.prod(self._samples["samples"].shape[1:]))
         layout = _SampleLayout(math.gcd(unit, default_sample_chunk(image_bytes)), unit, unit, rows)
-        for name, spec in SAMPLE_ARRAYS.items():
+        for name in SAMPLE_ARRAYS:
             rest = tuple(self._samples[name].shape[1:])
+            spec = array_spec(name, 1 + len(rest))
             self._samples[name] = self._group.create_array(
                 name, shape=(rows, *rest), dtype=spec.dtype, dimension_names=spec.dims, fill_value=_fill(spec.dtype),
                 attributes={"units": units} if name == "samples_physical" else None, overwrite=True,
@@ -641,6 +718,7 @@ def _create_arrays(
     criterion_names: list[str],
     units: str,
     layout: _SampleLayout,
+    physical_bands: bool = False,
 ) -> None:
     """The arrays of a new run group: per-input arrays at full size, per-sample arrays ``layout.expected`` long
     (they grow; readers go by the committed count)."""
@@ -656,12 +734,12 @@ def _create_arrays(
         group.create_array(name, shape=shape, dtype=spec.dtype, chunks=(1, *shape[1:]),
                            dimension_names=spec.dims, fill_value=_fill(spec.dtype))
     trailing = {
-        "samples": image, "samples_physical": (height, width), "sample_latents": image,
+        "samples": image, "samples_physical": image if physical_bands else (height, width), "sample_latents": image,
         "sample_seed": (), "sample_parent": (), "sample_criteria": (len(names),),
         "sample_nearest_input_distance": (),
     }
     for name, rest in trailing.items():
-        spec = SAMPLE_ARRAYS[name]
+        spec = array_spec(name, 1 + len(rest))
         group.create_array(
             name, shape=(layout.expected, *rest), dtype=spec.dtype, dimension_names=spec.dims,
             fill_value=_fill(spec.dtype),
@@ -719,6 +797,19 @@ def _attr_dict(group: zarr.Group, name: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _refuse_half_created(group: zarr.Group, store_url: str, run_id: str) -> None:
+    """A run killed while :meth:`RunWriter.create` made its arrays can never be completed: mark it failed."""
+    present = {name for name, _ in group.arrays()}
+    missing = [name for name in RUN_ARRAYS if name not in present]
+    if not missing:
+        return
+    reason = f"interrupted while the run was being created (arrays {missing} were never made)"
+    with RECORD_LOCK:
+        record = {**_run_record(group), "status": "failed", "error": reason, "ended": utc_now_iso()}
+        group.update_attributes({RUN_ATTR: record})
+    raise StoreError(f"{store_url}: run {run_id} cannot be resumed: {reason}; it is now marked failed")
+
+
 def _fill(dtype: str) -> Any:
     # NaN marks never-written float cells; integers and booleans have no such value.
     return np.nan if dtype.startswith("float") else 0 if dtype != "bool" else False
@@ -748,6 +839,17 @@ class RunInfo:
     n_inputs: int
     n_samples: int
     acceptance_rate: float | None
+    heartbeat: dict[str, Any] | None = None
+    """Last sign of life of a run's writer: {"time", "host", "pid"} (None for runs of older versions)."""
+    stale: bool = False
+    """A "writing" run whose writer is gone or silent for longer than the stale timeout."""
+    problem: str | None = None
+    """Why the run is stale, why it failed (its error), or (status "broken") why its record cannot be read."""
+
+    @property
+    def shown_status(self) -> str:
+        """The status a person should see: "stale" for a dead writing run."""
+        return "stale" if self.stale else self.status
 
 
 def _run_record(group: zarr.Group) -> dict[str, Any]:
@@ -774,7 +876,7 @@ def _length(group: zarr.Group, name: str) -> int:
         return 0
 
 
-def _run_info(group: zarr.Group, run_id: str) -> RunInfo:
+def _run_info(group: zarr.Group, run_id: str, stale_after: float = STALE_AFTER_S) -> RunInfo:
     record = _run_record(group)
     progress = group.attrs.get(PROGRESS_ATTR)
     n_inputs = _length(group, "inputs")
@@ -784,6 +886,8 @@ def _run_info(group: zarr.Group, run_id: str) -> RunInfo:
         n_samples = _length(group, "samples")
     sampler = record.get("sampler")
     rate = sampler.get("acceptance_rate") if isinstance(sampler, dict) else None
+    beat = record.get("heartbeat")
+    stale = stale_reason(record, stale_after=stale_after)
     return RunInfo(
         run_id=run_id,
         status=str(record.get("status", "unknown")),
@@ -792,25 +896,61 @@ def _run_info(group: zarr.Group, run_id: str) -> RunInfo:
         n_inputs=n_inputs,
         n_samples=n_samples,
         acceptance_rate=float(rate) if isinstance(rate, (int, float)) else None,
+        heartbeat=dict(beat) if isinstance(beat, dict) else None,
+        stale=stale is not None,
+        problem=stale or (str(record.get("error")) if record.get("status") == "failed" else None),
     )
 
 
-def _run_groups(root: zarr.Group, store_url: str) -> list[tuple[str, zarr.Group]]:
-    """(run id, group) of every run in the store, oldest first (run ids sort by time)."""
-    if RUNS_GROUP not in root:
-        return []
-    runs = root[RUNS_GROUP]
-    if not isinstance(runs, zarr.Group):
-        raise StoreError(f"{store_url}: {RUNS_GROUP} is not a group")
-    return sorted(runs.groups(), key=lambda item: item[0])
+def _run_names(root: zarr.Group) -> list[str]:
+    """Names under ``runs/`` as stored, without parsing any run's metadata (one bad record breaks nothing).
+
+    A folder holding nothing but unfinished writes (a process killed while creating the group) is no run.
+    """
+    prefix = f"{root.path}/{RUNS_GROUP}".lstrip("/")
+    names = sync(_list_dir(root.store, prefix))
+    candidates = sorted(n for n in names if n != "zarr.json" and not n.endswith(".partial") and "/" not in n)
+    return [n for n in candidates if sync(_holds_data(root.store, f"{prefix}/{n}/"))]
+
+
+async def _list_dir(store: Store, prefix: str) -> list[str]:
+    return [name async for name in store.list_dir(prefix)]
+
+
+async def _holds_data(store: Store, prefix: str) -> bool:
+    async for key in store.list_prefix(prefix):
+        if key.startswith(prefix) and not key.endswith(".partial"):
+            return True
+    return False
+
+
+def _safe_run_info(root: zarr.Group, name: str, stale_after: float) -> RunInfo:
+    """The run's line, or a "broken" line saying why its group or record cannot be read."""
+    try:
+        node = zarr.open_group(root.store, path=f"{root.path}/{RUNS_GROUP}/{name}".lstrip("/"), mode="r",
+                               zarr_format=3, use_consolidated=False)
+        if not isinstance(node.attrs.get(RUN_ATTR), dict):
+            raise StoreError(f"attrs[{RUN_ATTR!r}] is missing")
+        return _run_info(node, name, stale_after)
+    except Exception as exc:  # a damaged record must not hide the healthy runs beside it
+        reason = f"run record unreadable ({type(exc).__name__}: {exc})"
+        return RunInfo(name, "broken", None, None, 0, 0, None, problem=reason)
 
 
 def list_runs(
-    store_url: str, *, include_incomplete: bool = True, storage_options: Mapping[str, Any] | None = None
+    store_url: str,
+    *,
+    include_incomplete: bool = True,
+    stale_after: float = STALE_AFTER_S,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[RunInfo]:
-    """Every run in the store, oldest first (run ids sort by time)."""
+    """Every run in the store, oldest first (run ids sort by time).
+
+    A run whose group or record cannot be read is listed with status "broken" and the reason in ``problem``;
+    a "writing" run whose writer is gone, or silent for ``stale_after`` seconds, has ``stale`` set.
+    """
     root = _open_root_readonly(store_url, storage_options)
-    infos = [_run_info(group, name) for name, group in _run_groups(root, store_url)]
+    infos = [_safe_run_info(root, name, stale_after) for name in _run_names(root)]
     if not include_incomplete:
         infos = [info for info in infos if info.status == "complete"]
     return infos
@@ -822,7 +962,16 @@ def run_records(store_url: str, *, storage_options: Mapping[str, Any] | None = N
         root = _open_root_readonly(store_url, storage_options)
     except StoreNotFoundError:
         return []
-    return [_run_record(group) for _, group in _run_groups(root, store_url)]
+    records = []
+    for name in _run_names(root):
+        try:
+            group = zarr.open_group(root.store, path=f"{root.path}/{RUNS_GROUP}/{name}".lstrip("/"), mode="r",
+                                    zarr_format=3, use_consolidated=False)
+        except Exception as exc:  # an unreadable run has no record to offer; list_runs names it "broken"
+            log.warning("%s: run %s skipped, its record is unreadable (%s)", store_url, name, exc)
+            continue
+        records.append(_run_record(group))
+    return records
 
 
 def latest_complete_run_id(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> str:
@@ -839,6 +988,7 @@ def open_run(
     *,
     allow_incomplete: bool = False,
     chunks: Any = "auto",
+    verify: bool = True,
     storage_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """A run as a lazy (dask) ``xarray.Dataset``; the latest complete run when ``run_id`` is None.
@@ -846,6 +996,10 @@ def open_run(
     Provenance is in ``ds.attrs["ood_run"]``. A run that is not complete raises RunNotCompleteError unless
     ``allow_incomplete``, in which case the sample dimension is cut to the committed samples.
     ``chunks=None`` gives numpy-backed variables instead of dask.
+
+    A complete run is checked against the checksums recorded when it completed and StoreIntegrityError
+    names each damaged array. ``verify=True`` (default) reads every stored chunk once to hash it (bytes as
+    stored, no decompression); ``verify=False`` checks only the arrays' metadata, for very large runs.
     """
     if run_id is None:
         run_id = latest_complete_run_id(store_url, storage_options=storage_options)
@@ -857,6 +1011,9 @@ def open_run(
             f"{store_url}: run {run_id} is {info.status!r}, not complete "
             "(pass allow_incomplete=True to read it anyway)"
         )
+    problems = verify_run(group, content=verify)  # metadata always (cheap), chunk contents when verify
+    if problems:
+        raise StoreIntegrityError(store_url, run_id, problems)
     store = zarr_store(store_url, read_only=True, storage_options=storage_options)
     consolidated = info.status == "complete" and _consolidated_run_is_current(store, info)
     ds: xr.Dataset = xr.open_zarr(

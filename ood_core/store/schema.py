@@ -8,6 +8,7 @@ raises :class:`StoreSchemaError` naming them. Array metadata is read from each a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,8 @@ import zarr
 import zarr.errors
 
 from ood_core.errors import OODError
+from ood_core.store.heartbeat import STALE_AFTER_S
+from ood_core.store.integrity import has_checksums, verify_run
 from ood_core.store.provenance import strict_json_dumps
 from ood_core.store.runs import (
     INPUT_ARRAYS,
@@ -27,6 +30,9 @@ from ood_core.store.runs import (
     STATUSES,
     STORE_ATTR,
     ArraySpec,
+    StoreError,
+    array_spec,
+    list_runs,
     zarr_store,
 )
 
@@ -83,6 +89,7 @@ def _check_arrays(group: zarr.Group, where: str) -> tuple[list[str], dict[str, z
             problems.append(f"{where}: array {name!r} is missing")
             continue
         dims = tuple(node.metadata.dimension_names or ())  # type: ignore[union-attr]  # zarr v2 metadata has no dimension_names; v3 stores only here
+        spec = array_spec(name, node.ndim)
         if dims != spec.dims:
             problems.append(f"{where}/{name}: dimension names {list(dims)}, expected {list(spec.dims)}")
         if not _dtype_matches(node, spec):
@@ -100,7 +107,7 @@ def _check_sizes(arrays: dict[str, zarr.Array[Any]], record: dict[str, Any], pro
     problems = []
     sizes: dict[str, dict[str, int]] = {}
     for name, arr in arrays.items():
-        for dim, size in zip(RUN_ARRAYS[name].dims, arr.shape, strict=True):
+        for dim, size in zip(array_spec(name, arr.ndim).dims, arr.shape, strict=True):
             sizes.setdefault(dim, {})[name] = size
     complete = record.get("status") == "complete"
     for dim, by_array in sizes.items():
@@ -133,7 +140,19 @@ def _check_run(group: zarr.Group, run_id: str) -> list[str]:
     array_problems, arrays = _check_arrays(group, where)
     problems += array_problems
     problems += _check_sizes(arrays, record if isinstance(record, dict) else {}, progress, where)
+    if isinstance(record, dict) and record.get("status") == "complete" and not has_checksums(group):
+        problems.append(f"{where}: complete run without checksums (attrs['ood_checksums'])")
     return problems
+
+
+def _open_run_group(root: zarr.Group, name: str) -> zarr.Group | str:
+    """The run group, or why it cannot be opened (a damaged record is a problem, not an exception)."""
+    try:
+        node = zarr.open_group(root.store, path=f"{RUNS_GROUP}/{name}", mode="r", zarr_format=3,
+                               use_consolidated=False)
+    except Exception as exc:  # truncated zarr.json, an array where a group belongs, unreadable storage
+        return f"{RUNS_GROUP}/{name}: run group unreadable ({type(exc).__name__}: {exc})"
+    return node
 
 
 def validate_store(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
@@ -154,11 +173,9 @@ def validate_store(store_url: str, *, storage_options: Mapping[str, Any] | None 
     runs = root[RUNS_GROUP]
     if not isinstance(runs, zarr.Group):
         return [*problems, f"{RUNS_GROUP} is an array, expected a group"]
-    for name, member in sorted(runs.members(), key=lambda item: item[0]):
-        if not isinstance(member, zarr.Group):
-            problems.append(f"{RUNS_GROUP}/{name}: an array where a run group belongs")
-            continue
-        problems += _check_run(member, name)
+    for run in list_runs(store_url, storage_options=storage_options):
+        group = _open_run_group(root, run.run_id)
+        problems += [group] if isinstance(group, str) else _check_run(group, run.run_id)
     return problems
 
 
@@ -167,3 +184,54 @@ def check_store(store_url: str, *, storage_options: Mapping[str, Any] | None = N
     problems = validate_store(store_url, storage_options=storage_options)
     if problems:
         raise StoreSchemaError(store_url, problems)
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """One run's verdict from :func:`audit_store`."""
+
+    run_id: str
+    status: str
+    """As a person should read it: complete, writing, stale, failed or broken."""
+    problems: list[str] = field(default_factory=list)
+    """Damage: a complete run that differs from its checksums or breaks the contract, an unreadable record."""
+    notes: list[str] = field(default_factory=list)
+    """Not damage: why a stale run looks dead, what a run that never completed lacks."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def audit_store(
+    store_url: str,
+    *,
+    content: bool = True,
+    stale_after: float = STALE_AFTER_S,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[RunCheck]:
+    """Check every run: the contract (as :func:`validate_store`) and, for complete runs, the checksums.
+
+    ``content=False`` skips reading chunk bytes (metadata and shapes only). A store that cannot be opened
+    raises StoreError; everything else is reported per run.
+    """
+    store = zarr_store(store_url, read_only=True, storage_options=storage_options)
+    try:
+        root = zarr.open_group(store, mode="r", zarr_format=3, use_consolidated=False)
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.MetadataValidationError) as exc:
+        raise StoreError(f"{store_url}: no zarr v3 group here ({exc})") from exc
+    checks = []
+    for info in list_runs(store_url, stale_after=stale_after, storage_options=storage_options):
+        group = _open_run_group(root, info.run_id) if info.status != "broken" else None
+        if not isinstance(group, zarr.Group):
+            reason = group or f"{RUNS_GROUP}/{info.run_id}: {info.problem}"
+            checks.append(RunCheck(info.run_id, "broken", [reason]))
+            continue
+        problems = _check_run(group, info.run_id)
+        if info.status != "complete":  # a run killed part-way lacks things; it never claims to be whole
+            notes = [f"stale: {info.problem}"] if info.stale else []
+            checks.append(RunCheck(info.run_id, info.shown_status, [], notes + problems))
+            continue
+        problems += [p for p in verify_run(group, content=content) if p not in problems]
+        checks.append(RunCheck(info.run_id, info.shown_status, problems))
+    return checks

@@ -14,6 +14,7 @@ run's status stays "writing" until the merge, so nothing half-written reads as c
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ import numpy.typing as npt
 import zarr
 
 from ood_core.store.appender import BackgroundAppender
+from ood_core.store.heartbeat import HEARTBEAT_INTERVAL_S, beat
 from ood_core.store.runs import (
     _LIVE_APPENDERS,
     INPUT_ARRAYS,
@@ -114,6 +116,7 @@ class ShardWriter:
         root = open_store(store_url, create=False, storage_options=storage_options)
         self._group = _run_group(root, store_url, run_id)
         self.run_id, self.index = run_id, index
+        self._last_beat = float("-inf")
         self._record = _attr_dict(self._group, RUN_ATTR)
         if self._record.get("status") != "writing":
             raise StoreError(f"run {run_id} is {self._record.get('status')!r}; shards write only a 'writing' run")
@@ -201,3 +204,8 @@ class ShardWriter:
         state = {"index": self.index, "start": self.start, "stop": self.stop, "rows": self._committed,
                  "checkpoint": self._checkpoint, "done": self._done}
         self._meta.update_attributes({SHARD_ATTR: state})
+        # While shards run elsewhere the run's own writer is idle: the shards keep its heartbeat fresh.
+        now = time.monotonic()
+        if now - self._last_beat >= HEARTBEAT_INTERVAL_S / 2:
+            self._last_beat = now
+            beat(self._group, RUN_ATTR)

@@ -1,0 +1,159 @@
+"""Checksums of a complete run's arrays, and their verification.
+
+When a run completes, every array of its group gets a record in ``attrs["ood_checksums"]``: its shape, the
+number of stored objects (chunks or shards) and a CRC-32C over their keys and raw bytes as stored (compressed,
+read through the zarr store, so local paths and fsspec URLs alike). Checking stored bytes is cheap (no
+decompression) and sees what readers would otherwise not: a deleted chunk (which zarr reads as the fill
+value, NaN), a deleted or truncated ``zarr.json`` (the variable vanishes from xarray), flipped bytes.
+
+CRC-32C (the checksum zarr's own sharding index uses, hardware-accelerated through ``google-crc32c``, a zarr
+dependency) runs at about 11 GB/s here against 1.8 GB/s for sha256, which made the completion of a 10^4-sample
+run cost more than writing it (bench/bench_store.py). It detects accidental damage (every burst of up to 32
+bits, any other with probability 1 - 2^-32); it is not a defence against deliberate tampering. Records written
+with sha256 by earlier versions still verify with sha256.
+
+Chunks equal to the fill value are never written by zarr, so the recorded object count is what was stored
+at completion, not the size of the chunk grid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import google_crc32c
+import zarr
+import zarr.errors
+from zarr.abc.store import Store
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+CHECKSUM_ATTR = "ood_checksums"
+ALGORITHM = "crc32c of the stored objects, in key order"
+_METADATA = "zarr.json"
+_PARALLEL_READS = 32
+
+
+def _is_data_key(relative: str) -> bool:
+    # zarr.json is metadata; "*.partial" files are writes a killed process left unfinished.
+    return relative != _METADATA and not relative.endswith(".partial")
+
+
+async def _keys(store: Store, prefix: str) -> list[str]:
+    found = [key async for key in store.list_prefix(prefix)]
+    return sorted(key for key in found if key.startswith(prefix) and _is_data_key(key[len(prefix):]))
+
+
+class _Crc32c:
+    """hashlib-like running CRC-32C."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes) -> None:
+        self._value = google_crc32c.extend(self._value, data)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
+def _hasher(kind: str) -> _Crc32c | Any:
+    return _Crc32c() if kind == "crc32c" else hashlib.sha256()
+
+
+async def _digest(store: Store, prefix: str, kind: str = "crc32c") -> tuple[int, str]:
+    """(stored objects under ``prefix``, the ``kind`` digest of their keys, lengths and bytes in key order)."""
+    keys = await _keys(store, prefix)
+    digest = _hasher(kind)
+    prototype = default_buffer_prototype()
+    for start in range(0, len(keys), _PARALLEL_READS):
+        batch = keys[start:start + _PARALLEL_READS]
+        buffers = await asyncio.gather(*(store.get(key, prototype=prototype) for key in batch))
+        for key, buffer in zip(batch, buffers, strict=True):
+            data = b"" if buffer is None else buffer.to_bytes()
+            digest.update(key[len(prefix):].encode() + b"\0" + len(data).to_bytes(8, "little"))
+            digest.update(data)
+    return len(keys), digest.hexdigest()
+
+
+def _metadata_bytes(group: zarr.Group, name: str) -> bytes | None:
+    buffer = sync(group.store.get(f"{group.path}/{name}/{_METADATA}", prototype=default_buffer_prototype()))
+    return None if buffer is None else buffer.to_bytes()
+
+
+def digest_array(group: zarr.Group, name: str, array: zarr.Array[Any]) -> dict[str, Any]:
+    """Shape, metadata hash, stored-object count and content hash of one array of ``group``."""
+    metadata = _metadata_bytes(group, name) or b""
+    objects, digest = sync(_digest(group.store, f"{group.path}/{name}/"))
+    return {"shape": [int(n) for n in array.shape], "metadata_sha256": hashlib.sha256(metadata).hexdigest(),
+            "objects": objects, "crc32c": digest}
+
+
+def digest_run(group: zarr.Group) -> dict[str, Any]:
+    """The checksum record of every array in a run group (written with the "complete" status)."""
+    arrays = dict(sorted(group.arrays()))
+    return {"algorithm": ALGORITHM, "arrays": {name: digest_array(group, name, a) for name, a in arrays.items()}}
+
+
+def _metadata_problem(group: zarr.Group, name: str, expected: Mapping[str, Any]) -> str | None:
+    """What is wrong with the array's own zarr.json as stored, or None."""
+    metadata = _metadata_bytes(group, name)
+    if metadata is None:
+        return "the array is missing (its metadata, zarr.json, is gone)"
+    try:
+        shape = [int(n) for n in json.loads(metadata)["shape"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"its metadata (zarr.json) is unreadable ({type(exc).__name__}: {exc})"
+    if shape != list(expected.get("shape", [])):
+        return f"shape {shape}, {expected.get('shape')} when the run completed"
+    recorded = expected.get("metadata_sha256")
+    if recorded is not None and hashlib.sha256(metadata).hexdigest() != recorded:
+        return "its metadata (zarr.json) changed since the run completed"
+    return None
+
+
+def _array_problem(group: zarr.Group, name: str, expected: Mapping[str, Any], content: bool) -> str | None:
+    problem = _metadata_problem(group, name, expected)
+    if problem or not content:
+        return problem
+    kind = "crc32c" if "crc32c" in expected else "sha256"  # sha256: records of earlier versions
+    objects, digest = sync(_digest(group.store, f"{group.path}/{name}/", kind))
+    recorded = int(expected.get("objects", -1))
+    if objects < recorded:
+        return f"{recorded - objects} of its {recorded} stored chunk objects (chunks or shards) are missing"
+    if objects > recorded:
+        return f"{objects - recorded} chunk object(s) more than the {recorded} stored when the run completed"
+    if digest != expected.get(kind):
+        return "chunk contents differ from the checksum recorded when the run completed"
+    return None
+
+
+def verify_run(group: zarr.Group, *, content: bool = True) -> list[str]:
+    """Every way a complete run differs from its checksum record; empty when it is intact.
+
+    ``content=False`` checks only the arrays' metadata (present, readable, same shape): no chunk is read.
+    A run without a record (still writing, or written by an older version) gives no problems.
+    """
+    record = group.attrs.get(CHECKSUM_ATTR)
+    if not isinstance(record, Mapping):
+        return []
+    arrays = record.get("arrays")
+    if not isinstance(arrays, Mapping):
+        return [f"{group.path}: attrs[{CHECKSUM_ATTR!r}] is damaged (no 'arrays')"]
+    problems = []
+    for name, expected in sorted(arrays.items()):
+        if not isinstance(expected, Mapping):
+            problems.append(f"{group.path}/{name}: its checksum record is damaged")
+            continue
+        problem = _array_problem(group, name, expected, content)
+        if problem:
+            problems.append(f"{group.path}/{name}: {problem}")
+    return problems
+
+
+def has_checksums(group: zarr.Group) -> bool:
+    """True when the run carries a checksum record (complete runs written by this version)."""
+    return isinstance(group.attrs.get(CHECKSUM_ATTR), Mapping)

@@ -1,0 +1,128 @@
+"""`ood run` as a user runs it, under faults (issue 13): a garbled tile-compressed file and names with `[`
+among the inputs, a SIGKILL mid-run (no temporary Prefect server may survive it; the run reads as stale,
+never as complete), then `ood run --resume` completes it with the bad file set aside and named."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zarr
+import zarr.errors
+from test_fits_io import write_damaged_tile_compressed
+
+from ood_cli.main import EXIT_OK
+from ood_core.store import StoreError, list_runs, open_run
+
+OOD = Path(sys.executable).parent / "ood"
+SMALL = ["--samples", "2", "--steps", "6", "--t0", "300", "--device", "cpu", "--batch-size", "8"]
+
+
+def ood_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(home)  # the temporary server's own database, and how the test finds it
+    env["OMP_NUM_THREADS"] = "1"  # on a shared 2-core machine two spinning torch threads ran 100x slower
+    return env
+
+
+def server_processes(home: Path, exclude: int | None = None) -> list[int]:
+    """Pids of processes started with this PREFECT_HOME (the `ood` command and its server)."""
+    marker = f"PREFECT_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in (exclude, os.getpid()):
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def writing_runs(store: Path) -> list[str]:
+    """Ids of "writing" runs whose creation is over (the "ingest" stage recorded: arrays made, inputs stored), []
+    while the store or the run is still being created: a kill inside creation is another case (such a run can
+    never complete and is marked failed on resume, tests/test_faults.py)."""
+    try:
+        runs = [r.run_id for r in list_runs(str(store)) if r.status == "writing"]
+    except StoreError:  # the folder exists, its root metadata not yet
+        return []
+    created = []
+    for run_id in runs:
+        try:
+            group = zarr.open_group(str(store), path=f"runs/{run_id}", mode="r")
+            if "ingest" in dict(group.attrs.get("ood_progress") or {}).get("completed_stages", []):
+                created.append(run_id)
+        except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
+            continue
+    return created
+
+
+def wait_until_gone(home: Path, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (left := server_processes(home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+@pytest.fixture
+def prefect_home(tmp_path: Path):  # type: ignore[no-untyped-def]
+    if not Path("/proc/self/environ").exists():
+        pytest.skip("needs /proc to find the server process")
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    yield home
+    for pid in server_processes(home):  # never leave a process of ours behind, even when the test fails
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_killed_run_leaves_no_server_reads_as_stale_and_resumes_with_bad_inputs_set_aside(
+    fits_dir: Path, tmp_path: Path, prefect_home: Path
+) -> None:
+    cutouts = fits_dir / "cutouts_128"
+    inputs = tmp_path / "inputs"
+    (inputs / "obs[2]").mkdir(parents=True)
+    shutil.copy(cutouts / "glimpse_y0000_x0256.fits", inputs / "cut[1].fits")
+    shutil.copy(cutouts / "glimpse_y0128_x0000.fits", inputs / "obs[2]" / "a.fits")
+    garbled = write_damaged_tile_compressed(inputs, "RICE_1")
+    good = [str(cutouts / name) for name in ("glimpse_y0000_x0000.fits", "glimpse_y0128_x0256.fits")]
+    specs = [*good, str(garbled), str(inputs / "cut[1].fits"), str(inputs / "obs[2]")]
+    store = tmp_path / "store.zarr"
+    ood = subprocess.Popen([str(OOD), "run", *specs, "--store", str(store), *SMALL], cwd=tmp_path,
+                           env=ood_env(prefect_home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    # Kill once the run is being written (the server is up, the inputs are stored, the network stages go).
+    while time.monotonic() < deadline and ood.poll() is None:
+        if writing_runs(store):
+            break
+        time.sleep(0.2)
+    assert ood.poll() is None, "the run ended before it could be killed"
+    assert server_processes(prefect_home, exclude=ood.pid), "no temporary server process while the run went"
+    ood.send_signal(signal.SIGKILL)
+    ood.wait()
+    assert wait_until_gone(prefect_home, 20) == []  # the server died with its parent
+    [run] = list_runs(str(store))
+    assert run.status == "writing" and run.stale
+    assert run.problem is not None and "is no longer running" in run.problem
+
+    resumed = subprocess.run([str(OOD), "run", "--resume", run.run_id, "--store", str(store)], cwd=tmp_path,
+                             env=ood_env(prefect_home), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == EXIT_OK, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"run        {run.run_id}" in resumed.stdout
+    assert f"quarantined {garbled}: image data cannot be decoded" in resumed.stdout
+    [done] = list_runs(str(store))
+    assert done.run_id == run.run_id and done.status == "complete" and done.n_samples == 2
+    ds = open_run(str(store), run.run_id)  # verifies the checksums written at completion
+    record = ds.attrs["ood_run"]
+    assert sorted(Path(i["path"]).name for i in record["inputs"]) == sorted(
+        ["glimpse_y0000_x0000.fits", "glimpse_y0128_x0256.fits", "cut[1].fits", "a.fits"])
+    assert [(q["path"], q["error"]) for q in record["quarantined"]] == [(str(garbled), "CorruptFitsError")]
+    assert ds.sizes["input"] == 4 and record["parameters"]["steps"] == 6
+    assert wait_until_gone(prefect_home, 15) == []  # and the resumed run's server ended with it
