@@ -50,6 +50,8 @@ def test_ood_run_bands_gives_three_channel_samples_whose_fits_name_their_bands(
     assert ds.sizes["channel"] == 3 and ds.samples.shape[1] == 3
     assert ds.samples_physical.dims == ("sample", "channel", "y", "x") and ds.samples_physical.shape[1] == 3
     assert record["bands"]["names"] == ["g", "r", "i"] and record["normalization"]["per_band"] is True
+    calibration = record["calibration"]  # enough tiles to calibrate, but its scores are single-band: off, says why
+    assert calibration["enabled"] is False and "band groups" in calibration["reason"]
     assert [b["path"] for b in record["inputs"][0]["bands"]] == gri
     out = tmp_path / "fits"
     assert main(["export-fits", str(store), str(out)]) == EXIT_OK

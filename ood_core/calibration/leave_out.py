@@ -121,6 +121,9 @@ def calibrate(params: PipelineParameters, model: FrozenDiffusionModel, ingested:
     n = int(ingested.batch.images.shape[0])
     if params.calibrate is False:
         return off("switched off (--no-calibrate)")
+    if ingested.batch.per_band:
+        return off("band groups: the calibration's fidelity scores are single-band; settings are the defaults "
+                   "unless given")
     if params.calibrate is None and n < CALIBRATION_MIN_SHOTS:
         return off(f"{n} usable shots: the calibration needs {CALIBRATION_MIN_SHOTS} (a third held out)")
     if n < MIN_FORCED_SHOTS:
