@@ -182,6 +182,9 @@ def _summary(result: dict[str, Any]) -> None:
     _say(f"t0         {result['t0']}")
     _say(f"recon      median PSNR {result['median_psnr_db']:.2f} dB")
     _say(f"samples    {result['n_samples']} (acceptance rate {result['acceptance_rate']:.3f})")
+    warning = ((result.get("summary") or {}).get("sampler") or {}).get("warning")
+    if warning:
+        _err(f"warning: {warning}")
     _calibration_summary(result.get("summary") or {})
     timings = result.get("timings") or {}
     if timings:

@@ -240,3 +240,28 @@ def test_input_set_key_ignores_paths_and_store_but_not_settings(tmp_path: Path) 
     assert input_set_key(["h2", "h1"], p) == input_set_key(["h1", "h2", "h1"], q)
     assert input_set_key(["h1"], p) != input_set_key(["h1", "h2"], p)
     assert input_set_key(["h1"], p) != input_set_key(["h1"], small_params(["a.fits"], tmp_path / "s.zarr", seed=4))
+
+
+@pytest.mark.parametrize(
+    ("tried", "accepted", "given", "expected"),
+    [
+        (64, 64, {}, "accepted all 64 candidates: it did not screen"),
+        (64, 0, {}, "accepted none of 64 candidates"),
+        (64, 64, {"prior": "scalar", "t0": 600}, "or leave --t0/--prior to the calibration"),
+        (64, 17, {}, None),  # it screened
+        (8, 8, {}, None),  # too few candidates to say
+        (16, 0, {"strategy": "prior"}, "or leave --strategy to the calibration"),
+    ],
+)
+def test_a_run_whose_screening_accepts_everything_or_nothing_says_so(
+    tmp_path: Path, tried: int, accepted: int, given: dict[str, object], expected: str | None
+) -> None:
+    from ood_core.pipeline.sampling import screening_warning
+
+    params = PipelineParameters(inputs=["x.fits"], store=str(tmp_path / "s.zarr"), **given)  # type: ignore[arg-type]
+    warning = screening_warning(tried, accepted, params)
+    if expected is None:
+        assert warning is None
+    else:
+        assert warning is not None and expected in warning and "try" in warning.lower()
+        assert ("calibration" in warning) == bool(given)

@@ -126,7 +126,8 @@ def _headline(result: dict[str, Any], record: dict[str, Any]) -> list[str]:
         f"(min {_fmt(inversion.get('min_psnr_db'), 2)}, max {_fmt(inversion.get('max_psnr_db'), 2)})",
         f"- **samples**: {result.get('n_samples')} of {sampler.get('requested')} requested; "
         f"candidates tried {sampler.get('tried')}, accepted {sampler.get('accepted')}, "
-        f"**acceptance rate** {_fmt(sampler.get('acceptance_rate'), 4)}",
+        f"**acceptance rate** {_fmt(sampler.get('acceptance_rate'), 4)}"
+        + (f" (**warning**: {sampler['warning']})" if sampler.get("warning") else ""),
         f"- **input set key**: `{record.get('input_set_key')}`",
     ]
 

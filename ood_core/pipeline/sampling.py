@@ -385,8 +385,32 @@ def sampler_record(params: PipelineParameters, ctx: SampleContext, counters: Cou
     report.update(tried=counters.tried, accepted=counters.accepted, delivered=delivered,
                   acceptance_rate=counters.accepted / counters.tried if counters.tried else 0.0,
                   budget_exhausted=counters.budget_exhausted > 0)
-    return {**report, "seed": params.seed, "requested": params.samples, "written": written,
+    warning = screening_warning(counters.tried, counters.accepted, params)
+    if warning:
+        log.warning("%s", warning)
+    return {**report, "seed": params.seed, "requested": params.samples, "written": written, "warning": warning,
             "accepted_per_sample_limit": ACCEPTED_PER_SAMPLE, "tries_per_sample": ctx.plan.tries,
             "block": ctx.plan.block, "shards": shards, "empty_slots": counters.failed_slots,
             "slots_out_of_budget": counters.budget_exhausted, "near_copies_rejected": counters.near_copies,
             "stream": "one candidate stream per sample slot (slot_candidate_seed); blocks of 'block' slots"}
+
+
+SCREENING_WARN_MIN_TRIED = 16
+"""Fewer candidates than this say nothing about the acceptance rate."""
+
+
+def screening_warning(tried: int, accepted: int, params: PipelineParameters) -> str | None:
+    """A sentence when the geometric screening did not screen (every candidate accepted) or let nothing
+    through, with what to change; None when the acceptance rate is strictly between 0 and 1."""
+    if tried < SCREENING_WARN_MIN_TRIED or 0 < accepted < tried:
+        return None
+    given = params.given()
+    fixed = [f"--{name}" for name in ("t0", "strategy", "prior") if name in given]
+    calibrated = (" or leave " + "/".join(fixed) + " to the calibration") if fixed else ""
+    if accepted == tried:
+        return (f"the screening accepted all {tried} candidates: it did not screen (the band derived from the "
+                f"shots is wider than the candidates' spread). Samples are as drawn from the prior; try "
+                f"--prior ppca, a slerp strategy with a smaller mixing fraction{calibrated}")
+    return (f"the screening accepted none of {tried} candidates: the candidates sit outside the band derived "
+            f"from the shots. Try --strategy slerp_ood_prior (candidates nearer the shots), a lower --t0, "
+            f"--prior ppca{calibrated}")
