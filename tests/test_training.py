@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ood_core.base_model.patches import PatchSampler
 from ood_core.base_model.training import (
     CHECKPOINT_FILE,
     EXCLUDED_ASTRONOMICAL,
-    PatchSampler,
     TrainConfig,
     export_model,
     natural_images,

@@ -6,17 +6,23 @@ of domain. Astronomical pictures that ship with scikit-image (Hubble deep field,
 Training checkpoints after every ``checkpoint_every`` steps and resumes from the last checkpoint.
 Checkpoints are ``state.safetensors`` (tensors in safetensors, the rest JSON; see :mod:`.checkpoint`), so
 resuming from a folder someone else filled never unpickles anything.
+
+Training runs on ``TrainConfig.device`` (auto: CUDA when available), under bfloat16 autocast on CUDA by default
+(weights, optimizer and loss stay float32), with the batched patch sampler on CUDA (:mod:`.patches`). A CPU run
+keeps the per-image patch loop and a CPU generator, so it resumes bit for bit. Checkpoints are device-independent
+(every tensor is saved from the CPU); a run may resume on another device, where it continues statistically (its
+random stream is re-seeded from the step) and the checkpoint's ``history`` records which steps ran where.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +32,11 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
 from ood_core.base_model.checkpoint import load_checkpoint, load_legacy_pickle, save_checkpoint
+from ood_core.base_model.patches import SAMPLERS, BatchedPatchSampler, PatchSampler
 from ood_core.errors import ConfigurationError
+from ood_core.method.model import resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
 
 # RGB photographs of everyday scenes; grey textures are replicated to RGB.
 _SKIMAGE_RGB = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
@@ -37,6 +47,11 @@ EXCLUDED_ASTRONOMICAL = ("hubble_deep_field", "moon")
 CHECKPOINT_FILE = "state.safetensors"
 LEGACY_CHECKPOINT_FILE = "state.pt"
 """Pickle checkpoints of older versions: read only with torch's restricted loader (weights_only=True)."""
+LEGACY_HISTORY = {"device": "cpu", "device_name": "cpu", "dtype": "float32", "sampler": "loop"}
+"""Where the steps of a checkpoint or export without a ``history`` ran: the CPU loop was the only path then."""
+TRAIN_DTYPES = ("auto", "float32", "bfloat16")
+GPU_LOSS_READ_EVERY = 25
+"""On a GPU the loss is read back (a host sync) only every this many steps, for progress; CPU: every step."""
 
 
 def natural_images() -> dict[str, npt.NDArray[np.float32]]:
@@ -59,38 +74,6 @@ def natural_images() -> dict[str, npt.NDArray[np.float32]]:
     return images
 
 
-class PatchSampler:
-    """Random square patches at random scales with horizontal/vertical flips, in [-1, 1] (N, 3, R, R)."""
-
-    def __init__(self, images: dict[str, npt.NDArray[np.float32]], resolution: int, max_scale: float = 4.0):
-        self.images = [torch.from_numpy(img).permute(2, 0, 1).contiguous() for img in images.values()]
-        self.resolution = resolution
-        self.max_scale = max_scale
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        res = self.resolution
-        out = torch.empty(batch_size, 3, res, res)
-        picks = torch.randint(len(self.images), (batch_size,), generator=generator)
-        for i in range(batch_size):
-            image = self.images[int(picks[i])]
-            height, width = image.shape[1:]
-            max_scale = min(self.max_scale, height / res, width / res)
-            # Log-uniform scale: crop side = res * scale, then area-resize to res.
-            scale = math.exp(float(torch.rand((), generator=generator)) * math.log(max(max_scale, 1.0)))
-            side = max(res, min(round(res * scale), height, width))
-            y = int(torch.randint(height - side + 1, (), generator=generator))
-            x = int(torch.randint(width - side + 1, (), generator=generator))
-            patch = image[:, y : y + side, x : x + side]
-            if side != res:
-                patch = F.interpolate(patch[None], size=(res, res), mode="area")[0]
-            if bool(torch.rand((), generator=generator) < 0.5):
-                patch = patch.flip(2)
-            if bool(torch.rand((), generator=generator) < 0.5):
-                patch = patch.flip(1)
-            out[i] = patch
-        return out * 2.0 - 1.0
-
-
 @dataclass
 class TrainConfig:
     """Architecture and optimisation settings of the base model."""
@@ -109,6 +92,12 @@ class TrainConfig:
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    device: str = "auto"
+    """auto (CUDA when available) | cpu | cuda."""
+    dtype: str = "auto"
+    """Autocast precision of the UNet: auto (bfloat16 on CUDA, float32 on the CPU) | float32 | bfloat16."""
+    sampler: str = "auto"
+    """Patch sampler: auto (batched on CUDA, loop on the CPU) | loop | batched (see :mod:`.patches`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,9 +140,130 @@ class TrainState:
     step: int
     losses: list[float]
     seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Which steps ran where: [{"start", "end", "device", "device_name", "dtype", "sampler"}, ...]."""
 
 
 ProgressCallback = Callable[[int, int, float], None]
+
+
+class Sampler(Protocol):
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """Where and how one training call runs: the config's ``auto`` settings resolved on this machine."""
+
+    device: torch.device
+    dtype: torch.dtype
+    sampler: str
+
+    @property
+    def generator_device(self) -> torch.device:
+        """The batched sampler draws on the device; the loop sampler (and so its whole run) on the CPU."""
+        return self.device if self.sampler == "batched" else torch.device("cpu")
+
+    def describe(self) -> dict[str, str]:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"device": self.device.type, "device_name": name, "dtype": str(self.dtype).removeprefix("torch."),
+                "sampler": self.sampler}
+
+
+def resolve_setup(config: TrainConfig) -> TrainSetup:
+    """Device (auto: CUDA when available), autocast dtype (auto: bfloat16 on CUDA) and patch sampler
+    (auto: batched on CUDA, the per-image loop on the CPU); a request this machine cannot honour raises."""
+    device = resolve_device(config.device)
+    if config.dtype not in TRAIN_DTYPES:
+        raise ConfigurationError(f"training dtype {config.dtype!r}: choose one of {', '.join(TRAIN_DTYPES)}")
+    dtype = resolve_dtype(config.dtype, device)
+    sampler = config.sampler
+    if sampler == "auto":
+        sampler = "batched" if device.type == "cuda" else "loop"
+    if sampler not in SAMPLERS:
+        raise ConfigurationError(f"patch sampler {config.sampler!r}: choose one of auto, {', '.join(SAMPLERS)}")
+    return TrainSetup(device=device, dtype=dtype, sampler=sampler)
+
+
+class Trainer:
+    """The UNet, EMA, optimizer, random generator and patch sampler of one training call, on its device.
+
+    ``batch()`` draws a batch of patches, ``step(batch)`` takes one optimizer step and returns the loss (a
+    tensor on the device: reading it is a host sync). ``bench/bench_training.py`` times the two apart.
+    """
+
+    def __init__(self, config: TrainConfig, setup: TrainSetup | None = None) -> None:
+        self.config = config
+        self.setup = setup or resolve_setup(config)
+        device = self.setup.device
+        torch.manual_seed(config.seed)
+        self.unet = build_unet(config).to(device)
+        self.alphas_cumprod = build_scheduler(config).alphas_cumprod.to(device)
+        self.ema = EMAModel(self.unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, power=2 / 3)
+        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
+        self.generator = torch.Generator(device=self.setup.generator_device).manual_seed(config.seed)
+        self.state = TrainState(step=0, losses=[], seconds=0.0)
+        images = natural_images()
+        self.sampler: Sampler = (
+            BatchedPatchSampler(images, config.resolution, device=device) if self.setup.sampler == "batched"
+            else PatchSampler(images, config.resolution)
+        )
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint written on any device (its tensors are on the CPU)."""
+        step = int(saved["step"])
+        self.unet.load_state_dict(saved["unet"])
+        self.ema.load_state_dict(saved["ema"])
+        self.ema.to(device=self.setup.device)
+        self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the parameters' device
+        if saved.get("generator_device", "cpu") == self.generator.device.type:
+            self.generator.set_state(saved["generator"])
+        else:
+            log.warning("checkpoint at step %d drew its random numbers on %s; this run draws on %s: re-seeded from "
+                        "the step (the run continues statistically, not bit for bit)", step,
+                        saved.get("generator_device", "cpu"), self.generator.device.type)
+            self.generator.manual_seed(self.config.seed + step)
+        history = saved.get("history") or ([{"start": 0, "end": step, **LEGACY_HISTORY}] if step else [])
+        self.state = TrainState(step=step, losses=list(saved["losses"]), seconds=float(saved["seconds"]),
+                                history=[dict(h) for h in history])
+
+    def batch(self) -> torch.Tensor:
+        return self.sampler.sample(self.config.batch_size, self.generator)
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor:
+        """One AdamW step on ``batch`` (noise, timesteps from the run's generator); the detached loss."""
+        config, device, generator = self.config, self.setup.device, self.generator
+        noise = torch.randn(batch.shape, generator=generator, device=generator.device)
+        timesteps = torch.randint(config.num_train_timesteps, (batch.shape[0],), generator=generator,
+                                  device=generator.device)
+        batch, noise, timesteps = batch.to(device), noise.to(device), timesteps.to(device)
+        a_t = self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+        noisy = a_t.sqrt() * batch + (1 - a_t).sqrt() * noise
+        lr_scale = min(1.0, (self.state.step + 1) / max(config.warmup_steps, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.learning_rate * lr_scale
+        with torch.autocast(device.type, dtype=self.setup.dtype, enabled=self.setup.dtype != torch.float32):
+            prediction = self.unet(noisy, timesteps).sample
+        loss = F.mse_loss(prediction.float(), noise)  # float32 whatever the autocast dtype
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's backward() is unannotated
+        torch.nn.utils.clip_grad_norm_(self.unet.parameters(), 1.0)
+        self.optimizer.step()
+        self.ema.step(self.unet.parameters())
+        self.state.step += 1
+        return loss.detach()
+
+    def save(self, path: Path) -> None:
+        _save_checkpoint(path, self.unet, self.ema, self.optimizer, self.generator, self.state, self.config)
+
+
+def _extend_history(history: list[dict[str, Any]], start: int, end: int, where: dict[str, str]) -> None:
+    """Steps ``start..end`` ran ``where``: extend the last entry when it is the same setup and adjoins."""
+    last = history[-1] if history else None
+    if last is not None and last["end"] >= start and all(last.get(k) == v for k, v in where.items()):
+        last["end"] = end
+    else:
+        history.append({"start": start, "end": end, **where})
 
 
 def train_base_model(
@@ -163,54 +273,37 @@ def train_base_model(
     max_steps: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> TrainState:
-    """Train (or resume) until ``config.total_steps`` or ``max_steps`` more steps; checkpoint regularly."""
+    """Train (or resume) until ``config.total_steps`` or ``max_steps`` more steps; checkpoint regularly.
+
+    ``progress(step, end, loss)`` gets the latest loss read back: every step on the CPU, every
+    :data:`GPU_LOSS_READ_EVERY` steps on a GPU (a read waits for the device)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     state_file = checkpoint_dir / CHECKPOINT_FILE
-    torch.manual_seed(config.seed)
-    unet = build_unet(config)
-    scheduler = build_scheduler(config)
-    ema = EMAModel(unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, power=2 / 3)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed)
-    state = TrainState(step=0, losses=[], seconds=0.0)
+    trainer = Trainer(config)
     saved = read_checkpoint(checkpoint_dir)
     if saved is not None:
-        unet.load_state_dict(saved["unet"])
-        ema.load_state_dict(saved["ema"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        state = TrainState(step=saved["step"], losses=saved["losses"], seconds=saved["seconds"])
-    sampler = PatchSampler(natural_images(), config.resolution)
-    alphas_cumprod = scheduler.alphas_cumprod
+        trainer.restore(saved)
+    state, where = trainer.state, trainer.setup.describe()
+    first = state.step
     end = config.total_steps if max_steps is None else min(config.total_steps, state.step + max_steps)
-    unet.train()
+    read_every = 1 if trainer.setup.device.type == "cpu" else GPU_LOSS_READ_EVERY
+    trainer.unet.train()
     started = time.perf_counter()
-    window: list[float] = []
+    window: list[torch.Tensor] = []
+    last_loss = float("nan")
     while state.step < end:
-        batch = sampler.sample(config.batch_size, generator)
-        noise = torch.randn(batch.shape, generator=generator)
-        timesteps = torch.randint(config.num_train_timesteps, (batch.shape[0],), generator=generator)
-        a_t = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        noisy = a_t.sqrt() * batch + (1 - a_t).sqrt() * noise
-        lr_scale = min(1.0, (state.step + 1) / max(config.warmup_steps, 1))
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * lr_scale
-        loss = F.mse_loss(unet(noisy, timesteps).sample, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]  # torch's backward() is unannotated
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        ema.step(unet.parameters())
-        state.step += 1
-        window.append(float(loss.detach()))
+        window.append(trainer.step(trainer.batch()))
         if progress is not None:
-            progress(state.step, end, window[-1])
+            if state.step % read_every == 0 or state.step == first + 1:
+                last_loss = float(window[-1])
+            progress(state.step, end, last_loss)
         if state.step % config.checkpoint_every == 0 or state.step == end:
-            state.losses.append(float(np.mean(window)))
+            state.losses.append(float(np.mean(torch.stack(window).double().cpu().numpy())))
             window = []
             state.seconds += time.perf_counter() - started
             started = time.perf_counter()
-            _save_checkpoint(state_file, unet, ema, optimizer, generator, state, config)
+            _extend_history(state.history, first, state.step, where)
+            trainer.save(state_file)
     return state
 
 
@@ -243,12 +336,14 @@ def _save_checkpoint(
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "generator": generator.get_state(),
+        "generator_device": generator.device.type,
         "step": state.step,
         "losses": state.losses,
         "seconds": state.seconds,
+        "history": state.history,
         "config": config.to_dict(),
     }
-    save_checkpoint(path, payload)  # atomic: a kill mid-save never corrupts the last good checkpoint
+    save_checkpoint(path, payload)  # atomic, every tensor from the CPU: a kill mid-save keeps the last good one
 
 
 def warm_start_from_export(model_dir: Path, checkpoint_dir: Path, config: TrainConfig) -> TrainState:
@@ -264,8 +359,10 @@ def warm_start_from_export(model_dir: Path, checkpoint_dir: Path, config: TrainC
     ema.optimization_step = int(log["steps"])
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(config.seed + int(log["steps"]))
+    steps = int(log["steps"])
     state = TrainState(
-        step=int(log["steps"]), losses=list(log["loss_per_checkpoint"]), seconds=float(log["train_seconds"])
+        step=steps, losses=list(log["loss_per_checkpoint"]), seconds=float(log["train_seconds"]),
+        history=log.get("history") or ([{"start": 0, "end": steps, **LEGACY_HISTORY}] if steps else []),
     )
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     _save_checkpoint(checkpoint_dir / CHECKPOINT_FILE, unet, ema, optimizer, generator, state, config)
@@ -302,6 +399,7 @@ def export_model(config: TrainConfig, checkpoint_dir: Path, out_dir: Path) -> di
         "checkpoint_every": config.checkpoint_every,
         "loss_per_checkpoint": saved["losses"],
         "train_seconds": saved["seconds"],
+        "history": saved.get("history") or [{"start": 0, "end": saved["step"], **LEGACY_HISTORY}],
         "parameters": int(sum(p.numel() for p in unet.parameters())),
         "config": config.to_dict(),
         "data": {
