@@ -37,8 +37,14 @@ class TrainBaseParameters(BaseModel):
     card_cutouts: str | None = Field(default=None, description="FITS cutout folder for the model card (none: skip)")
     card_t0: int = Field(default=600, ge=1, le=999, description="t0 of the card's reconstruction table")
     card_steps: int = Field(default=40, ge=2, le=1000, description="DDIM steps of the card's reconstruction table")
-    where_trained: str = Field(default="CPU", description="hardware description for the model card")
-    device: str = Field(default="cpu", pattern="^(auto|cpu|cuda)$", description="device of the card's model")
+    where_trained: str | None = Field(default=None, description="hardware description for the model card "
+                                                                "(default: the devices of the training history)")
+    device: str = Field(default="auto", pattern="^(auto|cpu|cuda)$",
+                        description="device of the training and of the card's model (auto: CUDA when available)")
+    dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16)$",
+                       description="training autocast precision (auto: bfloat16 on CUDA, float32 on the CPU)")
+    sampler: str = Field(default="auto", pattern="^(auto|loop|batched)$",
+                         description="patch sampler (auto: batched on CUDA, the per-image loop on the CPU)")
 
     def train_config(self) -> TrainConfig:
         """The ood_core training configuration."""
@@ -47,6 +53,7 @@ class TrainBaseParameters(BaseModel):
             layers_per_block=self.layers_per_block, attention_levels=tuple(self.attention_levels),
             batch_size=self.batch_size, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
             total_steps=self.total_steps, checkpoint_every=self.checkpoint_every, seed=self.seed,
+            device=self.device, dtype=self.dtype, sampler=self.sampler,
         )
 
 
@@ -79,7 +86,7 @@ def model_card_task(params: TrainBaseParameters) -> dict[str, Any]:
     from ood_core.method.model import load_model
 
     assert params.card_cutouts is not None
-    model = load_model(params.out_dir, device=params.device)
+    model = load_model(params.out_dir, device=params.device, dtype="float32")  # the card's figures in float32
     card = write_model_card(model, Path(params.out_dir), Path(params.card_cutouts),
                             where_trained=params.where_trained, settings=((params.card_t0, params.card_steps),))
     return {k: card[k] for k in ("weights_sha256", "steps", "median_of_source_medians_psnr_db")}

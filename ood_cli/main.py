@@ -418,12 +418,9 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     from flows.train_base import TrainBaseParameters, train_base_flow
 
     fields: dict[str, Any] = {"checkpoint_dir": args.checkpoints, "out_dir": args.out}
-    if args.max_steps is not None:
-        fields["max_steps"] = args.max_steps
-    if args.total_steps is not None:
-        fields["total_steps"] = args.total_steps
-    if args.card_cutouts is not None:
-        fields["card_cutouts"] = args.card_cutouts
+    for name in ("max_steps", "total_steps", "card_cutouts", "device", "dtype", "sampler", "batch_size"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
     with _prefect_api(), TerminalProgress(_verbosity(args)):
         result = train_base_flow(TrainBaseParameters(**fields))
     _say(json.dumps(result, indent=2, default=str))
@@ -508,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--total-steps", type=int, help="total training steps of the schedule")
     train.add_argument("--card-cutouts", help="FITS cutout folder for the model card's reconstruction table "
                                               "(e.g. ../shared/data/fits/cutouts_128); none: no card")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                       help="where to train (default auto: CUDA when available); checkpoints resume on any device")
+    train.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                       help="autocast precision of the UNet (default auto: bfloat16 on CUDA, float32 on the CPU)")
+    train.add_argument("--sampler", choices=["auto", "loop", "batched"],
+                       help="patch sampler (default auto: batched on the GPU, per-image loop on the CPU)")
+    train.add_argument("--batch-size", type=int, help="patches per step (default 16)")
     _output_arguments(train)
     train.set_defaults(func=cmd_train_base)
     return parser

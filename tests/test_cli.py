@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -219,3 +220,17 @@ def test_run_in_a_terminal_shows_a_progress_bar(fits_dir: Path, tmp_path: Path) 
         assert label in text, label
     assert "100%" in text and "run " in text and "open_run(" in text
     assert "ood: invert inputs:" not in err  # lines are only for a stdout that is not a terminal
+
+
+def test_train_base_takes_device_precision_and_sampler(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train-base", "--dtype", "float16"])
+    assert "invalid choice: 'float16'" in capsys.readouterr().err
+    out = tmp_path / "model"
+    assert main(["train-base", "--checkpoints", str(tmp_path / "ckpt"), "--out", str(out), "--total-steps", "1",
+                 "--batch-size", "2", "--device", "cpu", "--dtype", "float32", "--sampler", "batched"]) == EXIT_OK
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["steps"] == 1 and log["batch_size"] == 2
+    assert log["history"] == [{"start": 0, "end": 1, "device": "cpu", "device_name": "cpu", "dtype": "float32",
+                               "sampler": "batched"}]
+    assert (log["config"]["device"], log["config"]["sampler"]) == ("cpu", "batched")

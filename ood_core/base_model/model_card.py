@@ -104,12 +104,38 @@ def reconstruction_table(
     return rows
 
 
+_SAMPLER_NAMES = {"loop": "per-image patch loop (PatchSampler)", "batched": "batched patch sampler"}
+
+
+def training_history(log: dict[str, Any]) -> list[dict[str, Any]]:
+    """Which steps ran on which device, precision and patch sampler; a log without a history is from the time
+    when training ran only on the CPU in float32 with the per-image loop (like the shipped base64)."""
+    history = log.get("history")
+    if history:
+        return list(history)
+    return [{"start": 0, "end": log["steps"], "device": "cpu", "device_name": "cpu", "dtype": "float32",
+             "sampler": "loop"}]
+
+
+def describe_history(history: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"steps {h['start']}-{h['end']} on {h['device_name'] if h['device'] == 'cuda' else 'the CPU'} "
+        f"({h['dtype']}, {_SAMPLER_NAMES.get(h['sampler'], h['sampler'])})"
+        for h in history
+    )
+
+
 def write_model_card(
-    model: FrozenDiffusionModel, model_dir: Path, cutout_dir: Path, *, where_trained: str,
+    model: FrozenDiffusionModel, model_dir: Path, cutout_dir: Path, *, where_trained: str | None = None,
     settings: Sequence[tuple[int, int]] = ((600, 40),),
 ) -> dict[str, Any]:
-    """Write README.md, samples.png, loss.png and card.json into the model folder."""
+    """Write README.md, samples.png, loss.png and card.json into the model folder.
+
+    ``where_trained`` describes the hardware (default: the devices of the log's training history)."""
     log = json.loads((model_dir / "training_log.json").read_text())
+    history = training_history(log)
+    if where_trained is None:
+        where_trained = ", ".join(sorted({"CPU" if h["device"] == "cpu" else h["device_name"] for h in history}))
     sample_grid_png(model, model_dir / "samples.png")
     loss_curve_png(log, model_dir / "loss.png")
     rows = reconstruction_table(model, cutout_dir, settings=settings)
@@ -121,6 +147,7 @@ def write_model_card(
         "batch_size": log["batch_size"],
         "train_seconds": log["train_seconds"],
         "where_trained": where_trained,
+        "history": history,
         "final_loss": log["loss_per_checkpoint"][-1],
         "reconstruction": [r.__dict__ for r in rows],
         "median_of_source_medians_psnr_db": float(np.median(all_medians)) if all_medians else None,
@@ -149,6 +176,7 @@ deliberately **not** astronomy: FITS skies are out of domain for it, as the meth
 - **Training**: {log["steps"]} steps of batch {log["batch_size"]}, AdamW lr {cfg["learning_rate"]} with
   {cfg["warmup_steps"]} warm-up steps, EMA (max decay {cfg["ema_max_decay"]}), {where_trained},
   {log["train_seconds"] / 60:.0f} minutes of training time. Loss (noise MSE) from {losses[0]:.4f} to {losses[-1]:.4f}.
+- **Where the steps ran**: {describe_history(history)}
 
 ![loss curve](loss.png)
 
