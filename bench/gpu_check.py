@@ -8,9 +8,13 @@
    the project's demo skies, with the run's defaults on this device (bfloat16 guarded, batch size from free memory,
    channels_last) and torch.compile: wall time per stage from its provenance, and the generation rate inside
    the sample stage.
+4. Base-model training throughput (issue 10, item 3; about 30 s): ms per step at batch 256 with the training
+   defaults on this device (bfloat16 autocast on CUDA), data apart from model, for the per-image patch loop
+   against the batched sampler (``bench/bench_training.py`` has the full benchmark).
 
 Writes everything to one JSON. Without CUDA (or with --small) every size is tiny, so it runs on a CPU in minutes.
 Usage: python bench/gpu_check.py --out gpu_check.json [--small] [--cuda-tests junit.xml] [--samples N]
+       [--only training]   (only section 4)
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_training import measure  # bench/ is this script's folder, first on sys.path
+
 from ood_core.base_model.demo_skies import write_demo_skies
+from ood_core.base_model.training import TrainConfig, Trainer
 from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel, load_model
 from ood_core.pipeline import PipelineParameters, run_in_process
@@ -130,6 +137,24 @@ def sample_run(device: str, small: bool, samples: int, workdir: Path) -> dict[st
     return report
 
 
+def training_throughput(device: str, small: bool) -> dict[str, Any]:
+    """ms per training step (data, model, pipelined), loop vs batched patch sampler, at batch 256 (small: 4)."""
+    batch = 4 if small else 256
+    rows: dict[str, Any] = {"batch": batch}
+    for sampler in ("loop", "batched"):
+        trainer = Trainer(TrainConfig(batch_size=batch, device=device, sampler=sampler))
+        trainer.unet.train()
+        for _ in range(3):  # warm-up
+            trainer.step(trainer.batch())
+        figures = measure(trainer, 2 if small else 10, 1 if small else 10, 1 if small else 20)
+        rows[sampler] = {**trainer.setup.describe(), **{k: round(v, 2) for k, v in figures.items()}}
+        print(json.dumps({"training": rows[sampler]}), flush=True)
+        del trainer
+    rows["loop_over_batched"] = {k: round(rows["loop"][k] / rows["batched"][k], 2)
+                                 for k in ("data_ms", "model_ms", "step_ms")}
+    return rows
+
+
 def cuda_test_summary(junit: str | None) -> dict[str, Any] | None:
     if not junit or not Path(junit).is_file():
         return None
@@ -150,6 +175,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny sizes (automatic without CUDA)")
     parser.add_argument("--samples", type=int, default=None, help="samples of the whole run (default 10000)")
     parser.add_argument("--cuda-tests", default=None, help="junit XML of the CUDA tests, to include their result")
+    parser.add_argument("--only", choices=["training"], default=None, help="run only this section")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     small = args.small or device == "cpu"
@@ -159,6 +185,11 @@ def main() -> None:
         "torch": torch.__version__, "python": platform.python_version(), "small": small,
         "cuda_tests": cuda_test_summary(args.cuda_tests),
     }
+    if args.only == "training":
+        report["training"] = training_throughput(device, small)
+        report["total_s"] = round(time.perf_counter() - started, 1)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+        return
     plain = load_model(MODEL, device=device, dtype="float32", channels_last=False)
     report["flops_per_image_forward"] = flops_per_image(plain)
     print(f"{report['device']}: {report['flops_per_image_forward'] / 1e9:.2f} GFLOP per image forward", flush=True)
@@ -168,6 +199,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         report["run"] = sample_run(device, small, samples, Path(tmp))
     print(json.dumps(report["run"]), flush=True)
+    report["training"] = training_throughput(device, small)
     report["total_s"] = round(time.perf_counter() - started, 1)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out} ({report['total_s']} s)")

@@ -3,7 +3,8 @@
 #   1. the CUDA tests (pytest -m cuda: tests/test_cuda.py; skipped without a GPU),
 #   2. bench/gpu_check.py: FLOPs per image (torch.utils.flop_counter), the throughput table of the project's own
 #      DDIM path (images x steps / s and TFLOP/s at float32 b16, float32 b1024, bfloat16 b1024,
-#      bfloat16 + channels_last + compile b1024), and a 10^4-sample run with its wall time per stage.
+#      bfloat16 + channels_last + compile b1024), a 10^4-sample run with its wall time per stage, and base-model
+#      training ms per step at batch 256 (data vs model, per-image patch loop vs batched sampler; about 30 s).
 # Everything goes into one JSON ($OUT/gpu_check.json when $OUT is set, else ./gpu_check.json, or the argument).
 #
 # Without CUDA it runs with tiny sizes (SMALL=1 forces them on a GPU too), so it can be tried on any machine.

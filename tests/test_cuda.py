@@ -1,5 +1,6 @@
 """The CUDA fast path (issue 12): no host sync in the DDIM step loop, batch size from free memory, bfloat16 guarded
-by the reconstruction check, channels_last, torch.compile, screening on the device, determinism on the GPU.
+by the reconstruction check, channels_last, torch.compile, screening on the device, determinism on the GPU; and
+training the base model on the GPU (issue 10, item 3): bfloat16 autocast, the batched patch sampler, resumable on CPU.
 
 Marker ``cuda``: skipped without a GPU (CI); ``bench/gpu_check.sh`` runs them on a lent GPU. No Prefect and no
 shared data: inputs are the project's own demo skies, so the device needs only the carried wheels.
@@ -7,6 +8,7 @@ shared data: inputs are the project's own demo skies, so the device needs only t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import pytest
 import torch
 
 from ood_core.base_model.demo_skies import write_demo_skies
+from ood_core.base_model.patches import BatchedPatchSampler
+from ood_core.base_model.training import TrainConfig, natural_images, read_checkpoint, train_base_model
 from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel, auto_batch_size, load_model
 from ood_core.method.sampler import CriteriaGeometry
@@ -127,3 +131,48 @@ def test_same_seed_same_samples_on_the_gpu(skies: list[str], tmp_path: Path) -> 
     a = open_run(str(tmp_path / "a.zarr"), first, chunks=None)["samples"].values
     b = open_run(str(tmp_path / "b.zarr"), second, chunks=None)["samples"].values
     np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training on the GPU (issue 10, item 3)
+
+
+def test_batched_patches_on_the_gpu_never_wait_and_match_the_cpu() -> None:
+    images = natural_images()
+    on_gpu, on_cpu = BatchedPatchSampler(images, 64, device="cuda"), BatchedPatchSampler(images, 64)
+    generators = [torch.Generator(device="cuda").manual_seed(7) for _ in range(2)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside sample() raises
+    try:
+        first, again = (on_gpu.sample(256, generator) for generator in generators)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert first.device.type == "cuda" and first.shape == (256, 3, 64, 64) and first.dtype == torch.float32
+    assert torch.equal(first, again)
+    assert -1.0 <= float(first.min()) and float(first.max()) <= 1.0
+    picks, side = torch.tensor([0, 5, 12]), torch.tensor([64.0, 100.0, 256.0])
+    y0, x0 = torch.tensor([3.0, 17.0, 100.0], dtype=torch.float64), torch.tensor([0.0, 9.0, 300.0], dtype=torch.float64)
+    flips = torch.tensor([[False, True], [True, False], [True, True]])
+    gpu = on_gpu.crop(picks.cuda(), y0.cuda(), x0.cuda(), side.cuda(), flips.cuda())
+    torch.testing.assert_close(gpu.cpu(), on_cpu.crop(picks, y0, x0, side, flips), atol=1e-6, rtol=0)
+
+
+def test_training_on_the_gpu_in_bfloat16_learns_and_resumes_on_the_cpu(tmp_path: Path) -> None:
+    config = TrainConfig(resolution=32, block_out_channels=(32, 64), attention_levels=(1,), batch_size=64,
+                         total_steps=40, checkpoint_every=10, warmup_steps=5)  # device, dtype, sampler: auto
+    reads: list[float] = []
+    state = train_base_model(config, tmp_path / "ckpt", progress=lambda step, end, loss: reads.append(loss))
+    assert state.step == 40 and len(state.losses) == 4 and np.isfinite(state.losses).all()
+    assert state.losses[-1] < 0.6 * state.losses[0], state.losses  # it learns (CPU float32: 0.89 -> 0.19)
+    assert np.isfinite(reads).all() and len(reads) == 40
+    gpu = {"device": "cuda", "device_name": torch.cuda.get_device_name(), "dtype": "bfloat16", "sampler": "batched"}
+    assert state.history == [{"start": 0, "end": 40, **gpu}]
+    saved = read_checkpoint(tmp_path / "ckpt")
+    assert saved is not None and saved["generator_device"] == "cuda"
+    assert all(t.device.type == "cpu" for t in saved["unet"].values())
+    # The same checkpoint continues on the CPU (float32, the loop sampler, a CPU generator re-seeded from the step).
+    on_cpu = dataclasses.replace(config, device="cpu", total_steps=44, batch_size=16)
+    resumed = train_base_model(on_cpu, tmp_path / "ckpt")
+    cpu = {"device": "cpu", "device_name": "cpu", "dtype": "float32", "sampler": "loop"}
+    assert resumed.step == 44 and resumed.history == [{"start": 0, "end": 40, **gpu}, {"start": 40, "end": 44, **cpu}]
+    assert np.isfinite(resumed.losses[-1]) and resumed.losses[-1] < 0.6 * state.losses[0], resumed.losses
