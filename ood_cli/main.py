@@ -430,6 +430,25 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_train_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = sub.add_parser("train-base", help="train (or resume training of) the embedded base model")
+    train.add_argument("--checkpoints", default="checkpoints/base64", help="checkpoint folder (resumed if present)")
+    train.add_argument("--out", default="models/base64", help="exported model folder")
+    train.add_argument("--max-steps", type=int, help="train at most this many more steps in this call")
+    train.add_argument("--total-steps", type=int, help="total training steps of the schedule")
+    train.add_argument("--card-cutouts", help="FITS cutout folder for the model card's reconstruction table "
+                                              "(e.g. ../shared/data/fits/cutouts_128); none: no card")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                       help="where to train (default auto: CUDA when available); checkpoints resume on any device")
+    train.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                       help="autocast precision of the UNet (default auto: bfloat16 on CUDA, float32 on the CPU)")
+    train.add_argument("--sampler", choices=["auto", "loop", "batched"],
+                       help="patch sampler (default auto: batched on the GPU, per-image loop on the CPU)")
+    train.add_argument("--batch-size", type=int, help="patches per step (default 16)")
+    _output_arguments(train)
+    train.set_defaults(func=cmd_train_base)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ood",
@@ -498,22 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     _output_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    train = sub.add_parser("train-base", help="train (or resume training of) the embedded base model")
-    train.add_argument("--checkpoints", default="checkpoints/base64", help="checkpoint folder (resumed if present)")
-    train.add_argument("--out", default="models/base64", help="exported model folder")
-    train.add_argument("--max-steps", type=int, help="train at most this many more steps in this call")
-    train.add_argument("--total-steps", type=int, help="total training steps of the schedule")
-    train.add_argument("--card-cutouts", help="FITS cutout folder for the model card's reconstruction table "
-                                              "(e.g. ../shared/data/fits/cutouts_128); none: no card")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                       help="where to train (default auto: CUDA when available); checkpoints resume on any device")
-    train.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
-                       help="autocast precision of the UNet (default auto: bfloat16 on CUDA, float32 on the CPU)")
-    train.add_argument("--sampler", choices=["auto", "loop", "batched"],
-                       help="patch sampler (default auto: batched on the GPU, per-image loop on the CPU)")
-    train.add_argument("--batch-size", type=int, help="patches per step (default 16)")
-    _output_arguments(train)
-    train.set_defaults(func=cmd_train_base)
+    _add_train_base(sub)
     return parser
 
 
