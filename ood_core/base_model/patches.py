@@ -88,7 +88,8 @@ class BatchedPatchSampler:
             pixels = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64)).permute(2, 0, 1)
             sat[:, k, 1 : image.shape[0] + 1, 1 : image.shape[1] + 1] = pixels
         self.strides = ((height + 1) * (width + 1), width + 1)
-        self.integral = sat.cumsum(2).cumsum(3).reshape(3, -1).to(self.device)
+        # One row of 3 channels per (image, y, x): a gather fetches a pixel corner's channels together.
+        self.integral = sat.cumsum(2).cumsum(3).reshape(3, -1).t().contiguous().to(self.device)
         self.sizes = torch.tensor([a.shape[:2] for a in images.values()], dtype=torch.float64, device=self.device)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -125,7 +126,7 @@ class BatchedPatchSampler:
         image = picks.long()[:, None, None] * self.strides[0]
         corners = torch.stack([image + y[:, :, None] * self.strides[1] + x[:, None, :]
                                for y in (bottom, top) for x in (right, left)])  # (4, N, R, R)
-        s = self.integral[:, corners]  # (3, 4, N, R, R)
-        box = s[:, 0] - s[:, 1] - s[:, 2] + s[:, 3]
-        patches = (box / (rows[:, :, None] * cols[:, None, :])).transpose(0, 1)
-        return (patches * 2.0 - 1.0).clamp(-1.0, 1.0).to(torch.float32)
+        s = torch.index_select(self.integral, 0, corners.reshape(-1)).view(*corners.shape, 3)  # (4, N, R, R, 3)
+        box = (s[0] - s[1]).sub_(s[2]).add_(s[3]).permute(0, 3, 1, 2)  # exact sums: float64 until here
+        patches = (box / (rows[:, None, :, None] * cols[:, None, None, :])).to(torch.float32)
+        return patches.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0).contiguous()
