@@ -47,7 +47,8 @@ DEFAULT_PRIOR: Final = "scalar"
 DEFAULT_SLERP_RANGE = (0.3, 0.7)
 CALIBRATION_MIN_SHOTS = 6
 """Fewest usable shots for the leave-shots-out calibration (a third held out: 2 at least, 4 kept)."""
-CHOOSABLE = ("t0", "strategy", "prior")
+DEFAULT_NOISE: Final = "off"
+CHOOSABLE = ("t0", "strategy", "prior", "noise")
 """Settings the calibration may choose when the user left them empty."""
 
 
@@ -113,10 +114,14 @@ class RunSettings(BaseModel):
         default=None, json_schema_extra=_optional_without_null,
         description=f"how candidates are drawn (empty: chosen by the calibration, else {DEFAULT_STRATEGY})",
     )
+    noise: Literal["on", "off"] | None = Field(
+        default=None, json_schema_extra=_optional_without_null,
+        description=f"add background noise matching the inputs' (level and power spectrum) to each sample, in "
+                    f"physical units (empty: chosen by the calibration, else {DEFAULT_NOISE})")
     calibrate: bool | None = Field(
         default=None, json_schema_extra=_optional_without_null,
-        description=f"leave-shots-out calibration of the settings left empty (t0, strategy, prior) before the run "
-                    f"(empty: on with at least {CALIBRATION_MIN_SHOTS} usable shots)",
+        description=f"leave-shots-out calibration of the settings left empty (t0, strategy, prior, noise) before "
+                    f"the run (empty: on with at least {CALIBRATION_MIN_SHOTS} usable shots)",
     )
     candidate_budget: int = Field(default=20_000, ge=1, le=10_000_000, description="max candidates screened")
     reference_count: int = Field(default=16, ge=2, le=4096, description="in-domain reference latents")
@@ -229,6 +234,8 @@ class PipelineParameters(RunSettings, _RunTarget):
 
     @model_validator(mode="after")
     def _band_groups_per_run(self) -> PipelineParameters:
+        if self.band_groups and self.noise == "on":
+            raise ValueError("noise matching (noise on) is for single-band inputs; band groups are not supported yet")
         if self.band_groups and self.normalization != "per_run":
             raise ValueError("band groups are normalized per band over the run (normalization per_run); "
                              "per_image is for single-band inputs")
@@ -245,7 +252,7 @@ def settled(params: PipelineParameters, provenance: dict[str, Any] | None = None
     ``settings``: the calibration's choice), else the default."""
     record = (provenance or {}).get("settings")
     chosen = record if isinstance(record, dict) else {}
-    defaults = {"t0": DEFAULT_T0, "strategy": DEFAULT_STRATEGY, "prior": DEFAULT_PRIOR}
+    defaults = {"t0": DEFAULT_T0, "strategy": DEFAULT_STRATEGY, "prior": DEFAULT_PRIOR, "noise": DEFAULT_NOISE}
     update = {name: chosen.get(name, defaults[name]) for name in CHOOSABLE if getattr(params, name) is None}
     return params.model_copy(update=update) if update else params
 

@@ -32,10 +32,12 @@ import torch
 
 from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel
-from ood_core.method.normalization import NormalizationParams, model_to_physical
+from ood_core.method.noise import NoiseModel, add_noise_to_stack, fit_noise_model
+from ood_core.method.normalization import NormalizationParams, bands_to_channels, model_to_physical, normalize
 from ood_core.method.novelty import NoveltyRule
 from ood_core.method.prior import LatentPrior, PriorKind, fit_prior
 from ood_core.method.sampler import GeometricSampler, SamplerConfig, slot_candidate_seed
+from ood_core.method.seeds import child_seed
 from ood_core.pipeline.config import (
     DEFAULT_PRIOR,
     DEFAULT_STRATEGY,
@@ -168,6 +170,9 @@ class SampleContext:
                                slerp_range=slerp_range_of(source.provenance))
         self.sampler = GeometricSampler(prior, ood_flat, reference_flat, config, seed=params.seed,
                                         device=model.device)
+        self.noise_on = params.noise == "on"
+        self.noise_model: NoiseModel | None = None if self.per_band else fit_noise_model(
+            model_to_physical(self.images.numpy(), self.norm_params, np.arange(self.images.shape[0])))
 
     def physical(self, samples: npt.NDArray[Any], parents: npt.NDArray[np.int64],
                  nearest: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
@@ -175,8 +180,40 @@ class SampleContext:
         band groups: (N, B, H, W), band k through its own normalization."""
         if self.per_band:
             return model_to_physical(samples, self.norm_params, per_band=True)
-        owners = parents if len(self.norm_params) == 1 else np.where(parents >= 0, parents, nearest)
-        return model_to_physical(samples, self.norm_params, owners)
+        return model_to_physical(samples, self.norm_params, self.owners(parents, nearest))
+
+    def owners(self, parents: npt.NDArray[np.int64], nearest: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Whose normalization a sample goes back through: the parent input's, else the nearest's."""
+        return parents if len(self.norm_params) == 1 else np.where(parents >= 0, parents, nearest)
+
+    def with_noise(self, samples: npt.NDArray[Any], parents: npt.NDArray[np.int64], nearest: npt.NDArray[np.int64],
+                   slots: list[int]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """(model-space samples, physical samples) with matching noise added in physical units (noise on), the
+        model-space samples re-normalized from the noisy physical ones with the same parameters (what falls
+        outside the interval clips, as for the inputs), the physical ones mapped back from those. Slot j's noise
+        comes from ``child_seed(seed, "noise/j")``: the same in any shard."""
+        physical = self.physical(samples, parents, nearest)
+        if not self.noise_on or self.noise_model is None or not len(samples):
+            return samples, physical
+        owners = self.owners(parents, nearest)
+        per_input = len(self.norm_params) > 1
+        seeds = [child_seed(self.seed, f"noise/{slot}") for slot in slots]
+        targets = [int(o) for o in owners] if per_input else None
+        noisy, _ = add_noise_to_stack(physical, self.noise_model, seeds, targets)
+        band = np.stack([normalize(image, self.norm_params[int(owners[i]) if per_input else 0])
+                         for i, image in enumerate(noisy)])
+        renormalized = bands_to_channels(band, samples.shape[1]).astype(np.float32)
+        return renormalized, self.physical(renormalized, parents, nearest)
+
+    def noise_record(self, origin: str) -> dict[str, Any]:
+        """Provenance ``noise``: on or off, where that came from, the fitted model, the seed stream."""
+        if self.noise_model is None:
+            return {"enabled": False, "from": origin, "reason": "band groups: noise matching is single-band"}
+        return {"enabled": self.noise_on, "from": origin, **self.noise_model.to_record(),
+                "seed_stream": "child_seed(run seed, 'noise/<sample slot>')",
+                "applied_to": "samples_physical, and samples re-normalized from them with the run's parameters "
+                              "(values outside the normalization interval clip, as the inputs' do); the novelty "
+                              "rule judged the samples before the noise" if self.noise_on else "nothing"}
 
 
 @dataclass
@@ -279,6 +316,7 @@ def _denoise(model: FrozenDiffusionModel, ctx: SampleContext, block: _Block, cho
             "samples": samples[i].numpy(), "sample_latents": latents_host[i], "sample_seed": seeds[i],
             "sample_parent": chosen[slot].parent, "sample_criteria": criteria[i],
             "sample_nearest_input_distance": float(novelty.distance[i]), "nearest": int(novelty.index[i]),
+            "slot": slot,
         }
 
 
@@ -303,10 +341,13 @@ def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
     samples = np.stack([r["samples"] for r in rows]) if rows else np.empty((0, *shape), np.float32)
     parents = np.array([r["sample_parent"] for r in rows], dtype=np.int64)
     nearest = np.array([r["nearest"] for r in rows], dtype=np.int64)
+    if rows:
+        samples, physical = ctx.with_noise(samples, parents, nearest, [int(r["slot"]) for r in rows])
+    else:
+        physical = np.empty((0, *(shape if ctx.per_band else shape[1:])), np.float32)
     return {
         "samples": samples,
-        "samples_physical": ctx.physical(samples, parents, nearest) if rows
-        else np.empty((0, *(shape if ctx.per_band else shape[1:])), np.float32),
+        "samples_physical": physical,
         "sample_latents": np.stack([r["sample_latents"] for r in rows]) if rows else np.empty((0, *shape), np.float32),
         "sample_seed": np.array([r["sample_seed"] for r in rows], dtype=np.int64),
         "sample_parent": parents.astype(np.int32),

@@ -272,6 +272,14 @@ def finish_sample(params: PipelineParameters, model: FrozenDiffusionModel, write
     return dict(writer.provenance["sampler"])
 
 
+def _noise_origin(params: PipelineParameters, provenance: dict[str, Any]) -> str:
+    """Where the run's noise setting came from: given, the calibration (provenance ``settings``), or the default."""
+    if params.noise is not None:
+        return "given"
+    origin = ((provenance.get("settings") or {}).get("from") or {}).get("noise")
+    return str(origin) if origin else "default"
+
+
 def _record_sampling(params: PipelineParameters, ctx: sampling.SampleContext, writer: RunWriter,
                      counters: sampling.Counters, shards: int) -> None:
     if writer.n_samples < params.samples:
@@ -281,6 +289,7 @@ def _record_sampling(params: PipelineParameters, ctx: sampling.SampleContext, wr
         sampler=sampling.sampler_record(params, ctx, counters, writer.n_samples, shards),
         novelty={**ctx.rule.to_dict(), "threshold": float(ctx.rule.threshold(ctx.images)),
                  "near_copies_rejected": counters.near_copies},
+        noise=ctx.noise_record(_noise_origin(params, writer.provenance)),
         generation={"eta": params.eta, "steps": ctx.steps, "t0": ctx.t0,
                     "physical_params_from": "run" if len(ctx.norm_params) == 1 else "parent input (nearest if none)"},
     )
