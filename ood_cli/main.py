@@ -83,9 +83,12 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
                                                "local cluster, one worker per shard)")
     parser.add_argument("--strategy", choices=["prior", "slerp_ood_prior", "slerp_ood_ood"],
                         help="how candidates are drawn (default: chosen by the calibration, else slerp_ood_prior)")
+    parser.add_argument("--noise", choices=["on", "off"],
+                        help="add background noise matching the inputs' (level and power spectrum) to each sample, "
+                             "in physical units (default: chosen by the calibration, else off)")
     parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
-                        help="leave-shots-out calibration of the settings not given (--t0, --strategy, --prior) "
-                             "before the run (default: on with at least 6 usable shots)")
+                        help="leave-shots-out calibration of the settings not given (--t0, --strategy, --prior, "
+                             "--noise) before the run (default: on with at least 6 usable shots)")
     parser.add_argument("--reference-count", type=int, help="in-domain reference latents (default 16)")
     parser.add_argument("--novelty-factor", type=float,
                         help="near-copy if the nearest-input distance, up to flips and right-angle rotations of "
@@ -100,7 +103,7 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
         parser.add_argument("--hdu", type=int, help="HDU index to read (default: first image HDU)")
 
 
-PIPELINE_FLAGS = ("strategy", "calibrate", "reference_count", "novelty_factor", "normalization", "stretch")
+PIPELINE_FLAGS = ("strategy", "noise", "calibrate", "reference_count", "novelty_factor", "normalization", "stretch")
 
 
 def _output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -198,8 +201,8 @@ def _calibration_summary(summary: dict[str, Any]) -> None:
     settings = summary.get("settings") or {}
     origin = settings.get("from") or {}
     if settings:
-        _say("settings   " + ", ".join(f"{n} {settings.get(n)} ({origin.get(n)})" for n in ("t0", "strategy", "prior")
-                                       if n in settings))
+        _say("settings   " + ", ".join(f"{n} {settings.get(n)} ({origin.get(n)})"
+                                       for n in ("t0", "strategy", "prior", "noise") if n in settings))
     calibration = summary.get("calibration") or {}
     if not calibration:
         return
@@ -209,15 +212,16 @@ def _calibration_summary(summary: dict[str, Any]) -> None:
     _say(f"calibrate  {len(calibration.get('table') or [])} settings on {len(calibration.get('held_out') or [])} "
          f"held-out shots, {calibration.get('evaluations_spent')} network evaluations (budget "
          f"{calibration.get('budget_evaluations')}), {calibration.get('steps')} DDIM steps")
-    _say(f"           {'t0':>4} {'strategy':<16} {'slerp':<9} {'prior':<6} {'W1/sd':>6} {'P(k)dex':>7} "
+    _say(f"           {'t0':>4} {'strategy':<16} {'slerp':<9} {'prior':<6} {'noise':<5} {'W1/sd':>6} {'P(k)dex':>7} "
          f"{'count':>6} {'copies':>6} {'accept':>6} {'ranks':>5}")
     for i, row in enumerate(calibration.get("table") or []):
         s = row["setting"]
         v = {k: float("nan") if x is None else x for k, x in row["scores"].items()}  # NaN is stored as None
         lam = "-" if s["strategy"] == "prior" else "-".join(f"{x:.2f}" for x in s["slerp_range"])
         mark = " <- chosen" if i == calibration.get("best") else ""
-        _say(f"           {s['t0']:>4} {s['strategy']:<16} {lam:<9} {s['prior']:<6} {v['pixel_w1_rel']:>6.3f} "
-             f"{v['spectrum_dex']:>7.3f} {v['source_count_rel']:>6.3f} {v['near_copy_fraction']:>6.2f} "
+        _say(f"           {s['t0']:>4} {s['strategy']:<16} {lam:<9} {s['prior']:<6} {s.get('noise', 'off'):<5} "
+             f"{v['pixel_w1_rel']:>6.3f} {v['spectrum_dex']:>7.3f} {v['source_count_rel']:>6.3f} "
+             f"{v['near_copy_fraction']:>6.2f} "
              f"{v.get('acceptance', float('nan')):>6.3f} {float(row['rank_sum']):>5.1f}{mark}"
              + (f" ({row['disqualified']})" if row.get("disqualified") else ""))
     _say(f"verdict    {(calibration.get('verdict') or {}).get('line')}")
@@ -256,7 +260,7 @@ def _execute_pipeline(params: Any, verbosity: Verbosity = "normal", resume: str 
 
 
 _RUN_OPTIONS = ("model", "samples", "seed", "t0", "steps", "eta", "prior", "candidate_budget", "resolution",
-                "batch_size", "device", "dtype", "shards", "dask_address", "strategy", "reference_count",
+                "batch_size", "device", "dtype", "shards", "dask_address", "strategy", "noise", "reference_count",
                 "novelty_factor", "normalization", "stretch", "tile", "hdu")
 
 

@@ -6,7 +6,9 @@ mixing range, prior family) reuses those latents, draws candidates through the r
 (:class:`ood_core.method.sampler.GeometricSampler`: the same draws and the same geometric screening, against a few
 in-domain reference latents made at that t0), keeps the first ``per_setting`` accepted (the same candidate seeds for
 every setting: common random numbers), denoises them with ``steps`` DDIM steps, and scores them against the
-held-out shots in physical units (:mod:`ood_core.calibration.scores`). Settings are ranked by the sum
+held-out shots in physical units (:mod:`ood_core.calibration.scores`), each twice unless ``noise`` is given:
+as denoised and with background noise matching the kept shots' added (:mod:`ood_core.method.noise`; no network
+evaluation). Settings are ranked by the sum
 of their ranks over the fidelity scores; a setting that makes any near-copy of a kept shot, or whose candidates all
 fail the screening (the run would make nothing), is disqualified. The
 best one fills the settings the user did not give; given ones are kept as given (the table is then a report).
@@ -28,7 +30,8 @@ import torch
 from ood_core.calibration import scores
 from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel
-from ood_core.method.normalization import NormalizedBatch, model_to_physical
+from ood_core.method.noise import NoiseModel, add_noise_to_stack, fit_noise_model
+from ood_core.method.normalization import NormalizedBatch, denormalize, model_to_physical, normalize
 from ood_core.method.prior import fit_prior, generator_from_seed
 from ood_core.method.sampler import GeometricSampler, SamplerConfig, Strategy
 from ood_core.method.seeds import child_seed
@@ -58,9 +61,13 @@ class Setting:
     strategy: str
     slerp_range: tuple[float, float]
     prior: str
+    noise: str = "off"
+    """Matching background noise added to the samples (scored both ways at no network cost, see
+    :func:`noise_values`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"t0": self.t0, "strategy": self.strategy, "slerp_range": list(self.slerp_range), "prior": self.prior}
+        return {"t0": self.t0, "strategy": self.strategy, "slerp_range": list(self.slerp_range), "prior": self.prior,
+                "noise": self.noise}
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,12 @@ def default_grid(params: PipelineParameters) -> tuple[Setting, ...]:
     strategies = ([(params.strategy, DEFAULT_SLERP_RANGE)] if params.strategy is not None else list(STRATEGY_GRID))
     priors = [params.prior] if params.prior is not None else list(PRIOR_GRID)
     return tuple(Setting(t0, strategy, lam, prior) for t0 in t0s for strategy, lam in strategies for prior in priors)
+
+
+def noise_values(params: PipelineParameters) -> tuple[str, ...]:
+    """The noise settings every grid point is scored with: the given one, else without and with noise (the same
+    denoised samples: noise costs no network evaluation)."""
+    return (params.noise,) if params.noise is not None else ("off", "on")
 
 
 def plain_run_evaluations(params: PipelineParameters, shots: int) -> int:
@@ -140,7 +153,9 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
     kept, held = split
     images = torch.from_numpy(batch.images)
     held_stats = scores.HeldOut.of(model_to_physical(batch.images[held], batch.params, np.array(held)))
-    rows, spent = [], 0
+    noise = fit_noise_model(model_to_physical(batch.images[kept], batch.params, np.array(kept)))
+    rows: list[dict[str, Any]] = []
+    spent = 0
     for t0 in sorted({s.t0 for s in plan.settings}):
         grid = ddim.timestep_grid(t0, min(plan.steps, t0), model.num_train_timesteps)
         latents = ddim.ddim_invert(model, images[kept], grid, batch_size=params.batch_size or 16)
@@ -149,16 +164,16 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
         for setting in (s for s in plan.settings if s.t0 == t0):
             candidates, acceptance = _candidates(params, latents, references, setting, plan.per_setting)
             if candidates is None:
-                rows.append(_empty(setting, acceptance))
+                rows.extend(_empty(replace(setting, noise=value), acceptance) for value in noise_values(params))
                 continue
             samples = ddim.ddim_generate(model, candidates, grid, eta=params.eta,
                                          seeds=[child_seed(params.seed, f"calibration/{k}")
                                                 for k in range(len(candidates))],
                                          batch_size=params.batch_size or 16)
             spent += len(candidates) * (len(grid) - 1)
-            row = _score(params, batch, samples, images[kept], kept, held_stats, setting)
-            row["scores"]["acceptance"] = acceptance
-            rows.append(row)
+            for row in _score(params, batch, samples, (images[kept], kept), held_stats, setting, noise):
+                row["scores"]["acceptance"] = acceptance
+                rows.append(row)
     record = choose(rows, params)
     augmented = scores.fidelity(scores.augmentation(model_to_physical(batch.images[kept], batch.params,
                                                                       np.array(kept)), plan.per_setting), held_stats)
@@ -170,6 +185,8 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
                              f"latents per t0" if plan.references else "unscreened: candidates as drawn"),
                   references=plan.references,
                   augmentation=augmented, verdict=scores.verdict(best, augmented),
+                  noise={"level_kept_shots": noise.level, "seed_stream": "child_seed(seed, 'calibration/noise/<k>')",
+                         "scored": list(noise_values(params))},
                   seconds=round(time.perf_counter() - started, 3))
     log.info("calibration: %d settings, %d network evaluations (budget %d), chose %s", len(rows), spent,
              plan.budget, record["chosen"])
@@ -220,13 +237,33 @@ def _empty(setting: Setting, acceptance: float) -> dict[str, Any]:
                                                      "acceptance": acceptance}}
 
 
-def _score(params: PipelineParameters, batch: NormalizedBatch, samples: torch.Tensor, kept_images: torch.Tensor,
-           kept: list[int], held: scores.HeldOut, setting: Setting) -> dict[str, Any]:
+def _score(params: PipelineParameters, batch: NormalizedBatch, samples: torch.Tensor,
+           kept_shots: tuple[torch.Tensor, list[int]], held: scores.HeldOut, setting: Setting,
+           noise: NoiseModel) -> list[dict[str, Any]]:
+    """One row per noise value: the same samples scored as denoised, and with matching noise added (clipped by the
+    normalization's round trip, as the run's are). Novelty is judged on the denoised samples, as in the run."""
+    kept_images, kept = kept_shots
     novelty = scores.novelty(samples.float().cpu(), kept_images, params.novelty_factor)
     nearest = ((samples.reshape(len(samples), 1, -1) - kept_images.reshape(1, len(kept), -1)) ** 2).sum(-1).argmin(1)
     owners = np.array([kept[int(i)] for i in nearest])
     physical = model_to_physical(samples.numpy(), batch.params, owners)
-    return {"setting": setting.to_dict(), "scores": {**scores.fidelity(physical, held), **novelty}}
+    rows = []
+    for value in noise_values(params):
+        images = physical if value == "off" else _noisy(params, batch, physical, noise, owners, nearest)
+        rows.append({"setting": replace(setting, noise=value).to_dict(),
+                     "scores": {**scores.fidelity(images, held), **novelty}})
+    return rows
+
+
+def _noisy(params: PipelineParameters, batch: NormalizedBatch, physical: np.ndarray[Any, Any], noise: NoiseModel,
+           owners: np.ndarray[Any, Any], nearest: torch.Tensor) -> np.ndarray[Any, Any]:
+    """Physical samples with matching noise (per-image normalization: the nearest kept shot's level), through the
+    normalization and back."""
+    per_image = len(batch.params) > 1
+    seeds = [child_seed(params.seed, f"calibration/noise/{k}") for k in range(len(physical))]
+    noisy, _ = add_noise_to_stack(physical, noise, seeds, [int(i) for i in nearest] if per_image else None)
+    return np.stack([denormalize(normalize(image, batch.params[int(owners[k]) if per_image else 0]),
+                                 batch.params[int(owners[k]) if per_image else 0]) for k, image in enumerate(noisy)])
 
 
 def choose(rows: list[dict[str, Any]], params: PipelineParameters) -> dict[str, Any]:

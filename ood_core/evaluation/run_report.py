@@ -160,7 +160,7 @@ def calibration_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         out: dict[str, Any] = {
             "t0": setting.get("t0"), "strategy": setting.get("strategy"),
             "slerp": "-" if setting.get("strategy") == "prior" else "-".join(_fmt(v, 2) for v in lam),
-            "prior": setting.get("prior"),
+            "prior": setting.get("prior"), "noise": setting.get("noise", "off"),
         }
         values = row.get("scores") or {}
         out.update({name: None if values.get(name) is None else round(float(values[name]), 4)
@@ -178,7 +178,7 @@ def calibration_lines(record: dict[str, Any]) -> list[str]:
     origin = settings.get("from") or {}
     lines = ["## Settings and calibration", ""]
     lines += [f"- **{name}**: {_fmt(settings.get(name))} ({origin.get(name, '-')})"
-              for name in ("t0", "strategy", "prior", "slerp_range") if name in settings]
+              for name in ("t0", "strategy", "prior", "slerp_range", "noise") if name in settings]
     calibration = record.get("calibration") or {}
     if not calibration.get("enabled"):
         return [*lines, f"- calibration: off ({calibration.get('reason', 'not run')})"]
