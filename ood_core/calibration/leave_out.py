@@ -31,7 +31,7 @@ from ood_core.calibration import scores
 from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.noise import NoiseModel, add_noise_to_stack, fit_noise_model
-from ood_core.method.normalization import NormalizedBatch, denormalize, model_to_physical, normalize
+from ood_core.method.normalization import NormalizedBatch, model_to_physical
 from ood_core.method.prior import fit_prior, generator_from_seed
 from ood_core.method.sampler import GeometricSampler, SamplerConfig, Strategy
 from ood_core.method.seeds import child_seed
@@ -240,8 +240,8 @@ def _empty(setting: Setting, acceptance: float) -> dict[str, Any]:
 def _score(params: PipelineParameters, batch: NormalizedBatch, samples: torch.Tensor,
            kept_shots: tuple[torch.Tensor, list[int]], held: scores.HeldOut, setting: Setting,
            noise: NoiseModel) -> list[dict[str, Any]]:
-    """One row per noise value: the same samples scored as denoised, and with matching noise added (clipped by the
-    normalization's round trip, as the run's are). Novelty is judged on the denoised samples, as in the run."""
+    """One row per noise value: the same samples scored as denoised, and with matching noise added. Novelty is
+    judged on the denoised samples, as in the run."""
     kept_images, kept = kept_shots
     novelty = scores.novelty(samples.float().cpu(), kept_images, params.novelty_factor)
     nearest = ((samples.reshape(len(samples), 1, -1) - kept_images.reshape(1, len(kept), -1)) ** 2).sum(-1).argmin(1)
@@ -249,21 +249,19 @@ def _score(params: PipelineParameters, batch: NormalizedBatch, samples: torch.Te
     physical = model_to_physical(samples.numpy(), batch.params, owners)
     rows = []
     for value in noise_values(params):
-        images = physical if value == "off" else _noisy(params, batch, physical, noise, owners, nearest)
+        images = physical if value == "off" else _noisy(params, batch, physical, noise, nearest)
         rows.append({"setting": replace(setting, noise=value).to_dict(),
                      "scores": {**scores.fidelity(images, held), **novelty}})
     return rows
 
 
 def _noisy(params: PipelineParameters, batch: NormalizedBatch, physical: np.ndarray[Any, Any], noise: NoiseModel,
-           owners: np.ndarray[Any, Any], nearest: torch.Tensor) -> np.ndarray[Any, Any]:
-    """Physical samples with matching noise (per-image normalization: the nearest kept shot's level), through the
-    normalization and back."""
-    per_image = len(batch.params) > 1
+           nearest: torch.Tensor) -> np.ndarray[Any, Any]:
+    """Physical samples with matching noise, as the run's ``samples_physical`` (not clipped); per-image
+    normalization: the nearest kept shot's level."""
     seeds = [child_seed(params.seed, f"calibration/noise/{k}") for k in range(len(physical))]
-    noisy, _ = add_noise_to_stack(physical, noise, seeds, [int(i) for i in nearest] if per_image else None)
-    return np.stack([denormalize(normalize(image, batch.params[int(owners[k]) if per_image else 0]),
-                                 batch.params[int(owners[k]) if per_image else 0]) for k, image in enumerate(noisy)])
+    owners = [int(i) for i in nearest] if len(batch.params) > 1 else None
+    return add_noise_to_stack(physical, noise, seeds, owners)[0]
 
 
 def choose(rows: list[dict[str, Any]], params: PipelineParameters) -> dict[str, Any]:

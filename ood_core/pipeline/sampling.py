@@ -188,10 +188,11 @@ class SampleContext:
 
     def with_noise(self, samples: npt.NDArray[Any], parents: npt.NDArray[np.int64], nearest: npt.NDArray[np.int64],
                    slots: list[int]) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
-        """(model-space samples, physical samples) with matching noise added in physical units (noise on), the
-        model-space samples re-normalized from the noisy physical ones with the same parameters (what falls
-        outside the interval clips, as for the inputs), the physical ones mapped back from those. Slot j's noise
-        comes from ``child_seed(seed, "noise/j")``: the same in any shard."""
+        """(model-space samples, physical samples) with matching noise added in physical units (noise on): the
+        physical samples are the denoised ones plus the noise, not clipped (a sample's background often sits at the
+        normalization's lower bound, where clipping would take half the noise away); the model-space samples are
+        those re-normalized with the same parameters, where values outside the interval clip. Slot j's noise comes
+        from ``child_seed(seed, "noise/j")``: the same in any shard."""
         physical = self.physical(samples, parents, nearest)
         if not self.noise_on or self.noise_model is None or not len(samples):
             return samples, physical
@@ -202,8 +203,7 @@ class SampleContext:
         noisy, _ = add_noise_to_stack(physical, self.noise_model, seeds, targets)
         band = np.stack([normalize(image, self.norm_params[int(owners[i]) if per_input else 0])
                          for i, image in enumerate(noisy)])
-        renormalized = bands_to_channels(band, samples.shape[1]).astype(np.float32)
-        return renormalized, self.physical(renormalized, parents, nearest)
+        return bands_to_channels(band, samples.shape[1]).astype(np.float32), noisy.astype(np.float32)
 
     def noise_record(self, origin: str) -> dict[str, Any]:
         """Provenance ``noise``: on or off, where that came from, the fitted model, the seed stream."""
@@ -211,9 +211,11 @@ class SampleContext:
             return {"enabled": False, "from": origin, "reason": "band groups: noise matching is single-band"}
         return {"enabled": self.noise_on, "from": origin, **self.noise_model.to_record(),
                 "seed_stream": "child_seed(run seed, 'noise/<sample slot>')",
-                "applied_to": "samples_physical, and samples re-normalized from them with the run's parameters "
-                              "(values outside the normalization interval clip, as the inputs' do); the novelty "
-                              "rule judged the samples before the noise" if self.noise_on else "nothing"}
+                "applied_to": "samples_physical (denoised sample + noise, not clipped), and samples: those "
+                              "re-normalized with the run's parameters, so model_to_physical(samples) differs from "
+                              "samples_physical where the noisy value falls outside the normalization interval "
+                              "(clipped); the novelty rule judged the samples before the noise"
+                              if self.noise_on else "nothing"}
 
 
 @dataclass
