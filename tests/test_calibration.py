@@ -51,8 +51,9 @@ def test_calibration_disqualifies_near_copies_and_ranks_noise_last(
     fits_dir: Path, shipped_model: FrozenDiffusionModel, shots: IngestResult
 ) -> None:
     """A tiny t0 with a slerp weight near 0 reproduces the kept shots (it would win on fidelity): disqualified.
-    t0 = 950 prior draws with two DDIM steps are noise: ranked worse than a sensible setting, never chosen."""
-    params = params_for(glimpse(fits_dir), Path("unused.zarr"))
+    t0 = 950 prior draws with two DDIM steps are noise: ranked worse than a sensible setting, never chosen.
+    (Noise given: one row per setting; tests/test_noise.py scores noise both ways.)"""
+    params = params_for(glimpse(fits_dir), Path("unused.zarr"), noise="off")
     copies = Setting(30, "slerp_ood_prior", (0.0, 0.02), "scalar")
     noise = Setting(950, "prior", SLERP, "scalar")
     sensible = Setting(400, "slerp_ood_prior", SLERP, "scalar")
@@ -88,9 +89,10 @@ def test_rank_sum_ties_and_nan() -> None:
 def test_explicit_settings_are_kept_and_reported(
     fits_dir: Path, shipped_model: FrozenDiffusionModel, shots: IngestResult
 ) -> None:
-    given = params_for(glimpse(fits_dir), Path("unused.zarr"), t0=450, strategy="prior", prior="ppca", steps=2)
+    given = params_for(glimpse(fits_dir), Path("unused.zarr"), t0=450, strategy="prior", prior="ppca", steps=2,
+                       noise="off")
     record = calibrate(given, shipped_model, shots)
-    assert record["enabled"] and record["chosen"] == {} and record["given"] == ["prior", "strategy", "t0"]
+    assert record["enabled"] and record["chosen"] == {} and record["given"] == ["noise", "prior", "strategy", "t0"]
     assert [row["setting"] for row in record["table"]] == [Setting(450, "prior", SLERP, "ppca").to_dict()]
     settings = settings_record(given, record)
     assert (settings["t0"], settings["strategy"], settings["prior"]) == (450, "prior", "ppca")
@@ -98,8 +100,8 @@ def test_explicit_settings_are_kept_and_reported(
 
     partly = params_for(glimpse(fits_dir), Path("unused.zarr"), t0=450, steps=2)
     record = calibrate(partly, shipped_model, shots)
-    assert {row["setting"]["t0"] for row in record["table"]} == {450} and len(record["table"]) == 6
-    assert "t0" not in record["chosen"] and {"strategy", "prior"} <= set(record["chosen"])
+    assert {row["setting"]["t0"] for row in record["table"]} == {450} and len(record["table"]) == 12  # noise both
+    assert "t0" not in record["chosen"] and {"strategy", "prior", "noise"} <= set(record["chosen"])
     resolved = settled(partly, {"settings": settings_record(partly, record)})
     assert resolved.t0 == 450 and resolved.strategy == record["chosen"]["strategy"]
 
