@@ -17,7 +17,7 @@ mean source count, Minkowski functionals (mean of area, perimeter, Euler W1), ne
 Writes ``table.json`` and ``table.md`` under ``--out`` and prints the markdown.
 
 Usage: PYTHONPATH=. .venv/bin/python bench/calibration_table.py [--sources glimpse bolocam ...] [--samples 16]
-       [--steps 25] [--finetune-steps 100] [--out out/calibration_table]
+       [--steps 25] [--finetune-steps 100] [--anchors N] [--out out/calibration_table]
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ def one_run(source: str, label: str, shots: list[str], reference: list[str], arg
     run_seconds = time.perf_counter() - started
     evaluation = evaluate_run(store, reference, out_dir=args.out / f"{source}_{label}_eval",
                               baselines=BASELINES if label == "calibrated" else (),
-                              finetune_steps=args.finetune_steps, device="cpu")
+                              finetune_steps=args.finetune_steps, in_domain_anchor_count=args.anchors,
+                              device="cpu")
     rows = {("method" if name == "method" else name): row_of(entry) for name, entry in evaluation["sets"].items()}
     rows = {(label if name == "method" else name): row for name, row in rows.items() if name != "inputs"}
     provenance = open_run(store, result.run_id).attrs["ood_run"]
@@ -145,6 +146,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--anchors", type=int, default=None, help="in-domain anchors of the domain classifier")
     parser.add_argument("--out", type=Path, default=Path("out/calibration_table"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
