@@ -76,13 +76,19 @@ def one_run(source: str, label: str, shots: list[str], reference: list[str], arg
     started = time.perf_counter()
     result = run_in_process(PipelineParameters(**fields), choose=calibrate)
     run_seconds = time.perf_counter() - started
+    provenance = open_run(store, result.run_id, chunks=None).attrs["ood_run"]
+    if result.n_samples == 0:  # nothing passed the screening: a finding, not a crash
+        empty: dict[str, Any] = dict.fromkeys((*METRICS, "source_count_mean", "near_copy_fraction"))
+        return {label: {**empty, "n": 0}, "_run": {
+            "label": label, "acceptance": result.acceptance_rate, "run_seconds": round(run_seconds, 1),
+            "evaluate_seconds": 0.0, "settings": provenance.get("settings"), "contact_sheet": None,
+            "note": "no sample passed the screening within the candidate budget"}}
     evaluation = evaluate_run(store, reference, out_dir=args.out / f"{source}_{label}_eval",
                               baselines=BASELINES if label == "calibrated" else (),
                               finetune_steps=args.finetune_steps, in_domain_anchor_count=args.anchors,
                               device="cpu")
     rows = {("method" if name == "method" else name): row_of(entry) for name, entry in evaluation["sets"].items()}
     rows = {(label if name == "method" else name): row for name, row in rows.items() if name != "inputs"}
-    provenance = open_run(store, result.run_id).attrs["ood_run"]
     rows["_run"] = {"label": label, "acceptance": result.acceptance_rate, "run_seconds": round(run_seconds, 1),
                     "evaluate_seconds": evaluation["timings"]["total"],
                     "settings": provenance.get("settings"),
@@ -127,6 +133,8 @@ def markdown(table: dict[str, Any]) -> str:
         lines.append("")
         for run in runs:
             chosen = run.get("settings") or {}
+            if run.get("note"):
+                lines.append(f"- {run['label']}: {run['note']} (acceptance {run['acceptance']:.3f})")
             lines.append(f"- {run['label']}: acceptance {run['acceptance']:.3f}, t0 {chosen.get('t0')}, "
                          f"strategy {chosen.get('strategy')} {chosen.get('slerp_range')}, prior {chosen.get('prior')}"
                          f" ({chosen.get('from')}), run {run['run_seconds']} s, evaluate {run['evaluate_seconds']} s")
@@ -146,6 +154,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--redo", action="store_true", help="measure sources already in table.json again")
     parser.add_argument("--anchors", type=int, default=None, help="in-domain anchors of the domain classifier")
     parser.add_argument("--out", type=Path, default=Path("out/calibration_table"))
     args = parser.parse_args()
@@ -153,6 +162,8 @@ def main() -> None:
     saved = args.out / "table.json"
     table: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
     for source in args.sources or sources():
+        if source in table and not args.redo:
+            continue  # measured before (table.json): --redo measures it again
         shots, reference = split(source)
         rows: dict[str, dict[str, Any]] = {}
         runs = []
