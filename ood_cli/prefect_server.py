@@ -123,12 +123,20 @@ def prefect_api(timeout: float = 180.0) -> Iterator[str | None]:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
     finally:
+        _drain_services()  # their clients name this server: a later command in this process gets fresh ones
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = previous
         refresh_global_settings_context()
         _stop(process)
+
+
+def _drain_services() -> None:
+    """Stop Prefect's process-wide queue services (concurrency leases, events, logs) after flushing them."""
+    from prefect._internal.concurrency.services import _QueueServiceBase
+
+    _QueueServiceBase.drain_all(timeout=30)
 
 
 # --------------------------------------------------------------------------- child side

@@ -71,6 +71,11 @@ def running_server(home: Path, *, ui: bool = False) -> Iterator[Server]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
+        # Services an earlier test left behind (e.g. a concurrency-lease service whose client still names the
+        # temporary server of an in-process `ood` command, gone since) must not serve this server's runs.
+        from prefect._internal.concurrency.services import _QueueServiceBase
+
+        _QueueServiceBase.drain_all(timeout=30)
         with temporary_settings(updates={PREFECT_API_URL: srv.url, PREFECT_HOME: home}):
             try:
                 yield srv
