@@ -12,6 +12,17 @@ import pytest
 FITS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits"
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for the test (small CPU runs are faster and steadier so), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fits_dir() -> Path:
     """The shared real-FITS folder (images/, cutouts_128/, extras/, MANIFEST.csv); skip when absent."""

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from ood_cli.main import _calibration_summary
 from ood_core.calibration import Plan, Setting, calibrate, run_calibration, split_shots
@@ -23,12 +22,7 @@ from ood_core.store import open_run
 SLERP = (0.3, 0.7)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def glimpse(fits_dir: Path, count: int = 6) -> list[str]:

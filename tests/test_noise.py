@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from astropy.stats import mad_std
 
 from ood_cli.main import _calibration_summary, _parameters, build_parser
@@ -29,13 +28,7 @@ from ood_core.pipeline import PipelineParameters, ingest, run_in_process
 from ood_core.pipeline.sequence import settings_record
 from ood_core.store import open_run
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cutouts(fits_dir: Path, source: str, count: int | None = None) -> list[str]:
