@@ -22,6 +22,10 @@ class TrainBaseParameters(BaseModel):
     out_dir: str = Field(min_length=1, description="folder the exported diffusers model (and card) goes to")
     checkpoint_dir: str = Field(min_length=1, description="checkpoint folder; an existing checkpoint is resumed")
     resolution: int = Field(default=64, ge=8, le=512, description="image side of the model")
+    channels: int = Field(default=3, ge=1, le=3, description="image channels: 3 (RGB) or 1 (single band)")
+    data: list[str] = Field(default=["photos"], min_length=1,
+                            description="training image sets: photos, wheel-photos, dead-leaves")
+    init_from: str | None = Field(default=None, description="model folder whose weights start the training")
     block_out_channels: list[int] = Field(default=[32, 64, 128, 128], min_length=1, max_length=6,
                                           description="UNet widths per level (multiples of 16)")
     layers_per_block: int = Field(default=1, ge=1, le=4, description="ResNet layers per UNet block")
@@ -49,7 +53,8 @@ class TrainBaseParameters(BaseModel):
     def train_config(self) -> TrainConfig:
         """The ood_core training configuration."""
         return TrainConfig(
-            resolution=self.resolution, block_out_channels=tuple(self.block_out_channels),
+            resolution=self.resolution, channels=self.channels, data=tuple(self.data), init_from=self.init_from,
+            block_out_channels=tuple(self.block_out_channels),
             layers_per_block=self.layers_per_block, attention_levels=tuple(self.attention_levels),
             batch_size=self.batch_size, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
             total_steps=self.total_steps, checkpoint_every=self.checkpoint_every, seed=self.seed,

@@ -422,7 +422,8 @@ def cmd_train_base(args: argparse.Namespace) -> int:
     from flows.train_base import TrainBaseParameters, train_base_flow
 
     fields: dict[str, Any] = {"checkpoint_dir": args.checkpoints, "out_dir": args.out}
-    for name in ("max_steps", "total_steps", "card_cutouts", "device", "dtype", "sampler", "batch_size"):
+    for name in ("max_steps", "total_steps", "card_cutouts", "device", "dtype", "sampler", "batch_size", "channels",
+                 "data", "init_from", "learning_rate", "warmup_steps"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     with _prefect_api(), TerminalProgress(_verbosity(args)):
@@ -449,6 +450,14 @@ def _add_train_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument("--sampler", choices=["auto", "loop", "batched"],
                        help="patch sampler (default auto: batched on the GPU, per-image loop on the CPU)")
     train.add_argument("--batch-size", type=int, help="patches per step (default 16)")
+    train.add_argument("--channels", type=int, choices=[1, 3],
+                       help="image channels of the model (default 3; 1 for a single-band model)")
+    train.add_argument("--data", nargs="+", choices=["photos", "wheel-photos", "dead-leaves"],
+                       help="training image sets (default: photos, the 13 photographs of base64)")
+    train.add_argument("--init-from", help="model folder whose weights start the training (same architecture), "
+                                           "e.g. models/mono64")
+    train.add_argument("--learning-rate", type=float, help="AdamW learning rate (default 3e-4)")
+    train.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 200)")
     _output_arguments(train)
     train.set_defaults(func=cmd_train_base)
 

@@ -15,15 +15,14 @@ import torch.nn.functional as F
 from ood_core.base_model.patches import BatchedPatchSampler, PatchSampler
 from ood_core.base_model.training import (
     CHECKPOINT_FILE,
-    EXCLUDED_ASTRONOMICAL,
     TrainConfig,
     export_model,
-    natural_images,
     read_checkpoint,
     resolve_setup,
     train_base_model,
     warm_start_from_export,
 )
+from ood_core.base_model.training_data import EXCLUDED_ASTRONOMICAL, natural_images
 from ood_core.errors import ConfigurationError
 from ood_core.method.model import load_model
 

@@ -17,7 +17,6 @@ from ood_core.base_model.model_card import (
 from ood_core.base_model.patches import BatchedPatchSampler, PatchSampler
 from ood_core.base_model.training import (
     CHECKPOINT_FILE,
-    EXCLUDED_ASTRONOMICAL,
     TrainConfig,
     Trainer,
     TrainSetup,
@@ -25,15 +24,16 @@ from ood_core.base_model.training import (
     build_scheduler,
     build_unet,
     export_model,
-    natural_images,
     read_checkpoint,
     resolve_setup,
     train_base_model,
     warm_start_from_export,
 )
+from ood_core.base_model.training_data import DATA_SETS, EXCLUDED_ASTRONOMICAL, dead_leaves, natural_images
 
 __all__ = [
     "CHECKPOINT_FILE",
+    "DATA_SETS",
     "EXCLUDED_ASTRONOMICAL",
     "BatchedPatchSampler",
     "PatchSampler",
@@ -45,6 +45,7 @@ __all__ = [
     "Trainer",
     "build_scheduler",
     "build_unet",
+    "dead_leaves",
     "export_model",
     "loss_curve_png",
     "main",

@@ -1,4 +1,4 @@
-"""Training patches of the base model: random square crops at random scales with flips, in [-1, 1] (N, 3, R, R).
+"""Training patches of the base model: random square crops at random scales with flips, in [-1, 1] (N, C, R, R).
 
 Two samplers draw the same distribution: a crop side ``round(R * s)`` pixels with the scale ``s`` log-uniform
 in [1, max_scale] (bounded by the image), an integer position uniform over the image, an area resize to R x R,
@@ -28,7 +28,7 @@ SAMPLERS = ("loop", "batched")
 
 
 class PatchSampler:
-    """Random square patches at random scales with horizontal/vertical flips, in [-1, 1] (N, 3, R, R)."""
+    """Random square patches at random scales with horizontal/vertical flips, in [-1, 1] (N, C, R, R)."""
 
     def __init__(self, images: dict[str, npt.NDArray[np.float32]], resolution: int, max_scale: float = 4.0):
         self.images = [torch.from_numpy(img).permute(2, 0, 1).contiguous() for img in images.values()]
@@ -37,7 +37,7 @@ class PatchSampler:
 
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         res = self.resolution
-        out = torch.empty(batch_size, 3, res, res)
+        out = torch.empty(batch_size, self.images[0].shape[0], res, res)
         picks = torch.randint(len(self.images), (batch_size,), generator=generator)
         for i in range(batch_size):
             image = self.images[int(picks[i])]
@@ -83,13 +83,14 @@ class BatchedPatchSampler:
         height = max(a.shape[0] for a in images.values())
         width = max(a.shape[1] for a in images.values())
         # Integral image k of the zero-padded image: sum over [0, y) x [0, x) at [:, k, y, x], exact in float64.
-        sat = torch.zeros(3, len(images), height + 1, width + 1, dtype=torch.float64)
+        channels = next(iter(images.values())).shape[2]
+        sat = torch.zeros(channels, len(images), height + 1, width + 1, dtype=torch.float64)
         for k, image in enumerate(images.values()):
             pixels = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64)).permute(2, 0, 1)
             sat[:, k, 1 : image.shape[0] + 1, 1 : image.shape[1] + 1] = pixels
         self.strides = ((height + 1) * (width + 1), width + 1)
-        # One row of 3 channels per (image, y, x): a gather fetches a pixel corner's channels together.
-        self.integral = sat.cumsum(2).cumsum(3).reshape(3, -1).t().contiguous().to(self.device)
+        # One row of C channels per (image, y, x): a gather fetches a pixel corner's channels together.
+        self.integral = sat.cumsum(2).cumsum(3).reshape(channels, -1).t().contiguous().to(self.device)
         self.sizes = torch.tensor([a.shape[:2] for a in images.values()], dtype=torch.float64, device=self.device)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -126,7 +127,7 @@ class BatchedPatchSampler:
         image = picks.long()[:, None, None] * self.strides[0]
         corners = torch.stack([image + y[:, :, None] * self.strides[1] + x[:, None, :]
                                for y in (bottom, top) for x in (right, left)])  # (4, N, R, R)
-        s = torch.index_select(self.integral, 0, corners.reshape(-1)).view(*corners.shape, 3)  # (4, N, R, R, 3)
+        s = torch.index_select(self.integral, 0, corners.reshape(-1)).view(*corners.shape, -1)  # (4, N, R, R, C)
         box = (s[0] - s[1]).sub_(s[2]).add_(s[3]).permute(0, 3, 1, 2)  # exact sums: float64 until here
         patches = (box / (rows[:, None, :, None] * cols[:, None, None, :])).to(torch.float32)
         return patches.mul_(2.0).sub_(1.0).clamp_(-1.0, 1.0).contiguous()

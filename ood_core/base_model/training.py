@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
@@ -33,17 +32,16 @@ from diffusers.training_utils import EMAModel
 
 from ood_core.base_model.checkpoint import load_checkpoint, load_legacy_pickle, save_checkpoint
 from ood_core.base_model.patches import SAMPLERS, BatchedPatchSampler, PatchSampler
+from ood_core.base_model.training_data import (
+    EXCLUDED_ASTRONOMICAL,
+    LICENCES,
+    natural_images,
+)
 from ood_core.errors import ConfigurationError
 from ood_core.method.model import resolve_device, resolve_dtype
 
 log = logging.getLogger(__name__)
 
-# RGB photographs of everyday scenes; grey textures are replicated to RGB.
-_SKIMAGE_RGB = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                "motorcycle_right.png")
-_SKIMAGE_GREY = ("camera.png", "brick.png", "grass.png", "gravel.png", "coins.png")
-_SKLEARN_RGB = ("china.jpg", "flower.jpg")
-EXCLUDED_ASTRONOMICAL = ("hubble_deep_field", "moon")
 CHECKPOINT_FILE = "state.safetensors"
 LEGACY_CHECKPOINT_FILE = "state.pt"
 """Pickle checkpoints of older versions: read only with torch's restricted loader (weights_only=True)."""
@@ -54,31 +52,17 @@ GPU_LOSS_READ_EVERY = 25
 """On a GPU the loss is read back (a host sync) only every this many steps, for progress; CPU: every step."""
 
 
-def natural_images() -> dict[str, npt.NDArray[np.float32]]:
-    """The offline in-domain photographs as float32 (H, W, 3) arrays in [0, 1]."""
-    import skimage.data
-    import skimage.io
-    from sklearn.datasets import load_sample_image
-
-    # Files that ship inside the scikit-image wheel (no download through its data fetcher).
-    data_dir = Path(skimage.data.__file__).parent
-    images: dict[str, npt.NDArray[np.float32]] = {}
-    for name in _SKIMAGE_RGB:
-        rgb = skimage.io.imread(data_dir / name)[..., :3]
-        images[name.split(".")[0]] = np.asarray(rgb, dtype=np.float32) / 255.0
-    for name in _SKIMAGE_GREY:
-        grey = np.asarray(skimage.io.imread(data_dir / name), dtype=np.float32) / 255.0
-        images[name.split(".")[0]] = np.repeat(grey[..., None], 3, axis=2)
-    for name in _SKLEARN_RGB:
-        images[name.split(".")[0]] = np.asarray(load_sample_image(name), dtype=np.float32) / 255.0
-    return images
-
-
 @dataclass
 class TrainConfig:
     """Architecture and optimisation settings of the base model."""
 
     resolution: int = 64
+    channels: int = 3
+    """Image channels of the model: 3 (RGB, ``models/base64``) or 1 (single-band skies)."""
+    data: tuple[str, ...] = ("photos",)
+    """Named sets of training images (:mod:`.training_data`): photos, wheel-photos, dead-leaves."""
+    init_from: str | None = None
+    """A model folder whose weights start the training (same architecture), instead of a random init."""
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
     attention_levels: tuple[int, ...] = (2,)
@@ -112,8 +96,8 @@ def build_unet(config: TrainConfig) -> UNet2DModel:
     up = tuple("AttnUpBlock2D" if i in config.attention_levels else "UpBlock2D" for i in reversed(levels))
     return UNet2DModel(
         sample_size=config.resolution,
-        in_channels=3,
-        out_channels=3,
+        in_channels=config.channels,
+        out_channels=config.channels,
         layers_per_block=config.layers_per_block,
         block_out_channels=config.block_out_channels,
         down_block_types=down,
@@ -197,13 +181,16 @@ class Trainer:
         self.setup = setup or resolve_setup(config)
         device = self.setup.device
         torch.manual_seed(config.seed)
-        self.unet = build_unet(config).to(device)
+        self.unet = build_unet(config)
+        if config.init_from is not None:
+            self.unet.load_state_dict(initial_weights(config))
+        self.unet.to(device)
         self.alphas_cumprod = build_scheduler(config).alphas_cumprod.to(device)
         self.ema = EMAModel(self.unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, power=2 / 3)
         self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
         self.generator = torch.Generator(device=self.setup.generator_device).manual_seed(config.seed)
         self.state = TrainState(step=0, losses=[], seconds=0.0)
-        images = natural_images()
+        images = natural_images(config.data, config.channels)
         self.sampler: Sampler = (
             BatchedPatchSampler(images, config.resolution, device=device) if self.setup.sampler == "batched"
             else PatchSampler(images, config.resolution)
@@ -255,6 +242,37 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         _save_checkpoint(path, self.unet, self.ema, self.optimizer, self.generator, self.state, self.config)
+
+
+def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The UNet weights of the model folder ``config.init_from``; refused unless its architecture is the config's."""
+    assert config.init_from is not None
+    folder = Path(config.init_from)
+    source = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
+    expected = build_unet(config).config
+    differ = [k for k in ("in_channels", "out_channels", "block_out_channels", "layers_per_block",
+                          "down_block_types", "sample_size") if tuple_of(source.config[k]) != tuple_of(expected[k])]
+    if differ:
+        found = ", ".join(f"{k}={source.config[k]}" for k in differ)
+        raise ConfigurationError(f"--init-from {folder}: its UNet differs from the training config ({found}); "
+                                 "give the training the same architecture")
+    return {k: v.detach().clone() for k, v in source.state_dict().items()}
+
+
+def tuple_of(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _describe_data(config: TrainConfig) -> dict[str, Any]:
+    """What the model was trained on, for the training log and the card."""
+    return {
+        "sets": list(config.data),
+        "channels": config.channels,
+        "licences": {name: LICENCES[name] for name in config.data},
+        "images": sorted(natural_images(config.data, config.channels)),
+        "excluded_astronomical": list(EXCLUDED_ASTRONOMICAL),
+        "initialized_from": config.init_from,
+    }
 
 
 def _extend_history(history: list[dict[str, Any]], start: int, end: int, where: dict[str, str]) -> None:
@@ -402,11 +420,7 @@ def export_model(config: TrainConfig, checkpoint_dir: Path, out_dir: Path) -> di
         "history": saved.get("history") or [{"start": 0, "end": saved["step"], **LEGACY_HISTORY}],
         "parameters": int(sum(p.numel() for p in unet.parameters())),
         "config": config.to_dict(),
-        "data": {
-            "skimage": list(_SKIMAGE_RGB + _SKIMAGE_GREY),
-            "sklearn": list(_SKLEARN_RGB),
-            "excluded_astronomical": list(EXCLUDED_ASTRONOMICAL),
-        },
+        "data": _describe_data(config),
     }
     (out_dir / "training_log.json").write_text(json.dumps(log, indent=2))
     return log
