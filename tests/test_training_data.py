@@ -110,3 +110,22 @@ def test_init_from_a_model_of_another_architecture_is_refused(tmp_path: Path) ->
     with pytest.raises(ConfigurationError, match="in_channels=1"):
         train_base_model(config, tmp_path / "ckpt")
     assert not (tmp_path / "ckpt" / "state.safetensors").exists()
+
+
+def test_card_of_a_one_channel_model_names_its_data_start_and_reconstruction(tmp_path: Path) -> None:
+    from ood_core.base_model.model_card import write_model_card
+
+    config = TrainConfig(channels=1, data=("wheel-photos", "dead-leaves"), resolution=16, block_out_channels=(16, 32),
+                         attention_levels=(1,), batch_size=2, total_steps=2, checkpoint_every=1)
+    train_base_model(config, tmp_path / "ckpt")
+    export_model(config, tmp_path / "ckpt", tmp_path / "grey16")
+    model = load_model(tmp_path / "grey16", device="cpu")
+    cutouts = ROOT.parent / "shared" / "data" / "fits" / "cutouts_128"
+    card = write_model_card(model, tmp_path / "grey16", cutouts, title="test model")
+    text = (tmp_path / "grey16" / "README.md").read_text()
+    assert text.startswith("# Base model: test model, 1x16x16")
+    assert "**wheel-photos** (scikit-image: retina (CC0" in text and "**dead-leaves** (procedural" in text
+    assert "from a random initialization, 2 steps of batch 2" in text
+    assert {row["source"] for row in card["reconstruction"]} >= {"glimpse", "horsehead", "bolocam"}
+    assert all(np.isfinite(row["median_psnr_db"]) for row in card["reconstruction"])
+    assert (tmp_path / "grey16" / "samples.png").stat().st_size > 1000

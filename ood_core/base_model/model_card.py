@@ -125,9 +125,30 @@ def describe_history(history: list[dict[str, Any]]) -> str:
     )
 
 
+def describe_data(log: dict[str, Any]) -> str:
+    """The card's data line: the named image sets with their licences (older logs: base64's photographs)."""
+    data = log["data"]
+    excluded = ", ".join(data["excluded_astronomical"])
+    if "sets" not in data:  # base64's log: the 13 photographs only
+        return (f"random square patches (log-uniform scale 1x to 4x, area resize, random flips) of the photographs "
+                f"bundled with scikit-image ({', '.join(data['skimage'])}) and scikit-learn "
+                f"({', '.join(data['sklearn'])}); excluded on purpose: {excluded}")
+    grey = " turned to luminance (one channel)" if data["channels"] == 1 else ""
+    sets = "; ".join(f"**{name}** ({data['licences'][name]})" for name in data["sets"])
+    return (f"random square patches (log-uniform scale 1x to 4x, area resize, random flips){grey} of "
+            f"{len(data['images'])} images: {sets}. Images: {', '.join(data['images'])}. "
+            f"Excluded on purpose: {excluded}")
+
+
+def describe_start(log: dict[str, Any]) -> str:
+    """Where the weights started: random, or a model folder (``--init-from``)."""
+    start = (log.get("data") or {}).get("initialized_from")
+    return f"from the weights of `{start}` (`--init-from`)" if start else "from a random initialization"
+
+
 def write_model_card(
     model: FrozenDiffusionModel, model_dir: Path, cutout_dir: Path, *, where_trained: str | None = None,
-    settings: Sequence[tuple[int, int]] = ((600, 40),),
+    settings: Sequence[tuple[int, int]] = ((600, 40),), title: str = "natural-image DDPM",
 ) -> dict[str, Any]:
     """Write README.md, samples.png, loss.png and card.json into the model folder.
 
@@ -159,7 +180,7 @@ def write_model_card(
     )
     cfg = log["config"]
     losses = log["loss_per_checkpoint"]
-    text = f"""# Base model: natural-image DDPM, 3x{model.resolution}x{model.resolution}
+    text = f"""# Base model: {title}, {model.channels}x{model.resolution}x{model.resolution}
 
 A small diffusers `UNet2DModel` trained by this project (`ood train-base`) so that the pipeline has a
 frozen diffusion model to invert into with nothing downloaded. Its domain is everyday photographs,
@@ -170,11 +191,10 @@ deliberately **not** astronomy: FITS skies are out of domain for it, as the meth
   block, self-attention at level(s) {cfg["attention_levels"]}, {card["parameters"]:,} parameters
 - **Schedule**: DDPM, {cfg["num_train_timesteps"]} steps, linear betas {cfg["beta_start"]}..{cfg["beta_end"]},
   epsilon prediction (`scheduler/scheduler_config.json`)
-- **Data**: random square patches (log-uniform scale 1x to 4x, area resize, random flips) of the photographs
-  bundled with scikit-image ({", ".join(log["data"]["skimage"])}) and scikit-learn
-  ({", ".join(log["data"]["sklearn"])}); excluded on purpose: {", ".join(log["data"]["excluded_astronomical"])}
-- **Training**: {log["steps"]} steps of batch {log["batch_size"]}, AdamW lr {cfg["learning_rate"]} with
-  {cfg["warmup_steps"]} warm-up steps, EMA (max decay {cfg["ema_max_decay"]}), {where_trained},
+- **Data**: {describe_data(log)}
+- **Training**: {describe_start(log)}, {log["steps"]} steps of batch {log["batch_size"]}, AdamW lr
+  {cfg["learning_rate"]} with {cfg["warmup_steps"]} warm-up steps, EMA (max decay {cfg["ema_max_decay"]}),
+  {where_trained},
   {log["train_seconds"] / 60:.0f} minutes of training time. Loss (noise MSE) from {losses[0]:.4f} to {losses[-1]:.4f}.
 - **Where the steps ran**: {describe_history(history)}
 
@@ -194,7 +214,8 @@ PSNR in model space ([-1, 1], data range 2).
 |---|---|---|---|---|---|
 {table}
 
-Reproduce: `.venv/bin/python -m ood_core.base_model.model_card models/base64 ../shared/data/fits/cutouts_128`.
+Reproduce: `.venv/bin/python -m ood_core.base_model.model_card models/{model_dir.name}
+../shared/data/fits/cutouts_128`.
 """
     (model_dir / "README.md").write_text(text)
     return card
@@ -210,10 +231,11 @@ def main() -> None:
     parser.add_argument("cutout_dir", type=Path)
     parser.add_argument("--where", default="CPU (2 cores), in the background beside development work")
     parser.add_argument("--history", default="", help="how the training went, if not in one go (for the card)")
+    parser.add_argument("--title", default="natural-image DDPM", help="what the model is, for the card's title")
     args = parser.parse_args()
     model = load_model(args.model_dir, device="auto")
     where = f"{args.where}; {args.history}" if args.history else args.where
-    card = write_model_card(model, args.model_dir, args.cutout_dir, where_trained=where,
+    card = write_model_card(model, args.model_dir, args.cutout_dir, where_trained=where, title=args.title,
                             settings=((300, 40), (600, 20), (600, 40), (900, 40)))
     print(json.dumps(card, indent=2))
 
