@@ -10,7 +10,13 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.naming import run_name
-from ood_core.base_model.training import TrainConfig, export_model, train_base_model
+from ood_core.base_model.training import (
+    TrainConfig,
+    export_model,
+    read_checkpoint,
+    train_base_model,
+    warm_start_from_export,
+)
 from tasks.common import GPU_TAG, ProgressReporter, retry_on_io_error
 
 
@@ -26,6 +32,9 @@ class TrainBaseParameters(BaseModel):
     data: list[str] = Field(default=["photos"], min_length=1,
                             description="training image sets: photos, wheel-photos, dead-leaves")
     init_from: str | None = Field(default=None, description="model folder whose weights start the training")
+    continue_from: str | None = Field(default=None, description="exported model folder (with training_log.json) "
+                                      "to continue when the checkpoint folder is empty: its weights, EMA and step "
+                                      "count carry over, the optimizer restarts")
     block_out_channels: list[int] = Field(default=[32, 64, 128, 128], min_length=1, max_length=6,
                                           description="UNet widths per level (multiples of 16)")
     layers_per_block: int = Field(default=1, ge=1, le=4, description="ResNet layers per UNet block")
@@ -70,7 +79,12 @@ def train_task(params: TrainBaseParameters) -> dict[str, Any]:
     def progress(step: int, end: int, loss: float) -> None:
         reporter("train", step, end)
 
-    state = train_base_model(params.train_config(), Path(params.checkpoint_dir), max_steps=params.max_steps,
+    checkpoints = Path(params.checkpoint_dir)
+    if params.continue_from and read_checkpoint(checkpoints) is None:
+        seeded = warm_start_from_export(Path(params.continue_from), checkpoints, params.train_config())
+        get_run_logger().info("continuing %s from step %d (fresh optimizer moments)", params.continue_from,
+                              seeded.step)
+    state = train_base_model(params.train_config(), checkpoints, max_steps=params.max_steps,
                              progress=progress)
     get_run_logger().info("trained to step %d (%.0f s in total)", state.step, state.seconds)
     return {"step": state.step, "seconds": state.seconds, "last_loss": state.losses[-1] if state.losses else None}

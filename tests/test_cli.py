@@ -234,3 +234,15 @@ def test_train_base_takes_device_precision_and_sampler(tmp_path: Path, capsys: p
     assert log["history"] == [{"start": 0, "end": 1, "device": "cpu", "device_name": "cpu", "dtype": "float32",
                                "sampler": "batched"}]
     assert (log["config"]["device"], log["config"]["sampler"]) == ("cpu", "batched")
+
+
+def test_train_base_continues_an_exported_model_in_an_empty_checkpoint_folder(tmp_path: Path) -> None:
+    common = ["--batch-size", "2", "--device", "cpu", "--channels", "1", "--data", "dead-leaves", "-q"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train-base", "--checkpoints", str(tmp_path / "a"), "--out", str(first), "--total-steps", "1",
+                 *common]) == EXIT_OK
+    assert main(["train-base", "--checkpoints", str(tmp_path / "b"), "--out", str(second), "--total-steps", "2",
+                 "--continue-from", str(first), *common]) == EXIT_OK
+    log = json.loads((second / "training_log.json").read_text())
+    assert log["steps"] == 2 and len(log["loss_per_checkpoint"]) == 2  # step 1 carried over, step 2 trained here
+    assert log["config"]["channels"] == 1 and log["data"]["sets"] == ["dead-leaves"]

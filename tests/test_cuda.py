@@ -18,7 +18,8 @@ import torch
 
 from ood_core.base_model.demo_skies import write_demo_skies
 from ood_core.base_model.patches import BatchedPatchSampler
-from ood_core.base_model.training import TrainConfig, natural_images, read_checkpoint, train_base_model
+from ood_core.base_model.training import TrainConfig, read_checkpoint, train_base_model
+from ood_core.base_model.training_data import natural_images
 from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel, auto_batch_size, load_model
 from ood_core.method.sampler import CriteriaGeometry
