@@ -32,6 +32,8 @@ class TrainBaseParameters(BaseModel):
     data: list[str] = Field(default=["photos"], min_length=1,
                             description="training image sets: photos, wheel-photos, dead-leaves")
     init_from: str | None = Field(default=None, description="model folder whose weights start the training")
+    train_only: list[str] = Field(default=[], description="UNet parameter name prefixes to train, the others "
+                                  "frozen (e.g. conv_in conv_out); empty: all")
     continue_from: str | None = Field(default=None, description="exported model folder (with training_log.json) "
                                       "to continue when the checkpoint folder is empty: its weights, EMA and step "
                                       "count carry over, the optimizer restarts")
@@ -63,6 +65,7 @@ class TrainBaseParameters(BaseModel):
         """The ood_core training configuration."""
         return TrainConfig(
             resolution=self.resolution, channels=self.channels, data=tuple(self.data), init_from=self.init_from,
+            train_only=tuple(self.train_only),
             block_out_channels=tuple(self.block_out_channels),
             layers_per_block=self.layers_per_block, attention_levels=tuple(self.attention_levels),
             batch_size=self.batch_size, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,

@@ -423,7 +423,7 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 
     fields: dict[str, Any] = {"checkpoint_dir": args.checkpoints, "out_dir": args.out}
     for name in ("max_steps", "total_steps", "card_cutouts", "device", "dtype", "sampler", "batch_size", "channels",
-                 "data", "init_from", "continue_from", "learning_rate", "warmup_steps"):
+                 "data", "init_from", "train_only", "continue_from", "learning_rate", "warmup_steps"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     with _prefect_api(), TerminalProgress(_verbosity(args)):
@@ -456,6 +456,9 @@ def _add_train_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                        help="training image sets (default: photos, the 13 photographs of base64)")
     train.add_argument("--init-from", help="model folder whose weights start the training (same architecture), "
                                            "e.g. models/mono64")
+    train.add_argument("--train-only", nargs="+", metavar="PREFIX",
+                       help="train only the UNet parameters whose names start with these (e.g. conv_in conv_out "
+                            "conv_norm_out), the others frozen; default: all")
     train.add_argument("--continue-from", help="exported model folder to continue when --checkpoints is empty "
                                                "(weights, EMA and step count carry over; the optimizer restarts), "
                                                "e.g. models/grey64")

@@ -4,6 +4,7 @@ started from a shipped model's weights (issue 10 item 2)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,3 +130,18 @@ def test_card_of_a_one_channel_model_names_its_data_start_and_reconstruction(tmp
     assert {row["source"] for row in card["reconstruction"]} >= {"glimpse", "horsehead", "bolocam"}
     assert all(np.isfinite(row["median_psnr_db"]) for row in card["reconstruction"])
     assert (tmp_path / "grey16" / "samples.png").stat().st_size > 1000
+
+
+def test_train_only_moves_the_named_layers_and_freezes_the_rest(tmp_path: Path) -> None:
+    base: dict[str, Any] = dict(channels=1, data=("dead-leaves",), resolution=16, block_out_channels=(16, 32),
+                                attention_levels=(1,), batch_size=2, total_steps=1, checkpoint_every=1, warmup_steps=0)
+    train_base_model(TrainConfig(**base), tmp_path / "start")
+    export_model(TrainConfig(**base), tmp_path / "start", tmp_path / "model")
+    edges = TrainConfig(**base, init_from=str(tmp_path / "model"), train_only=("conv_in", "conv_out"))
+    train_base_model(edges, tmp_path / "edges")
+    before = load_model(tmp_path / "model", device="cpu").unet.state_dict()
+    after = read_checkpoint(tmp_path / "edges")["unet"]  # type: ignore[index]
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"conv_in.weight", "conv_in.bias", "conv_out.weight", "conv_out.bias"}
+    with pytest.raises(ConfigurationError, match="names no UNet parameter"):
+        train_base_model(TrainConfig(**base, train_only=("encoder",)), tmp_path / "none")

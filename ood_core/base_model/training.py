@@ -63,6 +63,8 @@ class TrainConfig:
     """Named sets of training images (:mod:`.training_data`): photos, wheel-photos, dead-leaves."""
     init_from: str | None = None
     """A model folder whose weights start the training (same architecture), instead of a random init."""
+    train_only: tuple[str, ...] = ()
+    """Names (prefixes) of the UNet parameters to train, the others frozen (e.g. conv_in, conv_out); empty: all."""
     block_out_channels: tuple[int, ...] = (32, 64, 128, 128)
     layers_per_block: int = 1
     attention_levels: tuple[int, ...] = (2,)
@@ -187,7 +189,8 @@ class Trainer:
         self.unet.to(device)
         self.alphas_cumprod = build_scheduler(config).alphas_cumprod.to(device)
         self.ema = EMAModel(self.unet.parameters(), decay=config.ema_max_decay, use_ema_warmup=True, power=2 / 3)
-        self.optimizer = torch.optim.AdamW(self.unet.parameters(), lr=config.learning_rate, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(trainable_parameters(self.unet, config.train_only),
+                                           lr=config.learning_rate, weight_decay=0.0)
         self.generator = torch.Generator(device=self.setup.generator_device).manual_seed(config.seed)
         self.state = TrainState(step=0, losses=[], seconds=0.0)
         images = natural_images(config.data, config.channels)
@@ -257,6 +260,19 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
         raise ConfigurationError(f"--init-from {folder}: its UNet differs from the training config ({found}); "
                                  "give the training the same architecture")
     return {k: v.detach().clone() for k, v in source.state_dict().items()}
+
+
+def trainable_parameters(unet: UNet2DModel, prefixes: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """The parameters named by ``prefixes`` (all when empty); the others stop requiring gradients."""
+    chosen = []
+    for name, parameter in unet.named_parameters():
+        parameter.requires_grad_(not prefixes or name.startswith(prefixes))
+        if parameter.requires_grad:
+            chosen.append(parameter)
+    if not chosen:
+        raise ConfigurationError(f"train_only {list(prefixes)} names no UNet parameter; parameter names start with "
+                                 f"{', '.join(sorted({n.split('.')[0] for n, _ in unet.named_parameters()}))}")
+    return chosen
 
 
 def tuple_of(value: Any) -> Any:
