@@ -3,6 +3,7 @@ heartbeat and stale runs, folders that are not stores. Damage is done to real fi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -11,13 +12,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import store_writer_proc as proc
 import xarray as xr
 import zarr
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from ood_cli.main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from ood_core.store import (
@@ -26,6 +30,7 @@ from ood_core.store import (
     StoreError,
     StoreIntegrityError,
     audit_store,
+    crc32c,
     export_run_fits,
     list_runs,
     open_run,
@@ -34,6 +39,7 @@ from ood_core.store import (
 )
 from ood_core.store.heartbeat import beat, start_heartbeat
 from ood_core.store.integrity import _digest
+from ood_core.store.recording import RecordingStore
 
 WRITER = Path(__file__).with_name("store_writer_proc.py")
 
@@ -291,3 +297,92 @@ def test_resume_is_refused_unless_the_run_is_stale(
     assert main(["run", "--store", store]) == EXIT_USAGE
     assert "give either INPUT files" in capsys.readouterr().err
     live.close()
+
+
+# ----------------------------------------------------------------------------- checksums taken as objects are written
+
+
+@pytest.mark.parametrize("split", [0, 1, 7, 4096, 12_582_912])
+def test_crc32c_of_a_concatenation_from_the_checksums_of_its_parts(split: int) -> None:
+    data = np.random.default_rng(split).integers(0, 256, 12_582_912 + 40, dtype=np.uint8).tobytes()
+    head, tail = data[:split], data[split:]
+    assert crc32c.combine(crc32c.value(head), crc32c.value(tail), len(tail)) == crc32c.value(data)
+    running = crc32c.RunningCrc32c()
+    running.update(b"key\0")
+    running.append(crc32c.value(data), len(data))
+    assert running.hexdigest() == f"{crc32c.value(b'key' + bytes(1) + data):08x}"
+
+
+def test_completion_records_the_checksums_a_full_read_back_gives_without_reading(tmp_path: Path) -> None:
+    store = str(tmp_path / "store.zarr")
+    writer = RunWriter.create(
+        store, n_inputs=proc.N_INPUTS, channels=proc.CHANNELS, height=proc.SIZE, width=proc.SIZE,
+        criterion_names=proc.CRITERIA, provenance=proc.provenance(4), sample_chunk=2, shard_samples=8,
+    )
+    writer.write_inputs(**proc.make_inputs(4))
+    for index in range(7):  # 28 samples: whole shards written as staged, the last one partial, through zarr
+        writer.append_samples(**proc.make_batch(4, index))
+    writer.flush()
+    recording = writer.group.store
+    assert isinstance(recording, RecordingStore)
+    samples = chunk_files(store, writer.run_id, "samples")
+    assert len(samples) == 4
+    for path in samples:  # every stored object's checksum was taken from the bytes handed to the store
+        key = path.relative_to(store).as_posix()
+        assert recording.recorded(key) == (crc32c.value(path.read_bytes()), path.stat().st_size)
+    reads: list[str] = []
+    original_get = recording.get
+
+    async def counting_get(key: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(key)
+        return await original_get(key, *args, **kwargs)
+
+    recording.get = counting_get  # type: ignore[method-assign]  # count the objects completion reads
+    writer.complete()
+    assert not [key for key in reads if "/c/" in key or key.endswith("/c")]  # no chunk or shard was read back
+    group = zarr.open_group(store, path=f"runs/{writer.run_id}", mode="r")
+    for name, entry in group.attrs[CHECKSUM_ATTR]["arrays"].items():
+        assert (entry["objects"], entry["crc32c"]) == sync(_digest(group.store, f"{group.path}/{name}/")), name
+    open_run(store, writer.run_id)
+
+
+def test_bytes_changed_after_they_were_written_are_caught_after_completion(tmp_path: Path) -> None:
+    store = str(tmp_path / "store.zarr")
+    writer = proc.start_run(store, seed=5)
+    for index in range(proc.N_BATCHES):
+        writer.append_samples(**proc.make_batch(5, index))
+    writer.flush()
+    [shard] = chunk_files(store, writer.run_id, "sample_latents")
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0x04  # damaged on disk before the run completed: the record keeps what was written
+    shard.write_bytes(bytes(data))
+    [seeds] = chunk_files(store, writer.run_id, "sample_seed")
+    seeds.write_bytes(seeds.read_bytes()[:-8])  # rewritten with another size: read back, recorded as stored
+    writer.complete()
+    with pytest.raises(StoreIntegrityError) as caught:
+        open_run(store, writer.run_id)
+    assert caught.value.problems == [
+        f"runs/{writer.run_id}/sample_latents: chunk contents differ from the checksum recorded when the run completed"
+    ]
+
+
+def test_the_recording_store_forgets_what_it_cannot_know(tmp_path: Path) -> None:
+    recording = RecordingStore(LocalStore(str(tmp_path / "objects")))
+    prototype = default_buffer_prototype()
+    first, second = (prototype.buffer.from_bytes(bytes([n]) * (1000 + n)) for n in (1, 2))
+    for key in ("a/b/c", "a/bc", "x"):
+        sync(recording.set(key, first))
+    assert recording.recorded("a/b/c") == (crc32c.value(bytes([1]) * 1001), 1001)
+    sync(recording.delete_dir("a/b"))
+    assert recording.recorded("a/b/c") is None and recording.recorded("a/bc") is not None  # a folder, not a prefix
+    sync(recording.delete("a/bc"))
+    assert recording.recorded("a/bc") is None
+
+    async def write_twice_at_once() -> None:
+        await asyncio.gather(recording.set("x", first), recording.set("x", second))
+
+    sync(write_twice_at_once())
+    assert recording.recorded("x") is None  # which write the stored object holds is not known here
+    sync(recording.set("x", second))
+    assert recording.recorded("x") == (crc32c.value(bytes([2]) * 1002), 1002)
+    assert sync(recording.getsize("x")) == 1002

@@ -32,6 +32,7 @@ import numpy.typing as npt
 import zarr
 
 from ood_core.errors import OODError
+from ood_core.store.whole_shards import ShardLayout, shard_layout, staging_buffer, write_shard
 
 _LEAST_GROWTH_UNITS, _MOST_GROWTH_UNITS = 4, 16
 
@@ -113,8 +114,10 @@ class BackgroundAppender:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._abandoned = False
-        # owned by the thread
-        self._staged = {name: _Staging(unit, int(start)) for name, unit in self._units.items()}
+        # owned by the thread; an array whose unit is one plain shard stages it as the bytes to store (whole_shards)
+        layouts = {name: shard_layout(arr) for name, arr in self._arrays.items()}
+        self._staged = {name: _Staging(unit, int(start), _whole(layouts[name], unit))
+                        for name, unit in self._units.items()}
         self._staged_since = 0.0
         self._committed = int(start)
         self._received = int(start)  # thread side: rows taken from the queue
@@ -240,7 +243,7 @@ class BackgroundAppender:
 
     def _drop_staging(self) -> None:
         for stage in self._staged.values():
-            stage.rows, stage.buffer = 0, None
+            stage.rows, stage.buffer, stage.shard = 0, None, None
 
     def _add(self, submitted: _Submitted) -> None:
         """Stage one batch array by array, writing each unit that fills; then commit what every array holds."""
@@ -254,20 +257,32 @@ class BackgroundAppender:
             while offset < len(values):
                 room = stage.unit - (stage.written + stage.rows) % stage.unit
                 take = min(room, len(values) - offset)
-                if stage.rows == 0 and take == room:  # a whole unit straight from the batch, no staging copy
+                if stage.rows == 0 and take == room and stage.layout is None:  # straight from the batch, no copy
                     self._write_rows(name, values[offset:offset + take])
                 else:
                     stage.put(values[offset:offset + take])
                     if take == room:
-                        self._write_rows(name, stage.take())
+                        self._write_stage(name, stage)
                 offset += take
         self._commit_written()
 
     def _write_staged(self) -> None:
         for name, stage in self._staged.items():
             if stage.rows:
-                self._write_rows(name, stage.take())
+                self._write_stage(name, stage)
         self._commit_written()
+
+    def _write_stage(self, name: str, stage: _Staging) -> None:
+        """Write the staged rows: a whole shard as the bytes it is stored as when it can be, else through zarr."""
+        shard = stage.whole_shard()
+        if shard is None:
+            self._write_rows(name, stage.take())
+            return
+        start = stage.written
+        self._ensure_capacity(start + stage.unit)
+        write_shard(self._arrays[name], start // stage.unit, shard)
+        stage.take()
+        stage.written = start + stage.unit
 
     def _write_rows(self, name: str, values: npt.NDArray[Any]) -> None:
         """Write ``values`` after the rows this array already holds."""
@@ -312,20 +327,35 @@ class BackgroundAppender:
             self._capacity = self._committed
 
 
-class _Staging:
-    """Rows of one array waiting for their unit (shard or chunk) to fill: a reusable buffer of one unit."""
+def _whole(layout: ShardLayout | None, unit: int) -> ShardLayout | None:
+    return layout if layout is not None and layout.rows == unit else None
 
-    def __init__(self, unit: int, written: int) -> None:
+
+class _Staging:
+    """Rows of one array waiting for their unit (shard or chunk) to fill: a reusable buffer of one unit; with a
+    ``layout`` (the unit is one plain shard) the buffer is the shard's bytes as stored, index included."""
+
+    def __init__(self, unit: int, written: int, layout: ShardLayout | None = None) -> None:
         self.unit = unit
         self.written = written
+        self.layout = layout
         self.rows = 0
         self.buffer: npt.NDArray[Any] | None = None
+        self.shard: npt.NDArray[np.uint8] | None = None
 
     def put(self, values: npt.NDArray[Any]) -> None:
         if self.buffer is None:
-            self.buffer = np.empty((self.unit, *values.shape[1:]), values.dtype)
+            if self.layout is not None:
+                self.buffer, self.shard = staging_buffer(self.layout)
+            else:
+                self.buffer = np.empty((self.unit, *values.shape[1:]), values.dtype)
         self.buffer[self.rows:self.rows + len(values)] = values
         self.rows += len(values)
+
+    def whole_shard(self) -> npt.NDArray[np.uint8] | None:
+        """The staged shard's bytes as stored when the stage holds one whole plain shard, aligned; else None."""
+        aligned = self.rows == self.unit and self.written % self.unit == 0
+        return self.shard if aligned else None
 
     def take(self) -> npt.NDArray[Any]:
         """The staged rows (a view of the buffer, valid until the next put); empties the stage."""

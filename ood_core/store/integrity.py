@@ -12,6 +12,12 @@ run cost more than writing it (bench/bench_store.py). It detects accidental dama
 bits, any other with probability 1 - 2^-32); it is not a defence against deliberate tampering. Records written
 with sha256 by earlier versions still verify with sha256.
 
+A run writer computes the record without reading its objects back: it opens the store through a
+:class:`.recording.RecordingStore`, which takes each object's CRC-32C from the bytes handed to the store, and
+the record is assembled from those (:func:`.crc32c.combine`), giving the same value a read-back gives; an
+object the writer did not write itself, or whose stored size is not what it wrote, is read. Verification
+always reads every object.
+
 Chunks equal to the fill value are never written by zarr, so the recorded object count is what was stored
 at completion, not the size of the chunk grid.
 """
@@ -24,12 +30,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import google_crc32c
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+
+from ood_core.store.crc32c import RunningCrc32c, value
+from ood_core.store.recording import RecordingStore
 
 CHECKSUM_ATTR = "ood_checksums"
 ALGORITHM = "crc32c of the stored objects, in key order"
@@ -47,25 +55,17 @@ async def _keys(store: Store, prefix: str) -> list[str]:
     return sorted(key for key in found if key.startswith(prefix) and _is_data_key(key[len(prefix):]))
 
 
-class _Crc32c:
-    """hashlib-like running CRC-32C."""
-
-    def __init__(self) -> None:
-        self._value = 0
-
-    def update(self, data: bytes) -> None:
-        self._value = google_crc32c.extend(self._value, data)
-
-    def hexdigest(self) -> str:
-        return f"{self._value:08x}"
+def _hasher(kind: str) -> RunningCrc32c | Any:
+    return RunningCrc32c() if kind == "crc32c" else hashlib.sha256()
 
 
-def _hasher(kind: str) -> _Crc32c | Any:
-    return _Crc32c() if kind == "crc32c" else hashlib.sha256()
+def _header(relative: str, length: int) -> bytes:
+    return relative.encode() + b"\0" + length.to_bytes(8, "little")
 
 
 async def _digest(store: Store, prefix: str, kind: str = "crc32c") -> tuple[int, str]:
-    """(stored objects under ``prefix``, the ``kind`` digest of their keys, lengths and bytes in key order)."""
+    """(stored objects under ``prefix``, the ``kind`` digest of their keys, lengths and bytes in key order),
+    every object read from the store."""
     keys = await _keys(store, prefix)
     digest = _hasher(kind)
     prototype = default_buffer_prototype()
@@ -74,8 +74,39 @@ async def _digest(store: Store, prefix: str, kind: str = "crc32c") -> tuple[int,
         buffers = await asyncio.gather(*(store.get(key, prototype=prototype) for key in batch))
         for key, buffer in zip(batch, buffers, strict=True):
             data = b"" if buffer is None else buffer.to_bytes()
-            digest.update(key[len(prefix):].encode() + b"\0" + len(data).to_bytes(8, "little"))
+            digest.update(_header(key[len(prefix):], len(data)))
             digest.update(data)
+    return len(keys), digest.hexdigest()
+
+
+async def _read_checksum(store: Store, key: str) -> tuple[int, int]:
+    buffer = await store.get(key, prototype=default_buffer_prototype())
+    if buffer is None:
+        return value(b""), 0
+    data = buffer.as_numpy_array()
+    return value(data), int(data.nbytes)
+
+
+async def _checksum_as_stored(store: RecordingStore, key: str) -> tuple[int, int]:
+    """(CRC-32C, length) of the stored object: as recorded when it was written through ``store`` if its stored
+    size is the size written, else read back (written elsewhere, or overwritten since)."""
+    recorded = store.recorded(key)
+    if recorded is not None and await store.getsize(key) == recorded[1]:
+        return recorded
+    return await _read_checksum(store, key)
+
+
+async def _recorded_digest(store: RecordingStore, prefix: str) -> tuple[int, str]:
+    """The value of ``_digest(store, prefix, "crc32c")``, from the checksums taken as the objects were written
+    (see :mod:`.recording`); only the objects that were not written through ``store`` are read."""
+    keys = await _keys(store, prefix)
+    digest = RunningCrc32c()
+    for start in range(0, len(keys), _PARALLEL_READS):
+        batch = keys[start:start + _PARALLEL_READS]
+        checksums = await asyncio.gather(*(_checksum_as_stored(store, key) for key in batch))
+        for key, (crc, length) in zip(batch, checksums, strict=True):
+            digest.update(_header(key[len(prefix):], length))
+            digest.append(crc, length)
     return len(keys), digest.hexdigest()
 
 
@@ -87,7 +118,10 @@ def _metadata_bytes(group: zarr.Group, name: str) -> bytes | None:
 def digest_array(group: zarr.Group, name: str, array: zarr.Array[Any]) -> dict[str, Any]:
     """Shape, metadata hash, stored-object count and content hash of one array of ``group``."""
     metadata = _metadata_bytes(group, name) or b""
-    objects, digest = sync(_digest(group.store, f"{group.path}/{name}/"))
+    store, prefix = group.store, f"{group.path}/{name}/"
+    # written through a RecordingStore (a run writer): the checksums taken on write, else every object read
+    reading = _recorded_digest(store, prefix) if isinstance(store, RecordingStore) else _digest(store, prefix)
+    objects, digest = sync(reading)
     return {"shape": [int(n) for n in array.shape], "metadata_sha256": hashlib.sha256(metadata).hexdigest(),
             "objects": objects, "crc32c": digest}
 

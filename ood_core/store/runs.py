@@ -53,6 +53,7 @@ from ood_core.store.describe import describe_run
 from ood_core.store.heartbeat import RECORD_LOCK, STALE_AFTER_S, heartbeat_now, stale_reason, start_heartbeat
 from ood_core.store.integrity import CHECKSUM_ATTR, digest_run, verify_run
 from ood_core.store.provenance import json_safe, new_run_id, utc_now_iso
+from ood_core.store.recording import RecordingStore
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,8 @@ def open_store(
     empty and is not a zarr group is refused (:func:`check_store_location`).
     """
     check_store_location(url)
-    store = zarr_store(url, storage_options=storage_options)
+    # writers record the checksum of every object they write (integrity: no read-back at completion)
+    store = RecordingStore(zarr_store(url, storage_options=storage_options))
     try:
         root = zarr.open_group(store, mode="r+", zarr_format=3, use_consolidated=False)
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as exc:
@@ -237,6 +239,14 @@ def _array(group: zarr.Group, name: str) -> zarr.Array[Any]:
     return node
 
 
+def sample_array(group: zarr.Group, name: str) -> zarr.Array[Any]:
+    """A sample array as its writers use it: every chunk is written, also one equal to the fill value (whose
+    absence reads the same). zarr forgets this setting of ``create_array`` when an array is opened again, and
+    then compares every chunk with the fill value before writing it; whole shards go out as they are staged
+    (:mod:`.whole_shards`)."""
+    return _array(group, name).with_config({"write_empty_chunks": True})
+
+
 def _check_run_id(run_id: str) -> str:
     if not _RUN_ID_PATTERN.match(run_id):
         raise StoreError(f"run id {run_id!r}: use letters, digits, '.', '_' and '-' only (max 128 chars)")
@@ -262,7 +272,7 @@ class RunWriter:
         self._storage_options = dict(storage_options or {})
         self._record: dict[str, Any] = _attr_dict(group, RUN_ATTR)
         self._progress: dict[str, Any] = _attr_dict(group, PROGRESS_ATTR)
-        self._samples = {name: _array(group, name) for name in SAMPLE_ARRAYS}
+        self._samples = {name: sample_array(group, name) for name in SAMPLE_ARRAYS}
         self._save_lock = threading.RLock()  # the appender thread commits while the caller updates provenance
         self._appended = int(self._progress["samples_committed"])
         self._appender: BackgroundAppender | None = None

@@ -41,6 +41,7 @@ from ood_core.store.runs import (
     _settle_live_appender,
     checked_sample_batch,
     open_store,
+    sample_array,
 )
 
 SHARDS_GROUP = "shards"
@@ -129,7 +130,7 @@ class ShardWriter:
         self.start, self.stop = state.start, state.stop
         self._committed, self._checkpoint, self._done = state.rows, state.checkpoint, state.done
         self._appended = state.rows
-        arrays = {name: _array(self._group, name) for name in SAMPLE_ARRAYS}
+        arrays = {name: sample_array(self._group, name) for name in SAMPLE_ARRAYS}
         units = {name: int((arr.shards or arr.chunks)[0]) for name, arr in arrays.items()}
         self._shapes = {name: tuple(arr.shape[1:]) for name, arr in arrays.items()}
         self._appender = BackgroundAppender(
