@@ -8,12 +8,17 @@ the non-dimension coordinate ``input_file`` (each input's file name, in the orde
 
 from __future__ import annotations
 
+import asyncio
 import warnings
+from collections.abc import Coroutine, Mapping
 from pathlib import PurePath
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import zarr
+from zarr.api.asynchronous import create_array
+from zarr.core.sync import sync
 from zarr.errors import UnstableSpecificationWarning
 
 DESCRIPTIONS: dict[str, dict[str, str]] = {
@@ -49,9 +54,9 @@ INDEX_COORDINATES: dict[str, str] = {
 INPUT_FILE = "input_file"
 
 
-def _dimension_sizes(group: zarr.Group, n_samples: int) -> dict[str, int]:
+def _dimension_sizes(arrays: Mapping[str, zarr.Array[Any]], n_samples: int) -> dict[str, int]:
     sizes: dict[str, int] = {}
-    for _, array in group.arrays():
+    for array in arrays.values():
         names = array.metadata.dimension_names if hasattr(array.metadata, "dimension_names") else None
         for dim, size in zip(names or (), array.shape, strict=False):
             if dim is not None:
@@ -61,18 +66,19 @@ def _dimension_sizes(group: zarr.Group, n_samples: int) -> dict[str, int]:
     return sizes
 
 
-def _write_index(group: zarr.Group, dim: str, size: int, long_name: str) -> None:
+async def _write_index(group: zarr.Group, dim: str, size: int, long_name: str) -> None:
     attrs: dict[str, Any] = {"long_name": long_name}
     if dim in ("y", "x"):
         attrs["units"] = "pixel"
-    group.create_array(dim, shape=(size,), dtype="int64", chunks=(max(size, 1),), dimension_names=(dim,),
-                       attributes=attrs, overwrite=True)[...] = np.arange(size, dtype=np.int64)
+    await create_array(group.store, name=f"{group.path}/{dim}", data=np.arange(size, dtype=np.int64),
+                       chunks=(max(size, 1),), dimension_names=(dim,), attributes=attrs, overwrite=True)
 
 
-def _write_input_files(group: zarr.Group, record: dict[str, Any], n_inputs: int) -> bool:
+def _input_file_names(record: dict[str, Any], n_inputs: int | None) -> npt.NDArray[np.str_] | None:
+    """Each input's file name (and plane or tile), or None when the record does not list the run's inputs."""
     inputs = record.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != n_inputs:
-        return False
+    if n_inputs is None or not isinstance(inputs, list) or len(inputs) != n_inputs:
+        return None
     names = []
     for item in inputs:
         path = str(item.get("path", "")) if isinstance(item, dict) else str(item)
@@ -81,29 +87,40 @@ def _write_input_files(group: zarr.Group, record: dict[str, Any], n_inputs: int)
     # Fixed-width unicode, not variable-length strings: dask (xarray.open_zarr's default chunks="auto") cannot
     # size variable-length strings of a non-index coordinate. zarr-python reads and writes this type; it warns
     # that the type has no zarr v3 specification yet (other zarr libraries may not read this one coordinate).
-    values = np.array(names, dtype=f"<U{max(1, *map(len, names))}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnstableSpecificationWarning)
-        array = group.create_array(INPUT_FILE, shape=(n_inputs,), dtype=values.dtype, dimension_names=("input",),
-                                   overwrite=True, attributes={"long_name": "input file name (and plane or tile)"})
-        array[...] = values
-    return True
+    return np.array(names, dtype=f"<U{max(1, *map(len, names))}")
+
+
+async def _write_input_files(group: zarr.Group, names: npt.NDArray[np.str_]) -> None:
+    await create_array(group.store, name=f"{group.path}/{INPUT_FILE}", data=names, dimension_names=("input",),
+                       overwrite=True, attributes={"long_name": "input file name (and plane or tile)"})
+
+
+def _array_attributes(array: zarr.Array[Any], name: str, has_files: bool) -> dict[str, Any]:
+    attrs: dict[str, Any] = dict(DESCRIPTIONS[name])
+    if array.attrs.get("units"):  # samples_physical: the inputs' unit, set when the run was created
+        attrs["units"] = array.attrs["units"]
+    names = array.metadata.dimension_names if hasattr(array.metadata, "dimension_names") else None
+    if has_files and "input" in (names or ()):
+        attrs["coordinates"] = INPUT_FILE
+    return attrs
+
+
+async def _describe(group: zarr.Group, arrays: Mapping[str, zarr.Array[Any]], record: dict[str, Any],
+                    n_samples: int) -> None:
+    sizes = _dimension_sizes(arrays, n_samples)
+    files = _input_file_names(record, sizes.get("input"))
+    writes: list[Coroutine[Any, Any, Any]] = [] if files is None else [_write_input_files(group, files)]
+    writes += [array.async_array.update_attributes(_array_attributes(array, name, files is not None))
+               for name, array in arrays.items() if name in DESCRIPTIONS]
+    writes += [_write_index(group, dim, size, INDEX_COORDINATES[dim])
+               for dim, size in sizes.items() if dim in INDEX_COORDINATES]
+    await asyncio.gather(*writes)
 
 
 def describe_run(group: zarr.Group, record: dict[str, Any], n_samples: int) -> None:
-    """Write ``long_name``/``units`` on every contract array and the coordinate arrays (at completion)."""
-    sizes = _dimension_sizes(group, n_samples)
-    has_files = "input" in sizes and _write_input_files(group, record, sizes["input"])
-    for name, array in group.arrays():
-        if name not in DESCRIPTIONS:
-            continue
-        attrs: dict[str, Any] = dict(DESCRIPTIONS[name])
-        if array.attrs.get("units"):  # samples_physical: the inputs' unit, set when the run was created
-            attrs["units"] = array.attrs["units"]
-        names = array.metadata.dimension_names if hasattr(array.metadata, "dimension_names") else None
-        if has_files and "input" in (names or ()):
-            attrs["coordinates"] = INPUT_FILE
-        array.update_attributes(attrs)
-    for dim, size in sizes.items():
-        if dim in INDEX_COORDINATES:
-            _write_index(group, dim, size, INDEX_COORDINATES[dim])
+    """Write ``long_name``/``units`` on every contract array and the coordinate arrays (at completion); the
+    writes go out together (one round trip to zarr's event loop, not two per array)."""
+    arrays = dict(group.arrays())
+    with warnings.catch_warnings():  # input_file's fixed-width unicode type (see _input_file_names)
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
+        sync(_describe(group, arrays, record, n_samples))

@@ -115,21 +115,32 @@ def _metadata_bytes(group: zarr.Group, name: str) -> bytes | None:
     return None if buffer is None else buffer.to_bytes()
 
 
-def digest_array(group: zarr.Group, name: str, array: zarr.Array[Any]) -> dict[str, Any]:
-    """Shape, metadata hash, stored-object count and content hash of one array of ``group``."""
-    metadata = _metadata_bytes(group, name) or b""
-    store, prefix = group.store, f"{group.path}/{name}/"
+async def _array_record(store: Store, prefix: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Shape, metadata hash, stored-object count and content hash of the array stored under ``prefix``."""
+    buffer = await store.get(f"{prefix}{_METADATA}", prototype=default_buffer_prototype())
+    metadata = b"" if buffer is None else buffer.to_bytes()
     # written through a RecordingStore (a run writer): the checksums taken on write, else every object read
     reading = _recorded_digest(store, prefix) if isinstance(store, RecordingStore) else _digest(store, prefix)
-    objects, digest = sync(reading)
-    return {"shape": [int(n) for n in array.shape], "metadata_sha256": hashlib.sha256(metadata).hexdigest(),
+    objects, digest = await reading
+    return {"shape": [int(n) for n in shape], "metadata_sha256": hashlib.sha256(metadata).hexdigest(),
             "objects": objects, "crc32c": digest}
+
+
+async def _run_records(store: Store, path: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+    # one array after the other: at most _PARALLEL_READS objects read at once
+    return {name: await _array_record(store, f"{path}/{name}/", shape) for name, shape in shapes.items()}
+
+
+def digest_array(group: zarr.Group, name: str, array: zarr.Array[Any]) -> dict[str, Any]:
+    """Shape, metadata hash, stored-object count and content hash of one array of ``group``."""
+    record: dict[str, Any] = sync(_array_record(group.store, f"{group.path}/{name}/", array.shape))
+    return record
 
 
 def digest_run(group: zarr.Group) -> dict[str, Any]:
     """The checksum record of every array in a run group (written with the "complete" status)."""
-    arrays = dict(sorted(group.arrays()))
-    return {"algorithm": ALGORITHM, "arrays": {name: digest_array(group, name, a) for name, a in arrays.items()}}
+    shapes = {name: array.shape for name, array in sorted(group.arrays())}
+    return {"algorithm": ALGORITHM, "arrays": sync(_run_records(group.store, group.path, shapes))}
 
 
 def _metadata_problem(group: zarr.Group, name: str, expected: Mapping[str, Any]) -> str | None:
