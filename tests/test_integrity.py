@@ -313,7 +313,9 @@ def test_crc32c_of_a_concatenation_from_the_checksums_of_its_parts(split: int) -
     assert running.hexdigest() == f"{crc32c.value(b'key' + bytes(1) + data):08x}"
 
 
-def test_completion_records_the_checksums_a_full_read_back_gives_without_reading(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stages", [False, True])
+def test_completion_records_the_checksums_a_full_read_back_gives_without_reading(tmp_path: Path, stages: bool) -> None:
+    """stages: the run is completed by another writer of this process, as the pipeline's stages do."""
     store = str(tmp_path / "store.zarr")
     writer = RunWriter.create(
         store, n_inputs=proc.N_INPUTS, channels=proc.CHANNELS, height=proc.SIZE, width=proc.SIZE,
@@ -323,6 +325,9 @@ def test_completion_records_the_checksums_a_full_read_back_gives_without_reading
     for index in range(7):  # 28 samples: whole shards written as staged, the last one partial, through zarr
         writer.append_samples(**proc.make_batch(4, index))
     writer.flush()
+    if stages:
+        writer.close()
+        writer = RunWriter.open(store, writer.run_id)
     recording = writer.group.store
     assert isinstance(recording, RecordingStore)
     samples = chunk_files(store, writer.run_id, "samples")
@@ -340,6 +345,7 @@ def test_completion_records_the_checksums_a_full_read_back_gives_without_reading
     recording.get = counting_get  # type: ignore[method-assign]  # count the objects completion reads
     writer.complete()
     assert not [key for key in reads if "/c/" in key or key.endswith("/c")]  # no chunk or shard was read back
+    assert all(recording.recorded(path.relative_to(store).as_posix()) is None for path in samples)  # released
     group = zarr.open_group(store, path=f"runs/{writer.run_id}", mode="r")
     for name, entry in group.attrs[CHECKSUM_ATTR]["arrays"].items():
         assert (entry["objects"], entry["crc32c"]) == sync(_digest(group.store, f"{group.path}/{name}/")), name

@@ -557,6 +557,7 @@ class RunWriter:
         self._save(record={"status": "complete", "ended": self._record.get("ended") or utc_now_iso()},
                    extra={CHECKSUM_ATTR: checksums})
         self.close()
+        self._release_records()
         consolidate_store(self.store_url, run_id=self.run_id, storage_options=self._storage_options)
 
     def fail(self, error: BaseException | str) -> None:
@@ -569,11 +570,18 @@ class RunWriter:
             self._appender.abandon()  # batches not yet committed are dropped, nothing is written after this
         self._save(record={"status": "failed", "error": message, "ended": utc_now_iso()})
         self.close()
+        self._release_records()
 
     def close(self) -> None:
         """Stop the heartbeat (a writer that is simply dropped stops it too, when collected)."""
         if self._heartbeat is not None:
             self._heartbeat.set()
+
+    def _release_records(self) -> None:
+        """The run is written for good: the checksums recorded as its objects were written are not needed."""
+        store = self._group.store
+        if isinstance(store, RecordingStore):
+            store.release(self._group.path)
 
     def _require_writing(self) -> None:
         if self._record.get("status") != "writing":
