@@ -11,6 +11,7 @@ import pytest
 import store_writer_proc as proc
 import zarr
 from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
+from zarr.storage import MemoryStore
 
 from ood_core.store import RunWriter, open_run
 from ood_core.store.appender import BackgroundAppender
@@ -105,3 +106,16 @@ def test_unaligned_batches_partial_shards_and_a_resume_read_back_as_appended(tmp
         np.testing.assert_array_equal(ds[name].values, np.concatenate([b[name] for b in batches]), err_msg=name)
     files = sorted(p.name for p in (Path(store) / "runs" / writer.run_id / "samples" / "c").iterdir())
     assert files == ["0", "1", "2", "3", "4"]  # 36 rows: four whole shards and a partial one
+
+
+def test_a_store_that_keeps_the_buffers_it_is_handed_gets_copies(tmp_path: Path) -> None:
+    image = (3, 8, 8)
+    arr = zarr.create_array(MemoryStore(), shape=(32, *image), chunks=(4, *image), shards=(8, *image), dtype="float32",
+                            compressors=None, fill_value=np.nan, config={"write_empty_chunks": True})
+    assert shard_layout(arr) is None  # MemoryStore keeps the buffer: the staging buffer is reused for the next shard
+    appender = BackgroundAppender({"a": arr}, lambda stop, _: None, start=0, units={"a": 8}, capacity=32)
+    values = np.random.default_rng(2).standard_normal((32, *image)).astype(np.float32)
+    for start in range(0, 32, 4):
+        appender.submit({"a": values[start:start + 4]})
+    appender.flush()
+    np.testing.assert_array_equal(arr[:], values)

@@ -9,7 +9,8 @@ into a new buffer and then writes it, about 2.5x the time numpy.save takes for t
 (:func:`staging_buffer`), fills the index in once, and hands the whole buffer to the store (:func:`write_shard`).
 
 :func:`shard_layout` says whether an array qualifies; anything else (compression, a transposed or big-endian
-layout, several shards across an image, empty chunks left out) takes zarr's own path. The bytes are the ones
+layout, several shards across an image, empty chunks left out, a store that keeps the buffer it is handed)
+takes zarr's own path. The bytes are the ones
 zarr writes for the same rows (tests/test_whole_shards.py compares them), so readers see no difference.
 """
 
@@ -22,11 +23,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import zarr
+from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.codecs.bytes import Endian
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from ood_core.store.crc32c import value
 
@@ -59,8 +62,18 @@ def _plain_sharding(arr: zarr.Array[Any]) -> ShardingCodec | None:
     return sharding if sharding.index_location == ShardingCodecIndexLocation.end else None
 
 
+def _writes_out_at_once(store: Store) -> bool:
+    """True for stores that are done with a buffer when its write returns (a file, or fsspec's bytes copy): the
+    staging buffer is filled again for the next shard. zarr's MemoryStore, for one, keeps the buffer itself."""
+    while isinstance(store, WrapperStore):
+        store = store._store  # zarr documents ._store as the way to the wrapped store
+    return isinstance(store, LocalStore | FsspecStore)
+
+
 def shard_layout(arr: zarr.Array[Any]) -> ShardLayout | None:
     """The layout of the array's whole shards when :func:`write_shard` can write them, else None."""
+    if not _writes_out_at_once(arr.store):
+        return None
     sharding = _plain_sharding(arr)
     dtype = np.dtype(arr.dtype) if isinstance(arr.dtype, np.dtype) else None
     if sharding is None or dtype is None or dtype.hasobject or sys.byteorder != "little" or dtype.byteorder == ">":
