@@ -254,7 +254,7 @@ def initial_weights(config: TrainConfig) -> dict[str, torch.Tensor]:
     source = UNet2DModel.from_pretrained(folder / "unet", use_safetensors=True)
     expected = build_unet(config).config
     differ = [k for k in ("in_channels", "out_channels", "block_out_channels", "layers_per_block",
-                          "down_block_types", "sample_size") if tuple_of(source.config[k]) != tuple_of(expected[k])]
+                          "down_block_types", "sample_size") if _tuple_of(source.config[k]) != _tuple_of(expected[k])]
     if differ:
         found = ", ".join(f"{k}={source.config[k]}" for k in differ)
         raise ConfigurationError(f"--init-from {folder}: its UNet differs from the training config ({found}); "
@@ -275,7 +275,7 @@ def trainable_parameters(unet: UNet2DModel, prefixes: tuple[str, ...]) -> list[t
     return chosen
 
 
-def tuple_of(value: Any) -> Any:
+def _tuple_of(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
 
 

@@ -131,12 +131,6 @@ async def _run_records(store: Store, path: str, shapes: Mapping[str, tuple[int, 
     return {name: await _array_record(store, f"{path}/{name}/", shape) for name, shape in shapes.items()}
 
 
-def digest_array(group: zarr.Group, name: str, array: zarr.Array[Any]) -> dict[str, Any]:
-    """Shape, metadata hash, stored-object count and content hash of one array of ``group``."""
-    record: dict[str, Any] = sync(_array_record(group.store, f"{group.path}/{name}/", array.shape))
-    return record
-
-
 def digest_run(group: zarr.Group) -> dict[str, Any]:
     """The checksum record of every array in a run group (written with the "complete" status)."""
     shapes = {name: array.shape for name, array in sorted(group.arrays())}
