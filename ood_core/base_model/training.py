@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +32,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
 from ood_core.base_model.checkpoint import load_checkpoint, load_legacy_pickle, save_checkpoint
-from ood_core.base_model.patches import SAMPLERS, BatchedPatchSampler, PatchSampler
-from ood_core.base_model.training_data import (
-    EXCLUDED_ASTRONOMICAL,
-    LICENCES,
-    natural_images,
-)
+from ood_core.base_model.patches import SAMPLERS
+from ood_core.base_model.training_mix import Sampler, build_sampler, describe_data
 from ood_core.errors import ConfigurationError
 from ood_core.method.model import resolve_device, resolve_dtype
 
@@ -60,7 +57,14 @@ class TrainConfig:
     channels: int = 3
     """Image channels of the model: 3 (RGB, ``models/base64``) or 1 (single-band skies)."""
     data: tuple[str, ...] = ("photos",)
-    """Named sets of training images (:mod:`.training_data`): photos, wheel-photos, dead-leaves."""
+    """Named sets of training images (:mod:`.training_data`): photos, wheel-photos, dead-leaves, and sky-sim (the
+    simulated skies of :mod:`.sky_scenes`, a new scene for every patch)."""
+    natural_share: float = 0.1
+    """With sky-sim and image sets together: the share of every batch cut from the image sets."""
+    library: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the GalSim stamp library's :class:`~.sky_library.LibraryConfig` (sky-sim)."""
+    scenes: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the simulated scenes' :class:`~.sky_scenes.SceneConfig` (sky-sim)."""
     init_from: str | None = None
     """A model folder whose weights start the training (same architecture), instead of a random init."""
     train_only: tuple[str, ...] = ()
@@ -133,10 +137,6 @@ class TrainState:
 ProgressCallback = Callable[[int, int, float], None]
 
 
-class Sampler(Protocol):
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor: ...
-
-
 @dataclass(frozen=True)
 class TrainSetup:
     """Where and how one training call runs: the config's ``auto`` settings resolved on this machine."""
@@ -193,19 +193,22 @@ class Trainer:
                                            lr=config.learning_rate, weight_decay=0.0)
         self.generator = torch.Generator(device=self.setup.generator_device).manual_seed(config.seed)
         self.state = TrainState(step=0, losses=[], seconds=0.0)
-        images = natural_images(config.data, config.channels)
-        self.sampler: Sampler = (
-            BatchedPatchSampler(images, config.resolution, device=device) if self.setup.sampler == "batched"
-            else PatchSampler(images, config.resolution)
-        )
+        self.sampler: Sampler = build_sampler(config, self.setup.sampler, self.setup.generator_device)
 
     def restore(self, saved: dict[str, Any]) -> None:
-        """Continue from a checkpoint written on any device (its tensors are on the CPU)."""
+        """Continue from a checkpoint written on any device (its tensors are on the CPU); one slimmed by
+        :func:`slim_checkpoint` restarts the optimizer (and, without live weights, trains on from the EMA)."""
         step = int(saved["step"])
-        self.unet.load_state_dict(saved["unet"])
         self.ema.load_state_dict(saved["ema"])
         self.ema.to(device=self.setup.device)
-        self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the parameters' device
+        if "unet" in saved:
+            self.unet.load_state_dict(saved["unet"])
+        else:  # a checkpoint slimmed to its EMA (weights brought back from a lent GPU): the EMA weights train on
+            self.ema.copy_to(self.unet.parameters())
+        if "optimizer" in saved:
+            self.optimizer.load_state_dict(saved["optimizer"])  # moves the moments to the parameters' device
+        else:
+            log.info("checkpoint at step %d has no optimizer state: AdamW restarts (as --continue-from does)", step)
         if saved.get("generator_device", "cpu") == self.generator.device.type:
             self.generator.set_state(saved["generator"])
         else:
@@ -279,18 +282,6 @@ def _tuple_of(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
 
 
-def _describe_data(config: TrainConfig) -> dict[str, Any]:
-    """What the model was trained on, for the training log and the card."""
-    return {
-        "sets": list(config.data),
-        "channels": config.channels,
-        "licences": {name: LICENCES[name] for name in config.data},
-        "images": sorted(natural_images(config.data, config.channels)),
-        "excluded_astronomical": list(EXCLUDED_ASTRONOMICAL),
-        "initialized_from": config.init_from,
-    }
-
-
 def _extend_history(history: list[dict[str, Any]], start: int, end: int, where: dict[str, str]) -> None:
     """Steps ``start..end`` ran ``where``: extend the last entry when it is the same setup and adjoins."""
     last = history[-1] if history else None
@@ -305,9 +296,11 @@ def train_base_model(
     checkpoint_dir: Path,
     *,
     max_steps: int | None = None,
+    max_seconds: float | None = None,
     progress: ProgressCallback | None = None,
 ) -> TrainState:
-    """Train (or resume) until ``config.total_steps`` or ``max_steps`` more steps; checkpoint regularly.
+    """Train (or resume) until ``config.total_steps``, ``max_steps`` more steps or ``max_seconds`` of wall time
+    (then checkpoint at once: a time-boxed run on a lent GPU keeps every step); checkpoint regularly.
 
     ``progress(step, end, loss)`` gets the latest loss read back: every step on the CPU, every
     :data:`GPU_LOSS_READ_EVERY` steps on a GPU (a read waits for the device)."""
@@ -322,7 +315,8 @@ def train_base_model(
     end = config.total_steps if max_steps is None else min(config.total_steps, state.step + max_steps)
     read_every = 1 if trainer.setup.device.type == "cpu" else GPU_LOSS_READ_EVERY
     trainer.unet.train()
-    started = time.perf_counter()
+    started = deadline = time.perf_counter()
+    deadline += math.inf if max_seconds is None else max_seconds
     window: list[torch.Tensor] = []
     last_loss = float("nan")
     while state.step < end:
@@ -331,6 +325,8 @@ def train_base_model(
             if state.step % read_every == 0 or state.step == first + 1:
                 last_loss = float(window[-1])
             progress(state.step, end, last_loss)
+        if time.perf_counter() >= deadline:
+            end = state.step
         if state.step % config.checkpoint_every == 0 or state.step == end:
             state.losses.append(float(np.mean(torch.stack(window).double().cpu().numpy())))
             window = []
@@ -378,6 +374,13 @@ def _save_checkpoint(
         "config": config.to_dict(),
     }
     save_checkpoint(path, payload)  # atomic, every tensor from the CPU: a kill mid-save keeps the last good one
+
+
+def slim_checkpoint(saved: dict[str, Any], *, keep_live: bool = True) -> dict[str, Any]:
+    """A checkpoint without its optimizer state (and without the live weights unless ``keep_live``): a third to
+    two thirds of the bytes, still resumable (:meth:`Trainer.restore`); what a lent GPU brings back."""
+    dropped = {"optimizer"} | (set() if keep_live else {"unet"})
+    return {key: value for key, value in saved.items() if key not in dropped}
 
 
 def warm_start_from_export(model_dir: Path, checkpoint_dir: Path, config: TrainConfig) -> TrainState:
@@ -436,7 +439,7 @@ def export_model(config: TrainConfig, checkpoint_dir: Path, out_dir: Path) -> di
         "history": saved.get("history") or [{"start": 0, "end": saved["step"], **LEGACY_HISTORY}],
         "parameters": int(sum(p.numel() for p in unet.parameters())),
         "config": config.to_dict(),
-        "data": _describe_data(config),
+        "data": describe_data(config),
     }
     (out_dir / "training_log.json").write_text(json.dumps(log, indent=2))
     return log
