@@ -35,16 +35,19 @@ from ood_core.pipeline import PipelineParameters, run_in_process
 def one_model(source: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run and evaluate one model on one source; its metrics row plus the run's facts."""
     shots, reference = split(source)
-    name = Path(model).name
+    name = label(model, args)
     store = str(args.out / f"{source}_{name}.zarr")
     shutil.rmtree(store, ignore_errors=True)
     fields: dict[str, Any] = {"inputs": shots, "store": store, "samples": args.samples, "steps": args.steps,
-                              "seed": args.seed, "device": "cpu", "model": model, "calibrate": False}
+                              "seed": args.seed, "device": "cpu", "model": model, "calibrate": args.calibrate}
+    if args.tile:
+        fields["tile"] = args.tile
     fields.update({k: getattr(args, k) for k in ("t0", "strategy", "prior") if getattr(args, k) is not None})
     started = time.perf_counter()
     result = run_in_process(PipelineParameters(**fields))
-    facts = {"model": name, "acceptance": round(result.acceptance_rate, 4),
-             "median_psnr_db": round(result.median_psnr_db, 2), "run_seconds": round(time.perf_counter() - started, 1),
+    facts = {"model": Path(model).name, "tile": args.tile, "calibrated": args.calibrate,
+             "acceptance": round(result.acceptance_rate, 4), "median_psnr_db": round(result.median_psnr_db, 2),
+             "run_seconds": round(time.perf_counter() - started, 1),
              "shots": len(shots), "reference": len(reference)}
     if result.n_samples == 0:
         return {**dict.fromkeys((*METRICS, "source_count_mean", "near_copy_fraction")), "n": 0, **facts,
@@ -53,6 +56,11 @@ def one_model(source: str, model: str, args: argparse.Namespace) -> dict[str, An
                               device="cpu")
     row = row_of(evaluation["sets"]["method"])
     return {**row, **facts, "contact_sheet": evaluation["plots"].get("contact_sheet")}
+
+
+def label(model: str, args: argparse.Namespace) -> str:
+    """The row name of a model under this invocation's options: folder name, +tile, +calibrated."""
+    return Path(model).name + (f"@tile{args.tile}" if args.tile else "") + ("+calib" if args.calibrate else "")
 
 
 def beats(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool, list[str]]:
@@ -93,13 +101,17 @@ def main() -> None:
     parser.add_argument("--t0", type=int, default=None)
     parser.add_argument("--strategy", default=None)
     parser.add_argument("--prior", default=None)
+    parser.add_argument("--tile", type=int, default=None,
+                        help="cut the 128x128 cutouts into tiles of this side at the native pixel scale (--tile) "
+                             "instead of block-averaging them to the model's size")
+    parser.add_argument("--calibrate", action="store_true", help="let each run calibrate its settings")
     parser.add_argument("--redo", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("out/compare_base_models"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "table.json"
     table: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
-    names = [Path(m).name for m in args.models]
+    names = [label(m, args) for m in args.models]
     for source in args.sources or sources():
         for model, name in zip(args.models, names, strict=True):
             if name in table.get(source, {}) and not args.redo:

@@ -7,7 +7,7 @@ device tool's 16 MiB file limit, so a run stopped at its limit still brings back
 whose previous checkpoint is given (``--resume DIR``: DIR/<name>.safetensors or its .partNN files, as brought
 back) continues it. On the CPU with ``--small`` it trains tiny models for seconds (the script's own test).
 
-    python bench/gpu_train_sky.py --out $OUT --seconds 420 [--resume checkpoints/sky] [--small]
+    python bench/gpu_train_sky.py --out $OUT --seconds 420 [--resume models] [--runs sky64] [--small]
 
 Reassemble here: ``python bench/gpu_train_sky.py --join DIR`` writes DIR/<name>/state.safetensors.
 """
@@ -119,8 +119,11 @@ def join(folder: Path) -> None:
         print(f"{target}: {len(parts)} part(s), {target.stat().st_size / 2**20:.1f} MiB")
 
 
-def seed_from(resume: Path | None, name: str, ckpt: Path) -> None:
-    """Put a previous checkpoint of ``name`` (a file or its parts) into the run's checkpoint folder."""
+def seed_from(resume: Path | None, name: str, ckpt: Path, small: bool) -> None:
+    """Put a previous checkpoint of ``name`` into the run's checkpoint folder: a checkpoint file, its parts, or an
+    exported model folder (``models/sky64``: its EMA weights train on, the optimizer restarts)."""
+    from ood_core.base_model.training import warm_start_from_export
+
     ckpt.mkdir(parents=True, exist_ok=True)
     if resume is None:
         return
@@ -130,6 +133,8 @@ def seed_from(resume: Path | None, name: str, ckpt: Path) -> None:
         shutil.copy(whole, ckpt / "state.safetensors")
     elif parts:
         (ckpt / "state.safetensors").write_bytes(b"".join(p.read_bytes() for p in parts))
+    elif (resume / name / "training_log.json").exists():
+        warm_start_from_export(resume / name, ckpt, train_config(name, small))
 
 
 def drive(args: argparse.Namespace) -> int:
@@ -140,7 +145,7 @@ def drive(args: argparse.Namespace) -> int:
     procs = {}
     for name in args.runs:
         ckpt = work / name
-        seed_from(Path(args.resume) if args.resume else None, name, ckpt)
+        seed_from(Path(args.resume) if args.resume else None, name, ckpt, args.small)
         procs[name] = subprocess.Popen([sys.executable, __file__, "--worker", name, "--work", str(work),
                                         "--seconds", str(args.seconds), "--learning-rate", str(args.learning_rate)]
                                        + (["--small"] if args.small else []))
@@ -170,7 +175,8 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=6e-4)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--ema-only", nargs="*", default=["sky64wide", "sky64rgb"])
-    parser.add_argument("--resume", help="folder of checkpoints brought back earlier (<name>.safetensors.partNN)")
+    parser.add_argument("--resume", help="folder of checkpoints brought back earlier (<name>.safetensors.partNN, "
+                                         "<name>/state.safetensors) or of model folders (models: <name>/ exported)")
     parser.add_argument("--small", action="store_true", help="tiny models and library, for a CPU try")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--join", help="reassemble brought-back parts in this folder and exit")

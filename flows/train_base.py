@@ -30,7 +30,10 @@ class TrainBaseParameters(BaseModel):
     resolution: int = Field(default=64, ge=8, le=512, description="image side of the model")
     channels: int = Field(default=3, ge=1, le=3, description="image channels: 3 (RGB) or 1 (single band)")
     data: list[str] = Field(default=["photos"], min_length=1,
-                            description="training image sets: photos, wheel-photos, dead-leaves")
+                            description="training data: sky-sim (simulated skies) and the image sets photos, "
+                                        "wheel-photos, dead-leaves")
+    natural_share: float = Field(default=0.1, ge=0.0, le=1.0,
+                                 description="with sky-sim and image sets: the share of each batch from the images")
     init_from: str | None = Field(default=None, description="model folder whose weights start the training")
     train_only: list[str] = Field(default=[], description="UNet parameter name prefixes to train, the others "
                                   "frozen (e.g. conv_in conv_out); empty: all")
@@ -47,6 +50,8 @@ class TrainBaseParameters(BaseModel):
     total_steps: int = Field(default=6000, ge=1, le=10_000_000, description="steps of the whole training")
     max_steps: int | None = Field(default=None, ge=1, le=10_000_000,
                                   description="at most this many steps in this run (resume later for the rest)")
+    max_seconds: float | None = Field(default=None, gt=0, le=30 * 86400,
+                                      description="stop after this much wall time in this run, checkpointed")
     checkpoint_every: int = Field(default=100, ge=1, le=100_000, description="steps between checkpoints")
     seed: int = Field(default=0, ge=0, le=2**31, description="training seed")
     card_cutouts: str | None = Field(default=None, description="FITS cutout folder for the model card (none: skip)")
@@ -65,6 +70,7 @@ class TrainBaseParameters(BaseModel):
         """The ood_core training configuration."""
         return TrainConfig(
             resolution=self.resolution, channels=self.channels, data=tuple(self.data), init_from=self.init_from,
+            natural_share=self.natural_share,
             train_only=tuple(self.train_only),
             block_out_channels=tuple(self.block_out_channels),
             layers_per_block=self.layers_per_block, attention_levels=tuple(self.attention_levels),
@@ -88,7 +94,7 @@ def train_task(params: TrainBaseParameters) -> dict[str, Any]:
         get_run_logger().info("continuing %s from step %d (fresh optimizer moments)", params.continue_from,
                               seeded.step)
     state = train_base_model(params.train_config(), checkpoints, max_steps=params.max_steps,
-                             progress=progress)
+                             max_seconds=params.max_seconds, progress=progress)
     get_run_logger().info("trained to step %d (%.0f s in total)", state.step, state.seconds)
     return {"step": state.step, "seconds": state.seconds, "last_loss": state.losses[-1] if state.losses else None}
 

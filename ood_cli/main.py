@@ -423,7 +423,8 @@ def cmd_train_base(args: argparse.Namespace) -> int:
 
     fields: dict[str, Any] = {"checkpoint_dir": args.checkpoints, "out_dir": args.out}
     for name in ("max_steps", "total_steps", "card_cutouts", "device", "dtype", "sampler", "batch_size", "channels",
-                 "data", "init_from", "train_only", "continue_from", "learning_rate", "warmup_steps"):
+                 "data", "init_from", "train_only", "continue_from", "learning_rate", "warmup_steps",
+                 "block_out_channels", "attention_levels", "natural_share", "max_seconds"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     with _prefect_api(), TerminalProgress(_verbosity(args)):
@@ -452,8 +453,17 @@ def _add_train_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument("--batch-size", type=int, help="patches per step (default 16)")
     train.add_argument("--channels", type=int, choices=[1, 3],
                        help="image channels of the model (default 3; 1 for a single-band model)")
-    train.add_argument("--data", nargs="+", choices=["photos", "wheel-photos", "dead-leaves"],
-                       help="training image sets (default: photos, the 13 photographs of base64)")
+    train.add_argument("--data", nargs="+", choices=["sky-sim", "photos", "wheel-photos", "dead-leaves"],
+                       help="training data: sky-sim (simulated skies, a new scene per patch) and image sets "
+                            "(default: photos, the 13 photographs of base64)")
+    train.add_argument("--natural-share", type=float,
+                       help="with sky-sim and image sets: the share of each batch cut from the images (default 0.1)")
+    train.add_argument("--block-out-channels", type=int, nargs="+", metavar="WIDTH",
+                       help="UNet widths per level (default 32 64 128 128 as base64; models/sky64: 16 32 64 128)")
+    train.add_argument("--attention-levels", type=int, nargs="*", metavar="LEVEL",
+                       help="levels with self-attention (default 2 as base64; models/sky64: 3)")
+    train.add_argument("--max-seconds", type=float,
+                       help="stop after this much wall time in this call, checkpointed (resume later)")
     train.add_argument("--init-from", help="model folder whose weights start the training (same architecture), "
                                            "e.g. models/mono64")
     train.add_argument("--train-only", nargs="+", metavar="PREFIX",

@@ -134,10 +134,37 @@ def describe_data(log: dict[str, Any]) -> str:
                 f"bundled with scikit-image ({', '.join(data['skimage'])}) and scikit-learn "
                 f"({', '.join(data['sklearn'])}); excluded on purpose: {excluded}")
     grey = " turned to luminance (one channel)" if data["channels"] == 1 else ""
-    sets = "; ".join(f"**{name}** ({data['licences'][name]})" for name in data["sets"])
-    return (f"random square patches (log-uniform scale 1x to 4x, area resize, random flips){grey} of "
-            f"{len(data['images'])} images: {sets}. Images: {', '.join(data['images'])}. "
-            f"Excluded on purpose: {excluded}")
+    image_sets = [name for name in data["sets"] if name != "sky-sim"]
+    sets = "; ".join(f"**{name}** ({data['licences'][name]})" for name in image_sets)
+    patches = (f"random square patches (log-uniform scale 1x to 4x, area resize, random flips){grey} of "
+               f"{len(data['images'])} images: {sets}. Images: {', '.join(data['images'])}. ") if image_sets else ""
+    simulated = data.get("simulated_skies")
+    if simulated is None:
+        return f"{patches}Excluded on purpose: {excluded}"
+    library = simulated["library"]
+    share = simulated["natural_share"]
+    return (f"**sky-sim** ({data['licences']['sky-sim']}): a new simulated sky for every training image "
+            f"({1 - share:.0%} of each batch), composed on the training device (`ood_core.base_model.sky_scenes`) from "
+            f"a GalSim library (digest {library['digest']}) of {sum(library['psf_kinds'].values())} PSFs "
+            f"({_counts(library['psf_kinds'])}) and {sum(library['galaxy_kinds'].values())} galaxies "
+            f"({_counts(library['galaxy_kinds'])}); then {share:.0%} of each batch: {patches or 'none. '}"
+            f"No real survey image entered training; excluded on purpose: {excluded} and every FITS file of "
+            f"`../shared/data`")
+
+
+def _counts(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in kinds.items())
+
+
+def describe_domain(log: dict[str, Any]) -> str:
+    """The card's first paragraph: which domain the frozen model learned, and why FITS skies stay unseen."""
+    if "simulated_skies" in log.get("data", {}):
+        return ("Its domain is **simulated skies** (GalSim stamps composed into scenes of stars, galaxies, diffuse "
+                "emission and noise, normalized as the pipeline maps a FITS image), with a minority of photographs. "
+                "No real survey image entered training, so every real domain a user brings, and every dev source, "
+                "is still unseen: the method bridges the gap from simulation to real data.")
+    return ("Its domain is everyday photographs, deliberately **not** astronomy: FITS skies are out of domain for "
+            "it, as the method requires.")
 
 
 def describe_start(log: dict[str, Any]) -> str:
@@ -183,8 +210,7 @@ def write_model_card(
     text = f"""# Base model: {title}, {model.channels}x{model.resolution}x{model.resolution}
 
 A small diffusers `UNet2DModel` trained by this project (`ood train-base`) so that the pipeline has a
-frozen diffusion model to invert into with nothing downloaded. Its domain is everyday photographs,
-deliberately **not** astronomy: FITS skies are out of domain for it, as the method requires.
+frozen diffusion model to invert into with nothing downloaded. {describe_domain(log)}
 
 - **Weights**: `unet/diffusion_pytorch_model.safetensors` (EMA weights), sha256 `{model.weights_sha256}`
 - **Architecture**: UNet2DModel, block widths {cfg["block_out_channels"]}, {cfg["layers_per_block"]} layer(s) per
