@@ -3,7 +3,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser demo test lint bench clean
+READERS ?= .venv-readers
+READERS_STAMP := $(READERS)/.installed
+ZARRITA_STAMP := tests/readers/node_modules/.installed
+SUDO = $$( [ "$$(id -u)" = 0 ] || echo sudo )
+
+.PHONY: install browser readers demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +29,24 @@ browser:
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; \
 	fi
 
+# The independent readers of tests/test_interop.py (README "Readers"): tensorstore, the oldest supported
+# zarr-python with xarray and the CF compliance checker in their own venv (pinned in tests/readers/requirements.txt),
+# zarrita (npm, tests/readers/package-lock.json), fitsverify (Debian). Each step does nothing when done already.
+$(READERS_STAMP): tests/readers/requirements.txt
+	test -x $(READERS)/bin/python || python3 -m venv $(READERS)
+	$(READERS)/bin/python -m pip install -q --only-binary :all: -r tests/readers/requirements.txt
+	touch $(READERS_STAMP)
+
+$(ZARRITA_STAMP): tests/readers/package.json tests/readers/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q nodejs npm; }
+	npm ci --prefix tests/readers --no-audit --no-fund --loglevel=error
+	touch $(ZARRITA_STAMP)
+
+readers: $(READERS_STAMP) $(ZARRITA_STAMP)
+	@command -v fitsverify >/dev/null 2>&1 || { $(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q fitsverify; }
+
 demo: $(STAMP)
 	$(VENV)/bin/ood demo --out out/demo
 
@@ -35,4 +58,4 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(READERS) tests/readers/node_modules out .pytest_cache .mypy_cache .ruff_cache

@@ -29,7 +29,10 @@ LINE_EVERY_S = 5.0
 """Plain progress lines (stdout not a terminal): at most one per stage every this many seconds, and the last."""
 
 _PREFECT_LEVELS = {"quiet": "ERROR", "normal": "WARNING", "verbose": "INFO"}
-_NOISY_MODULES = ("sklearn", "diffusers", "torch", "huggingface_hub", "transformers", "photutils", "dask")
+_NOISY_MODULES = ("sklearn", "diffusers", "torch", "huggingface_hub", "transformers", "photutils", "dask", "zarr",
+                  "numcodecs", "xarray", "h5netcdf", "h5py", "astropy", "reproject", "scipy", "skimage", "matplotlib")
+"""Libraries whose warnings (attributed to their own modules) only --verbose shows: a user sees the project's
+own messages, which say what to change in the project's words."""
 
 
 def configure_output(verbosity: Verbosity) -> None:

@@ -161,6 +161,8 @@ def test_demo_runs_end_to_end_and_says_where_the_store_is(tmp_path: Path) -> Non
     assert "━" not in done.stdout + done.stderr
     noise = ("accelerate", "Task run", "Traceback", "telemetry")
     assert not [n for n in noise if n in done.stdout + done.stderr], done.stderr[-3000:]
+    # no third-party warning (zarr's UnstableSpecificationWarning about a string array, UserWarning, ...)
+    assert not re.findall(r"\w+Warning\b", done.stdout + done.stderr), done.stderr[-3000:]
     store = tmp_path / "demo" / "store.zarr"
     assert str(store) in done.stdout and "open_run(" in done.stdout
     runs = list_runs(str(store))

@@ -13,7 +13,7 @@ import pytest
 from astropy.io import fits
 
 from ood_core.store import RunNotCompleteError, RunWriter
-from ood_core.store.fits_export import CRITERION_KEYWORDS, criterion_keyword, export_run_fits
+from ood_core.store.fits_export import CRITERION_KEYWORDS, criterion_keyword, export_run_fits, history_lines
 
 CRITERIA = ["mean_distance_to_reference", "mean_angle_to_ood_deg", "some_future_criterion"]
 SHA = hashlib.sha256(b"weights").hexdigest()
@@ -90,6 +90,7 @@ def test_export_round_trips_data_and_headers(tmp_path: Path, fits_dir: Path) -> 
             assert "criterion OODCRI03 = some_future_criterion" in history
             assert header.tostring()  # serialises as valid 80-character cards
             assert len(header.tostring()) % 80 == 0
+            assert hdul[0].verify_checksum() == 1 and hdul[0].verify_datasum() == 1  # CHECKSUM/DATASUM present
     first = fits.getheader(paths[0])
     assert first["OODCDREF"] == pytest.approx(600.5)
     assert first["OODCAOOD"] == pytest.approx(88.25)
@@ -120,3 +121,18 @@ def test_criterion_keywords_are_valid_fits_keywords() -> None:
         assert len(keyword) <= 8 and keyword.isupper()
         fits.Card(keyword, 1.0).verify("exception")
     assert criterion_keyword("unknown", 4) == "OODCRI05"
+
+
+@pytest.mark.parametrize(("text", "cards"), [
+    ("started 2026-12-04T17:38:28.332547+00:00 ended 2026-12-04T17:43:43.640516+00:00",
+     ["started 2026-12-04T17:38:28.332547+00:00 ended", "  2026-12-04T17:43:43.640516+00:00"]),
+    ("inputs were centre-cropped and block-averaged (NaN-aware mean) to the model resolution before inversion",
+     ["inputs were centre-cropped and block-averaged (NaN-aware mean) to the", "  model resolution before inversion"]),
+    ("  /a/" + "b" * 80 + ".fits", ["  /a/" + "b" * 67, "    " + "b" * 13 + ".fits"]),  # a path longer than a card
+    ("model weights sha256:", ["model weights sha256:"]),
+    ("", []),
+    ("caf\u00e9 r\u00e9sum\u00e9", ["caf? r?sum?"]),  # printable ASCII only
+])
+def test_history_is_wrapped_at_word_boundaries(text: str, cards: list[str]) -> None:
+    assert history_lines(text) == cards
+    assert all(len(card) <= 72 for card in cards)

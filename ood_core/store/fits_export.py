@@ -24,18 +24,21 @@ inputs' unit, and names the planes in BANDn (the band -> channel map of the run'
 
 Pixel scale: ``CD1_1 .. CD2_2`` (with ``CUNIT1/2 = deg``) are the inputs' CD matrix times the block factor
 (a 128-pixel input seen by a 64-pixel model: 2x), from the parent input of the sample (the first input when
-the sample has none). A generated sample has no position on the sky: there is no CRVAL and no celestial
-CTYPE; the axes are angular offsets from the image centre (CRPIX). The store URL is recorded absolute.
+the sample has none). A generated sample has no position on the sky: the WCS is linear, not celestial
+(``CTYPE1/2 = 'LINEAR'``), its axes angular offsets from the image centre (``CRPIX``, where ``CRVAL = 0``).
+The store URL is recorded absolute. Every file carries CHECKSUM and DATASUM (FITS checksum convention).
 
 Criterion values use :data:`CRITERION_KEYWORDS` (the card comment repeats the full criterion name);
 a criterion without an entry there gets ``OODCRInn`` with nn its 1-based position.
-HISTORY cards summarise the rest of the provenance (times, git commit, model source, inputs).
+HISTORY cards summarise the rest of the provenance (times, git commit, model source, inputs); a long line
+is wrapped at word boundaries (a word longer than a card, such as a long path, is cut).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -115,12 +118,18 @@ def _set(header: fits.Header, keyword: str, value: Any, comment: str) -> None:
     header[keyword] = (card_value, comment)
 
 
-def _history(header: fits.Header, text: str) -> None:
-    # Printable ASCII only (FITS rule); long lines are wrapped over several HISTORY cards by hand so
-    # that each card reads on its own.
+def history_lines(text: str) -> list[str]:
+    """``text`` as HISTORY card texts: printable ASCII (FITS rule), wrapped at word boundaries so that each card
+    reads on its own (timestamps and words stay whole; only a word longer than a card is cut)."""
     clean = text.encode("ascii", "replace").decode("ascii")
-    for start in range(0, len(clean), _HISTORY_WIDTH):
-        header.add_history(clean[start:start + _HISTORY_WIDTH])
+    indent = clean[: len(clean) - len(clean.lstrip(" "))]
+    return textwrap.wrap(clean, width=_HISTORY_WIDTH, subsequent_indent=indent + "  ", break_on_hyphens=False,
+                         drop_whitespace=True)
+
+
+def _history(header: fits.Header, text: str) -> None:
+    for line in history_lines(text):
+        header.add_history(line)
 
 
 def run_header(
@@ -205,8 +214,10 @@ def set_pixel_scale(header: fits.Header, record: Mapping[str, Any], parent: int,
     _set(header, "OODPIXSC", float(np.sqrt(abs(np.linalg.det(scaled)))) * 3600.0,
          "arcsec per pixel: inputs' scale x OODBLOCK")
     for axis in (1, 2):
+        _set(header, f"CTYPE{axis}", "LINEAR", "angular offset, not a sky coordinate")
         _set(header, f"CRPIX{axis}", (shape[2 - axis] + 1) / 2.0, "centre pixel: offsets are from here")
-        _set(header, f"CUNIT{axis}", "deg", "angular offset; no sky position (no CRVAL)")
+        _set(header, f"CRVAL{axis}", 0.0, "offset at CRPIX; no sky position")
+        _set(header, f"CUNIT{axis}", "deg", "unit of the offset")
     for i in (1, 2):
         for j in (1, 2):
             _set(header, f"CD{i}_{j}", float(scaled[i - 1, j - 1]), "inputs' CD x block factor")
@@ -274,6 +285,6 @@ def export_run_fits(
         for position, name in enumerate(names):
             _set(header, criterion_keyword(name, position), criteria[index, position], name[:47])
         data = np.asarray(physical[index].values, dtype=np.float32)
-        fits.PrimaryHDU(data=data, header=header).writeto(path, overwrite=overwrite)
+        fits.PrimaryHDU(data=data, header=header).writeto(path, overwrite=overwrite, checksum=True)
         paths.append(path)
     return paths

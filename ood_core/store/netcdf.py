@@ -1,9 +1,12 @@
-"""A run as a plain netCDF file, and its provenance read back from either form.
+"""A run as a plain netCDF file that CF checkers accept, and its provenance read back from either form.
 
 ``open_run`` gives the provenance as a dict (``ds.attrs["ood_run"]``), which netCDF cannot store (attributes
-are strings, numbers and arrays). :func:`netcdf_ready` turns every such attribute into a JSON string under the
-same name, so ``netcdf_ready(ds).to_netcdf(path)`` works; :func:`export_run_netcdf` does it from a store, and
-:func:`run_provenance` reads the provenance back as a dict from a dataset of either kind.
+are strings, numbers and arrays); a plain ``ds.to_netcdf()`` stops on the run's first attribute, whose
+value (:data:`.describe.NETCDF_NOTE`) names this module. :func:`netcdf_ready` gives the run in CF form
+(:mod:`.cf`: Conventions, title, history, UDUNITS units, the criteria's names as a label variable) with every
+JSON-object attribute as JSON text under the same name, so ``netcdf_ready(ds).to_netcdf(path)`` works;
+:func:`export_run_netcdf` does it from a store, and :func:`run_provenance` reads the provenance back as a
+dict from a dataset of either kind.
 """
 
 from __future__ import annotations
@@ -14,38 +17,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import xarray as xr
 
-from ood_core.store.provenance import json_safe
+from ood_core.store.cf import cf_dataset
 from ood_core.store.runs import RUN_ATTR, open_run
 
 NETCDF_ENGINE: Literal["h5netcdf"] = "h5netcdf"
 """netCDF-4 (HDF5) writer: int64 seeds and strings need netCDF-4; the netCDF-3 writer (scipy) has neither."""
 
-_NETCDF_ATTR_TYPES = (str, bytes, int, float, np.number, np.ndarray)
-
-
-def _storable(value: Any) -> Any:
-    """An attribute value netCDF can hold: strings and numbers as they are, anything else as JSON text."""
-    if isinstance(value, bool) or not isinstance(value, _NETCDF_ATTR_TYPES):
-        return json.dumps(json_safe(value), sort_keys=True)
-    return value
+_KEPT_ENCODING = ("dtype", "_FillValue")
 
 
 def netcdf_ready(ds: xr.Dataset) -> xr.Dataset:
-    """A copy of a run dataset whose attributes netCDF can store (dicts, lists, booleans, None -> JSON strings).
+    """A copy of a run dataset (from ``open_run`` or plain ``xarray.open_zarr``) that netCDF can store and CF
+    checkers accept: JSON-object attributes as JSON text, CF attributes and labels (see :mod:`.cf`).
 
     Variable encodings of the zarr store (chunks, codecs) are dropped: the netCDF writer picks its own.
     """
-    out = ds.copy()
-    out.attrs = {key: _storable(value) for key, value in ds.attrs.items()}
+    out = cf_dataset(ds, run_provenance(ds))
     for name in out.variables:
         variable = out.variables[name]
-        variable.attrs = {key: _storable(value) for key, value in variable.attrs.items()}
-        variable.encoding = {k: v for k, v in variable.encoding.items() if k in ("dtype", "_FillValue")}
-        if variable.dtype.kind == "T":  # numpy StringDType (zarr v3 strings): plain object strings for netCDF
-            out[name] = variable.astype(object)
+        variable.encoding = {k: v for k, v in variable.encoding.items() if k in _KEPT_ENCODING}
     return out
 
 

@@ -3,11 +3,16 @@
 Layout::
 
     <store>/            attrs["ood_store"] = {"schema_version": 1, "created": ..., "library": "ood-synth"}
-      runs/<run_id>/    attrs["ood_run"] (provenance + status), attrs["ood_progress"] (writer bookkeeping)
+      runs/<run_id>/    attrs["ood_netcdf"] (how to write it as netCDF), attrs["ood_run"] (provenance + status),
+                        attrs["ood_progress"] (writer bookkeeping)
         inputs, input_mask, input_latents, reconstructions, reconstruction_psnr   fixed size
         samples, samples_physical, sample_latents, sample_seed, sample_parent,
         sample_criteria, sample_nearest_input_distance                            grow by appends
-        criterion                                                                  coordinate of names
+        criterion                                     index coordinate, the names in attrs["names"]
+        sample, input, reference, channel, y, x       index coordinates (at completion; input's attrs["files"])
+
+Only numeric and boolean arrays: every zarr v3 reader opens every array (:mod:`.labels`); :func:`open_run`
+gives ``criterion`` as a coordinate of names and ``input_file`` as a coordinate along ``input``.
 
 Status protocol: a run is created "writing" and flipped to "complete" by :meth:`RunWriter.complete` only
 after every array is whole; :func:`open_run` without a run id returns the latest complete run, so a run
@@ -49,9 +54,10 @@ from zarr.storage import FsspecStore, LocalStore
 
 from ood_core.errors import OODError
 from ood_core.store.appender import BackgroundAppender
-from ood_core.store.describe import describe_run
+from ood_core.store.describe import describe_run, with_netcdf_note
 from ood_core.store.heartbeat import RECORD_LOCK, STALE_AFTER_S, heartbeat_now, stale_reason, start_heartbeat
 from ood_core.store.integrity import CHECKSUM_ATTR, digest_run, verify_run
+from ood_core.store.labels import create_criterion_coordinate, decode_labels, legacy_string_arrays
 from ood_core.store.provenance import json_safe, new_run_id, utc_now_iso
 from ood_core.store.recording import RecordingStore
 
@@ -130,7 +136,11 @@ def array_spec(name: str, ndim: int) -> ArraySpec:
     return RUN_ARRAYS[name]
 
 
-COORDINATE_ARRAYS: dict[str, ArraySpec] = {"criterion": ArraySpec(("criterion",), "str")}
+COORDINATE_ARRAYS: dict[str, ArraySpec] = {"criterion": ArraySpec(("criterion",), "int64")}
+"""``criterion`` indexes the criteria; their names are its attribute ``names`` (:mod:`.labels`). Runs of earlier
+versions stored the names as a string array (:data:`LEGACY_DTYPES`)."""
+LEGACY_DTYPES: dict[str, str] = {"criterion": "str"}
+"""Data types that runs of earlier versions have and readers still accept (``str``: any string type)."""
 REFERENCE_ARRAYS: dict[str, ArraySpec] = {"reference_latents": ArraySpec(("reference", *_IMAGE_DIMS), "float32")}
 """Created empty with the run; the prior stage fills it (in-domain reference latents at t0, count known then)."""
 RUN_ARRAYS: dict[str, ArraySpec] = {**INPUT_ARRAYS, **SAMPLE_ARRAYS, **COORDINATE_ARRAYS, **REFERENCE_ARRAYS}
@@ -333,7 +343,7 @@ class RunWriter:
         root = open_store(store_url, storage_options=storage_options)
         try:
             group = _runs_group(root).create_group(
-                run_id, overwrite=False, attributes={RUN_ATTR: record, PROGRESS_ATTR: progress}
+                run_id, overwrite=False, attributes=with_netcdf_note({RUN_ATTR: record, PROGRESS_ATTR: progress})
             )
         except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
             raise StoreError(f"{store_url}: run {run_id} already exists; runs never share a group") from exc
@@ -767,9 +777,7 @@ def _create_arrays(
     spec = REFERENCE_ARRAYS["reference_latents"]
     group.create_array("reference_latents", shape=(0, *image), dtype=spec.dtype, chunks=(64, *image),
                        dimension_names=spec.dims, fill_value=_fill(spec.dtype))
-    criterion = group.create_array("criterion", shape=(len(names),), dtype=np.dtypes.StringDType(),
-                                   dimension_names=("criterion",))
-    criterion[:] = np.array(names, dtype=np.dtypes.StringDType())
+    create_criterion_coordinate(group, names)
 
 
 def _json_object(value: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -1034,11 +1042,14 @@ def open_run(
         raise StoreIntegrityError(store_url, run_id, problems)
     store = zarr_store(store_url, read_only=True, storage_options=storage_options)
     consolidated = info.status == "complete" and _consolidated_run_is_current(store, info)
-    ds: xr.Dataset = xr.open_zarr(
-        store, group=f"{RUNS_GROUP}/{run_id}", consolidated=consolidated, chunks=chunks, zarr_format=3
-    )
+    with legacy_string_arrays():  # runs of earlier versions hold string arrays zarr warns about
+        ds: xr.Dataset = xr.open_zarr(
+            store, group=f"{RUNS_GROUP}/{run_id}", consolidated=consolidated, chunks=chunks, zarr_format=3
+        )
     if "sample" in ds.dims and ds.sizes["sample"] != info.n_samples:
         ds = ds.isel(sample=slice(0, info.n_samples))
+    ds = decode_labels(ds)
+    ds.attrs = with_netcdf_note(ds.attrs)
     return ds
 
 

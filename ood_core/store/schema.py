@@ -21,6 +21,7 @@ from ood_core.store.integrity import has_checksums, verify_run
 from ood_core.store.provenance import strict_json_dumps
 from ood_core.store.runs import (
     INPUT_ARRAYS,
+    LEGACY_DTYPES,
     PROGRESS_ATTR,
     RUN_ARRAYS,
     RUN_ATTR,
@@ -54,10 +55,11 @@ class StoreSchemaError(OODError):
         self.problems = list(problems)
 
 
-def _dtype_matches(array: zarr.Array[Any], spec: ArraySpec) -> bool:
+def _dtype_matches(array: zarr.Array[Any], name: str, spec: ArraySpec) -> bool:
+    """The contract's data type, or the one runs of earlier versions have (``str``: any string type)."""
     dtype = np.dtype(array.dtype)
-    if spec.dtype == "str":
-        return dtype.kind in "UTO"
+    if LEGACY_DTYPES.get(name) == "str" and dtype.kind in "UTO":
+        return True
     return dtype == np.dtype(spec.dtype)
 
 
@@ -92,7 +94,7 @@ def _check_arrays(group: zarr.Group, where: str) -> tuple[list[str], dict[str, z
         spec = array_spec(name, node.ndim)
         if dims != spec.dims:
             problems.append(f"{where}/{name}: dimension names {list(dims)}, expected {list(spec.dims)}")
-        if not _dtype_matches(node, spec):
+        if not _dtype_matches(node, name, spec):
             problems.append(f"{where}/{name}: dtype {node.dtype}, expected {spec.dtype}")
         if node.ndim != len(spec.dims):
             problems.append(f"{where}/{name}: {node.ndim} dimensions, expected {len(spec.dims)}")
