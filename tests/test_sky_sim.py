@@ -6,6 +6,8 @@ survey image anywhere; a training run on skies resumes bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from ood_core.base_model.sky_library import (
     sky_library,
 )
 from ood_core.base_model.sky_scenes import STRETCHES, SceneConfig, SkyScenes, apply_stretch, interval_unit
-from ood_core.base_model.training import TrainConfig, read_checkpoint, train_base_model
+from ood_core.base_model.training import TrainConfig, read_checkpoint, train_base_model, warm_start_from_export
 from ood_core.base_model.training_mix import MixedSampler, build_sampler, describe_data
 from ood_core.errors import ConfigurationError
 from ood_core.method.normalization import fit_normalization, normalize
@@ -180,3 +182,34 @@ def test_training_on_skies_resumes_bit_for_bit(monkeypatch: pytest.MonkeyPatch, 
 
 def _tiny() -> dict[str, object]:
     return {"psfs": TINY.psfs, "galaxies": list(TINY.galaxies)}
+
+
+SKY_MODEL = Path(__file__).resolve().parents[1] / "models" / "sky64"
+
+
+def test_the_committed_sky_model_continues_its_loss_curve_reproducibly(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path,
+                                                                       one_torch_thread: None) -> None:
+    """models/sky64 is a resumable state: continued twice from the folder (EMA weights, step count, a fresh
+    optimizer), the two runs agree bit for bit, and the loss goes on where the GPU run left it, far below
+    the loss of the same network freshly initialized."""
+    monkeypatch.setenv("OOD_SYNTH_CACHE", str(tmp_path / "cache"))
+    log = json.loads((SKY_MODEL / "training_log.json").read_text())
+    saved = {k: v for k, v in log["config"].items() if k in ("block_out_channels", "attention_levels", "channels",
+                                                               "layers_per_block", "data", "natural_share")}
+    config = TrainConfig(**_tuples(saved), batch_size=8, learning_rate=1e-5, warmup_steps=1, checkpoint_every=3,
+                         total_steps=log["steps"] + 3, library=_tiny(), device="cpu", seed=5)
+    runs = []
+    for name in ("a", "b"):
+        warm_start_from_export(SKY_MODEL, tmp_path / name, config)
+        runs.append(train_base_model(config, tmp_path / name))
+    scratch = train_base_model(dataclasses.replace(config, total_steps=3), tmp_path / "scratch")
+    a, b = read_checkpoint(tmp_path / "a"), read_checkpoint(tmp_path / "b")
+    assert a is not None and b is not None and a["step"] == log["steps"] + 3
+    assert all(torch.equal(a["unet"][k], b["unet"][k]) for k in a["unet"])
+    continued, recorded, initial = runs[0].losses[-1], log["loss_per_checkpoint"][-1], scratch.losses[-1]
+    assert continued < 4 * recorded and continued < initial / 5, (continued, recorded, initial)
+
+
+def _tuples(values: dict[str, object]) -> dict[str, object]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
