@@ -10,7 +10,7 @@ import pytest
 
 from ood_cli.main import _calibration_summary
 from ood_core.calibration import Plan, Setting, calibrate, run_calibration, split_shots
-from ood_core.calibration.scores import rank_sum
+from ood_core.calibration.scores import rank_sum, verdict
 from ood_core.evaluation.run_report import calibration_rows, run_summary_markdown
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.pipeline import PipelineParameters, ingest, run_in_process
@@ -65,7 +65,9 @@ def test_calibration_disqualifies_near_copies_and_ranks_noise_last(
     # has 2 steps too)
     assert record["evaluations_spent"] == 3 * 4 * 2 + 3 * 6 * 2
     assert record["held_out_index"] == split_shots(6, params.seed)[1] and len(record["held_out"]) == 2
-    assert record["verdict"]["line"].startswith("vs held-out shots")
+    assert rows[950]["scores"]["c2st_accuracy"] >= 0.8  # noise is told from the held-out shots
+    assert record["verdict"]["distinguishable"] in (True, False) and "C2ST accuracy" in record["verdict"]["line"]
+    assert "vs held-out shots, against augmentation of the kept shots" in record["verdict"]["line"]
 
 
 def test_split_is_deterministic_and_holds_out_a_third() -> None:
@@ -75,9 +77,34 @@ def test_split_is_deterministic_and_holds_out_a_third() -> None:
 
 
 def test_rank_sum_ties_and_nan() -> None:
-    rows = [{"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 1.0, "source_count_rel": float("nan")}},
-            {"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 0.5, "source_count_rel": 0.1}}]
-    assert rank_sum(rows) == [1.5 + 2 + 2, 1.5 + 1 + 1]
+    rows = [{"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 1.0, "source_count_rel": float("nan"),
+                        "c2st_accuracy": 0.3}},
+            {"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 0.5, "source_count_rel": 0.1, "c2st_accuracy": 0.5}},
+            {"scores": {"pixel_w1_rel": 2.0, "spectrum_dex": 2.0, "source_count_rel": 0.2, "c2st_accuracy": 0.9}}]
+    # a C2ST accuracy below 0.5 is chance: ranked as 0.5 (tied with the second row)
+    assert rank_sum(rows) == [1.5 + 2 + 3 + 1.5, 1.5 + 1 + 1 + 1.5, 3 + 3 + 2 + 3]
+
+
+def test_verdict_says_distinguishable_whatever_the_older_numbers_say(capsys: pytest.CaptureFixture[str]) -> None:
+    """Samples better than augmentation on pixel W1, power spectrum and source counts, but told from the held-out
+    shots by the C2ST: the verdict, the run summary and `ood run`'s output say so first."""
+    ours = {"pixel_w1_rel": 0.1, "spectrum_dex": 0.1, "source_count_rel": 0.1, "c2st_accuracy": 1.0,
+            "c2st_ci_low": 0.55, "c2st_ci_high": 1.0}
+    augmented = {"pixel_w1_rel": 0.5, "spectrum_dex": 0.5, "source_count_rel": 0.5, "c2st_accuracy": 0.5,
+                 "c2st_ci_low": 0.1, "c2st_ci_high": 0.9}
+    said = verdict(ours, augmented)
+    assert said["distinguishable"] is True and said["line"].startswith("DISTINGUISHABLE from held-out real images")
+    assert [said["per_metric"][n] for n in ("pixel_w1_rel", "spectrum_dex", "source_count_rel")] == ["better"] * 3
+    calm = verdict({**ours, "c2st_accuracy": 0.55, "c2st_ci_low": 0.1}, augmented)
+    assert calm["distinguishable"] is False and calm["line"].startswith("not distinguishable")
+    record = {"calibration": {"enabled": True, "verdict": said, "table": []}, "settings": {}}
+    markdown = run_summary_markdown({"run_id": "r", "store": "s.zarr", "n_samples": 4}, record)
+    assert "**WARNING: the samples are distinguishable from held-out real images**" in markdown
+    _calibration_summary(record)
+    printed = capsys.readouterr()
+    assert "verdict    DISTINGUISHABLE" in printed.out and "distinguishable from held-out real images" in printed.err
+    quiet = {"calibration": {"enabled": True, "verdict": calm, "table": []}, "settings": {}}
+    assert "WARNING" not in run_summary_markdown({"run_id": "r", "store": "s.zarr", "n_samples": 4}, quiet)
 
 
 def test_explicit_settings_are_kept_and_reported(
@@ -142,4 +169,5 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     _calibration_summary(results[0].to_dict()["summary"])  # what `ood run` prints after a run
     printed = capsys.readouterr().out
     assert f"t0 {settings['t0']} (calibration)" in printed and printed.count("<- chosen") == 1
-    assert f"{calibration['evaluations_spent']} network evaluations" in printed and "verdict    vs held-out" in printed
+    assert f"{calibration['evaluations_spent']} network evaluations" in printed
+    assert f"verdict    {calibration['verdict']['line']}" in printed and "C2ST" in printed

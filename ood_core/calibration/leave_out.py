@@ -6,7 +6,9 @@ mixing range, prior family) reuses those latents, draws candidates through the r
 (:class:`ood_core.method.sampler.GeometricSampler`: the same draws and the same geometric screening, against a few
 in-domain reference latents made at that t0), keeps the first ``per_setting`` accepted (the same candidate seeds for
 every setting: common random numbers), denoises them with ``steps`` DDIM steps, and scores them against the
-held-out shots in physical units (:mod:`ood_core.calibration.scores`), each twice unless ``noise`` is given:
+held-out shots in physical units (:mod:`ood_core.calibration.scores`: pixel W1, power spectrum, source counts and
+the C2ST accuracy, whether a classifier on texture and source features tells them from the held-out shots), each
+twice unless ``noise`` is given:
 as denoised and with background noise matching the kept shots' added (:mod:`ood_core.method.noise`; no network
 evaluation). Settings are ranked by the sum
 of their ranks over the fidelity scores; a setting that makes any near-copy of a kept shot, or whose candidates all
@@ -231,10 +233,9 @@ def _candidates(params: PipelineParameters, latents: torch.Tensor, references: t
 def _empty(setting: Setting, acceptance: float) -> dict[str, Any]:
     """A setting whose candidates all fail the screening: it would make no samples (disqualified)."""
     nan = float("nan")
-    return {"setting": setting.to_dict(), "scores": {"pixel_w1_rel": nan, "spectrum_dex": nan,
-                                                     "source_count_rel": nan, "source_count_mean": nan,
-                                                     "near_copy_fraction": nan, "nearest_ratio": nan,
-                                                     "acceptance": acceptance}}
+    empty = dict.fromkeys((*scores.FIDELITY, "source_count_mean", "c2st_ci_low", "c2st_ci_high",
+                           "near_copy_fraction", "nearest_ratio"), nan)
+    return {"setting": setting.to_dict(), "scores": {**empty, "acceptance": acceptance}}
 
 
 def _score(params: PipelineParameters, batch: NormalizedBatch, samples: torch.Tensor,

@@ -2,7 +2,9 @@
 
 Lower is better on every score: ``pixel_w1_rel`` (pixel W1 over the held-out pixels' standard deviation),
 ``spectrum_dex`` (power-spectrum distance), ``source_count_rel`` (|mean sources per image - held-out's| / held-out's,
-+1 in the denominator so that empty held-out shots do not divide by zero). Novelty is measured in model space
++1 in the denominator so that empty held-out shots do not divide by zero), ``c2st_accuracy`` (can a classifier on
+texture and source features tell the images from the held-out shots? :mod:`ood_core.evaluation.c2st`; 0.5 is
+indistinguishable, ranked as 0.5 below it: a lower accuracy is chance, not better). Novelty is measured in model space
 against the kept shots: ``near_copy_fraction`` (the run's own near-copy rule) and ``nearest_ratio`` (median
 nearest-kept-shot distance over the kept shots' own nearest-neighbour median; about 1 is as new as a real shot).
 """
@@ -16,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ood_core.evaluation.c2st import DISTINGUISHABLE_ACCURACY, c2st
 from ood_core.evaluation.metrics import (
     PowerSpectrum,
     detect_image_sources,
@@ -25,8 +28,12 @@ from ood_core.evaluation.metrics import (
 )
 from ood_core.method.novelty import NoveltyRule, input_nearest_neighbour_distances
 
-FIDELITY = ("pixel_w1_rel", "spectrum_dex", "source_count_rel")
+FIDELITY = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "c2st_accuracy")
 """The scores a setting is ranked on (lower is better)."""
+RANK_FLOOR = {"c2st_accuracy": 0.5}
+"""Scores ranked as this value when below it (a C2ST accuracy under 0.5 is chance)."""
+LABELS = {"pixel_w1_rel": "pixel distribution", "spectrum_dex": "power spectrum",
+          "source_count_rel": "source counts", "c2st_accuracy": "C2ST accuracy"}
 
 COMPARABLE = 0.10
 """A verdict's tolerance: within 10 % of augmentation's score counts as comparable."""
@@ -39,11 +46,12 @@ class HeldOut:
     pixels: npt.NDArray[np.float64]
     spectrum: PowerSpectrum
     count: float
+    images: npt.NDArray[np.float64]
 
     @classmethod
     def of(cls, physical: npt.NDArray[Any]) -> HeldOut:
         stack = images_2d(physical)
-        return cls(stack.ravel(), isotropic_power_spectrum(stack), mean_count(stack))
+        return cls(stack.ravel(), isotropic_power_spectrum(stack), mean_count(stack), stack)
 
 
 def images_2d(physical: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
@@ -62,11 +70,15 @@ def fidelity(physical: npt.NDArray[Any], held: HeldOut) -> dict[str, float]:
     finite = stack[np.isfinite(stack)]
     spread = float(np.std(held.pixels))
     count = mean_count(stack)
+    test = c2st(held.images, stack, seed=0)
     return {
         "pixel_w1_rel": wasserstein_1(finite, held.pixels) / spread if spread > 0 else float("nan"),
         "spectrum_dex": spectrum_distance(isotropic_power_spectrum(stack), held.spectrum),
         "source_count_rel": abs(count - held.count) / (held.count + 1.0),
         "source_count_mean": count,
+        "c2st_accuracy": test.accuracy,
+        "c2st_ci_low": test.ci_low,
+        "c2st_ci_high": test.ci_high,
     }
 
 
@@ -95,7 +107,7 @@ def rank_sum(rows: list[dict[str, Any]]) -> list[float]:
     totals = np.zeros(len(rows))
     for name in FIDELITY:
         values = np.array([row["scores"][name] for row in rows], dtype=np.float64)
-        values = np.where(np.isfinite(values), values, np.inf)
+        values = np.where(np.isfinite(values), np.maximum(values, RANK_FLOOR.get(name, -np.inf)), np.inf)
         order = values.argsort(kind="stable")
         ranks = np.empty(len(rows))
         ranks[order] = np.arange(1, len(rows) + 1)
@@ -105,8 +117,30 @@ def rank_sum(rows: list[dict[str, Any]]) -> list[float]:
     return [float(t) for t in totals]
 
 
+def realism(scores: dict[str, float], augmented: dict[str, float]) -> dict[str, Any]:
+    """Can a classifier tell the samples from the held-out shots? In words, beside augmentation's accuracy."""
+    accuracy, low, high = (scores.get(k, float("nan")) for k in ("c2st_accuracy", "c2st_ci_low", "c2st_ci_high"))
+    reference = augmented.get("c2st_accuracy", float("nan"))
+    if not np.isfinite(accuracy):
+        return {"distinguishable": None, "line": "distinguishability from real images not measured"}
+    distinguishable = bool(accuracy >= DISTINGUISHABLE_ACCURACY)
+    numbers = (f"C2ST accuracy {accuracy:.2f} [{low:.2f}, {high:.2f}] (0.5: indistinguishable; augmentation of the "
+               f"kept shots: {reference:.2f})")
+    if distinguishable:
+        line = (f"DISTINGUISHABLE from held-out real images: a classifier on texture and source features tells the "
+                f"samples from the held-out shots, {numbers}"
+                + ("" if low > 0.5 else "; the interval includes 0.5 at this size"))
+        if np.isfinite(reference) and reference >= DISTINGUISHABLE_ACCURACY:
+            line += "; augmentation is told apart too: the held-out shots differ from the kept ones"
+    else:
+        line = f"not distinguishable from held-out real images at this size: {numbers}"
+    return {"distinguishable": distinguishable, "accuracy": accuracy, "ci_low": low, "ci_high": high,
+            "augmentation_accuracy": reference, "line": line}
+
+
 def verdict(scores: dict[str, float], augmented: dict[str, float]) -> dict[str, Any]:
-    """Per fidelity score: better / comparable / worse than augmentation of the same shots, and one line."""
+    """Distinguishable from real images or not (first, whatever the rest says), then per fidelity score: better /
+    comparable / worse than augmentation of the same shots; one line."""
     words: dict[str, str] = {}
     for name in FIDELITY:
         ours, theirs = scores[name], augmented[name]
@@ -118,7 +152,7 @@ def verdict(scores: dict[str, float], augmented: dict[str, float]) -> dict[str, 
             words[name] = "worse"
         else:
             words[name] = "comparable"
-    labels = {"pixel_w1_rel": "pixel distribution", "spectrum_dex": "power spectrum",
-              "source_count_rel": "source counts"}
-    line = "; ".join(f"{words[n]} on {labels[n]} ({scores[n]:.3g} vs {augmented[n]:.3g})" for n in FIDELITY)
-    return {"per_metric": words, "line": f"vs held-out shots, against augmentation of the kept shots: {line}"}
+    real = realism(scores, augmented)
+    line = "; ".join(f"{words[n]} on {LABELS[n]} ({scores[n]:.3g} vs {augmented[n]:.3g})" for n in FIDELITY)
+    return {"per_metric": words, "distinguishable": real["distinguishable"], "realism": real,
+            "line": f"{real['line']}. vs held-out shots, against augmentation of the kept shots: {line}"}

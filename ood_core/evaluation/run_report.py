@@ -129,7 +129,19 @@ def _headline(result: dict[str, Any], record: dict[str, Any]) -> list[str]:
         f"**acceptance rate** {_fmt(sampler.get('acceptance_rate'), 4)}"
         + (f" (**warning**: {sampler['warning']})" if sampler.get("warning") else ""),
         f"- **input set key**: `{record.get('input_set_key')}`",
+        *realism_lines(record),
     ]
+
+
+def realism_lines(record: dict[str, Any]) -> list[str]:
+    """The calibration's answer to "can a classifier tell the samples from real images?", first and plain."""
+    realism = ((record.get("calibration") or {}).get("verdict") or {}).get("realism") or {}
+    if realism.get("distinguishable") is None:
+        return []
+    if realism["distinguishable"]:
+        return [f"- **WARNING: the samples are distinguishable from held-out real images**: {realism.get('line')} "
+                "(the chosen setting's calibration samples)"]
+    return [f"- **realism**: {realism.get('line')} (the chosen setting's calibration samples)"]
 
 
 def _inputs_and_quarantine(record: dict[str, Any]) -> list[str]:
@@ -146,8 +158,8 @@ def _inputs_and_quarantine(record: dict[str, Any]) -> list[str]:
                     for q in quarantined]
 
 
-CALIBRATION_COLUMNS = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "source_count_mean", "near_copy_fraction",
-                       "nearest_ratio", "acceptance")
+CALIBRATION_COLUMNS = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "source_count_mean", "c2st_accuracy",
+                       "near_copy_fraction", "nearest_ratio", "acceptance")
 
 
 def calibration_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
