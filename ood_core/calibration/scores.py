@@ -102,10 +102,11 @@ def augmentation(kept_physical: npt.NDArray[Any], count: int) -> npt.NDArray[np.
     return np.stack(out)
 
 
-def rank_sum(rows: list[dict[str, Any]]) -> list[float]:
-    """Sum over the FIDELITY scores of each row's rank (1 = best; ties share the mean rank; NaN ranks last)."""
+def rank_sum(rows: list[dict[str, Any]], names: tuple[str, ...] = FIDELITY) -> list[float]:
+    """Sum over the ``names`` scores (default FIDELITY) of each row's rank (1 = best; ties share the mean rank; NaN
+    ranks last)."""
     totals = np.zeros(len(rows))
-    for name in FIDELITY:
+    for name in names:
         values = np.array([row["scores"][name] for row in rows], dtype=np.float64)
         values = np.where(np.isfinite(values), np.maximum(values, RANK_FLOOR.get(name, -np.inf)), np.inf)
         order = values.argsort(kind="stable")
