@@ -227,9 +227,9 @@ def _calibration_summary(summary: dict[str, Any]) -> None:
     verdict = calibration.get("verdict") or {}
     _say(f"verdict    {verdict.get('line')}")
     if verdict.get("distinguishable"):
-        _err("warning: the samples are distinguishable from held-out real images (C2ST accuracy "
-             f"{verdict['realism']['accuracy']:.2f}, the chosen setting's calibration samples): do not take them for "
-             "real skies; see the verdict above")
+        _err("warning: the samples are distinguishable from real images (C2ST accuracy "
+             f"{verdict['realism']['accuracy']:.2f} against the shots, the chosen setting's calibration samples): do "
+             "not take them for real skies; see the verdict above")
 
 
 def _open_hint(store: str, run_id: str) -> None:

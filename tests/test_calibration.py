@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from ood_cli.main import _calibration_summary
 from ood_core.calibration import Plan, Setting, calibrate, run_calibration, split_shots
 from ood_core.calibration.scores import rank_sum, verdict
+from ood_core.evaluation.c2st import C2STResult
 from ood_core.evaluation.run_report import calibration_rows, run_summary_markdown
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.pipeline import PipelineParameters, ingest, run_in_process
@@ -66,6 +68,11 @@ def test_calibration_disqualifies_near_copies_and_ranks_noise_last(
     assert record["evaluations_spent"] == 3 * 4 * 2 + 3 * 6 * 2
     assert record["held_out_index"] == split_shots(6, params.seed)[1] and len(record["held_out"]) == 2
     assert rows[950]["scores"]["c2st_accuracy"] >= 0.8  # noise is told from the held-out shots
+    # A grid whose only setting makes noise: its samples win by default, and the verdict says they are no skies.
+    alone = run_calibration(params, shipped_model, shots.batch, Plan((noise,), steps=2, per_setting=6, budget=10_000),
+                            split_shots(6, params.seed))
+    assert alone["verdict"]["distinguishable"] is True and alone["verdict"]["line"].startswith("DISTINGUISHABLE")
+    assert alone["verdict"]["realism"]["accuracy"] >= 0.9
     assert record["verdict"]["distinguishable"] in (True, False) and "C2ST accuracy" in record["verdict"]["line"]
     assert "vs held-out shots, against augmentation of the kept shots" in record["verdict"]["line"]
 
@@ -86,23 +93,25 @@ def test_rank_sum_ties_and_nan() -> None:
 
 
 def test_verdict_says_distinguishable_whatever_the_older_numbers_say(capsys: pytest.CaptureFixture[str]) -> None:
-    """Samples better than augmentation on pixel W1, power spectrum and source counts, but told from the held-out
-    shots by the C2ST: the verdict, the run summary and `ood run`'s output say so first."""
-    ours = {"pixel_w1_rel": 0.1, "spectrum_dex": 0.1, "source_count_rel": 0.1, "c2st_accuracy": 1.0,
-            "c2st_ci_low": 0.55, "c2st_ci_high": 1.0}
-    augmented = {"pixel_w1_rel": 0.5, "spectrum_dex": 0.5, "source_count_rel": 0.5, "c2st_accuracy": 0.5,
-                 "c2st_ci_low": 0.1, "c2st_ci_high": 0.9}
-    said = verdict(ours, augmented)
-    assert said["distinguishable"] is True and said["line"].startswith("DISTINGUISHABLE from held-out real images")
+    """Samples better than augmentation on pixel W1, power spectrum and source counts, but told from the shots by
+    the C2ST: the verdict, the run summary and `ood run`'s output say so first."""
+    ours = {"pixel_w1_rel": 0.1, "spectrum_dex": 0.1, "source_count_rel": 0.1, "c2st_accuracy": 0.9}
+    augmented = {"pixel_w1_rel": 0.5, "spectrum_dex": 0.5, "source_count_rel": 0.5, "c2st_accuracy": 0.5}
+    told = C2STResult(accuracy=1.0, ci_low=0.6, ci_high=1.0, tile_accuracy=0.97, n_real=10, n_candidate=6,
+                      n_tiles=64, folds=5, real_hits=10, candidate_hits=6)
+    said = verdict(ours, augmented, told)
+    assert said["distinguishable"] is True and said["line"].startswith("DISTINGUISHABLE from real images")
+    assert "6 samples vs 10 shots" in said["line"] and "interval includes 0.5" not in said["line"]
     assert [said["per_metric"][n] for n in ("pixel_w1_rel", "spectrum_dex", "source_count_rel")] == ["better"] * 3
-    calm = verdict({**ours, "c2st_accuracy": 0.55, "c2st_ci_low": 0.1}, augmented)
+    calm = verdict(ours, augmented, replace(told, accuracy=0.55, ci_low=0.2, real_hits=6, candidate_hits=3))
     assert calm["distinguishable"] is False and calm["line"].startswith("not distinguishable")
+    assert verdict(ours, augmented, None)["distinguishable"] is None
     record = {"calibration": {"enabled": True, "verdict": said, "table": []}, "settings": {}}
     markdown = run_summary_markdown({"run_id": "r", "store": "s.zarr", "n_samples": 4}, record)
-    assert "**WARNING: the samples are distinguishable from held-out real images**" in markdown
+    assert "**WARNING: the samples are distinguishable from real images**" in markdown
     _calibration_summary(record)
     printed = capsys.readouterr()
-    assert "verdict    DISTINGUISHABLE" in printed.out and "distinguishable from held-out real images" in printed.err
+    assert "verdict    DISTINGUISHABLE" in printed.out and "distinguishable from real images" in printed.err
     quiet = {"calibration": {"enabled": True, "verdict": calm, "table": []}, "settings": {}}
     assert "WARNING" not in run_summary_markdown({"run_id": "r", "store": "s.zarr", "n_samples": 4}, quiet)
 
@@ -163,6 +172,12 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     np.testing.assert_array_equal(samples[0], samples[1])
     rows = calibration_rows(records[0])
     assert len(rows) == len(calibration["table"]) and sum(r["chosen"] == "yes" for r in rows) == 1
+    measured = [row["c2st_accuracy"] for row in rows if row["c2st_accuracy"] is not None]  # None: no sample
+    assert measured and all(0 <= value <= 1 for value in measured)
+    assert calibration["verdict"]["realism"]["augmentation_accuracy"] is not None
+    realism = calibration["verdict"]["realism"]
+    assert (realism["n_shots"], realism["n_samples"]) == (6, calibration["samples_per_setting"])
+    assert calibration["verdict"]["line"].startswith("DISTINGUISHABLE" if realism["distinguishable"] else "not ")
     markdown = run_summary_markdown(results[0].to_dict(), records[0])
     assert "## Settings and calibration" in markdown and calibration["verdict"]["line"] in markdown
     assert results[0].summary["calibration"]["chosen"] == calibration["chosen"]

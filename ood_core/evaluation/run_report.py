@@ -139,7 +139,7 @@ def realism_lines(record: dict[str, Any]) -> list[str]:
     if realism.get("distinguishable") is None:
         return []
     if realism["distinguishable"]:
-        return [f"- **WARNING: the samples are distinguishable from held-out real images**: {realism.get('line')} "
+        return [f"- **WARNING: the samples are distinguishable from real images**: {realism.get('line')} "
                 "(the chosen setting's calibration samples)"]
     return [f"- **realism**: {realism.get('line')} (the chosen setting's calibration samples)"]
 
