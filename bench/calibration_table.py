@@ -29,9 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ood_core.calibration import calibrate
 from ood_core.calibration.scores import FIDELITY, rank_sum
 from ood_core.evaluation import evaluate_run
+from ood_core.evaluation.c2st import c2st
+from ood_core.evaluation.loading import load_run
 from ood_core.pipeline import PipelineParameters, run_in_process
 from ood_core.store import open_run
 
@@ -96,8 +100,17 @@ def one_run(source: str, label: str, shots: list[str], reference: list[str], arg
                     "evaluate_seconds": evaluation["timings"]["total"],
                     "settings": provenance.get("settings"),
                     "contact_sheet": evaluation["plots"].get("contact_sheet"),
-                    "calibration": calibration_facts(provenance.get("calibration") or {})}
+                    "calibration": calibration_facts(provenance.get("calibration") or {}),
+                    "realism": run_realism(store)}
     return rows
+
+
+def run_realism(store: str) -> dict[str, Any]:
+    """The C2ST of the run's own samples against its shots (what the calibration's verdict tests with the chosen
+    setting's calibration samples)."""
+    run = load_run(store)
+    shots = run.physical_of(run.inputs, np.arange(run.inputs.shape[0]))
+    return {k: v for k, v in c2st(shots, run.samples_physical, seed=0).to_dict().items() if k != "features"}
 
 
 def calibration_facts(calibration: dict[str, Any]) -> dict[str, Any] | None:
@@ -159,6 +172,12 @@ def markdown(table: dict[str, Any]) -> str:
             lines.append(f"- {run['label']}: acceptance {run['acceptance']:.3f}, t0 {chosen.get('t0')}, "
                          f"strategy {chosen.get('strategy')} {chosen.get('slerp_range')}, prior {chosen.get('prior')}"
                          f" ({chosen.get('from')}), run {run['run_seconds']} s, evaluate {run['evaluate_seconds']} s")
+            realism = run.get("realism")
+            if realism:
+                lines.append(f"- {run['label']}: its {realism['n_candidate']} samples against its {realism['n_real']} "
+                             f"shots: C2ST {realism['accuracy']:.2f} [{realism['ci_low']:.2f}, "
+                             f"{realism['ci_high']:.2f}]"
+                             + (" (distinguishable)" if realism["distinguishable"] else ""))
             facts = run.get("calibration")
             if facts:
                 changed = "changed the choice" if facts["choice_changed"] else "kept the choice"
@@ -184,11 +203,22 @@ def main() -> None:
     parser.add_argument("--redo", action="store_true", help="measure sources already in table.json again")
     parser.add_argument("--anchors", type=int, default=None, help="in-domain anchors of the domain classifier")
     parser.add_argument("--out", type=Path, default=Path("out/calibration_table"))
+    parser.add_argument("--realism-only", action="store_true",
+                        help="add the C2ST of each stored run's samples against its shots to table.json, run nothing")
     parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=RUNS, help="which runs (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "table.json"
     table: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    if args.realism_only:
+        for source, entry in table.items():
+            for run in entry["runs"]:
+                store = args.out / f"{source}_{run['label']}.zarr"
+                if store.exists() and run.get("contact_sheet"):  # a run with samples
+                    run["realism"] = run_realism(str(store))
+        saved.write_text(json.dumps(table, indent=1, default=float))
+        print(markdown(table))
+        return
     for source in args.sources or sources():
         if source in table and not args.redo:
             continue  # measured before (table.json): --redo measures it again
