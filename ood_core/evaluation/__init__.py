@@ -4,7 +4,8 @@ Modules, in the order ``evaluate_run`` uses them: ``loading`` (run + reference i
 (REGISTRY of what the method is judged against), ``metrics`` and ``scoring`` (numbers per set), ``plots``
 and ``sheets`` (figures, contact sheets), ``report`` (JSON, table, markdown); ``run_report`` is what a
 person reads about one run (summary, per-sample table, prior diagnostics in words). ``texture`` and ``c2st``:
-can a classifier tell a set from real images (the C2ST); ``controls``: known fakes made from real images.
+can a classifier tell a set from real images (the C2ST; ``c2st.c2st`` is not re-exported here, where it would
+hide its module); ``controls``: known fakes made from real images.
 """
 
 from ood_core.evaluation.baselines import (
@@ -24,7 +25,7 @@ from ood_core.evaluation.baselines import (
     in_domain_samples,
     unscreened_prior_samples,
 )
-from ood_core.evaluation.c2st import DISTINGUISHABLE_ACCURACY, C2STResult, c2st
+from ood_core.evaluation.c2st import DISTINGUISHABLE_ACCURACY, C2STResult
 from ood_core.evaluation.loading import (
     ImageSet,
     ReferenceSet,
@@ -118,7 +119,6 @@ __all__ = [
     "asymmetry",
     "augmentation_samples",
     "background_level",
-    "c2st",
     "c2st_accuracies",
     "check_baselines",
     "compare_statistics",
