@@ -188,12 +188,24 @@ def _summary(result: dict[str, Any]) -> None:
     warning = ((result.get("summary") or {}).get("sampler") or {}).get("warning")
     if warning:
         _err(f"warning: {warning}")
+    _realism_summary(result.get("summary") or {})
     _calibration_summary(result.get("summary") or {})
     timings = result.get("timings") or {}
     if timings:
         _say("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     for path in result.get("pictures", []) or []:
         _say(f"picture    {path}")
+
+
+def _realism_summary(summary: dict[str, Any]) -> None:
+    """The run's samples against its shots (C2ST): one line, and a warning on stderr when told apart."""
+    realism = summary.get("realism") or {}
+    if not realism:
+        return
+    _say(f"realism    {realism.get('line')}")
+    if realism.get("distinguishable"):
+        _err(f"warning: the run's samples are distinguishable from real images (C2ST accuracy "
+             f"{realism['accuracy']:.2f} against its shots): do not take them for real skies")
 
 
 def _calibration_summary(summary: dict[str, Any]) -> None:

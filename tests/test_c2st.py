@@ -24,6 +24,7 @@ from ood_core.errors import ConfigurationError
 from ood_core.evaluation import controls
 from ood_core.evaluation.baselines import in_domain_samples
 from ood_core.evaluation.c2st import DISTINGUISHABLE_ACCURACY, balanced_interval, c2st, clopper_pearson
+from ood_core.evaluation.realism import realism_record
 from ood_core.evaluation.texture import Standardization, feature_names, tile_features, tiles
 from ood_core.method.dihedral import dihedral
 from ood_core.method.model import load_model
@@ -160,3 +161,16 @@ def test_tiles_and_features_shapes() -> None:
     assert features.shape == (12, len(feature_names())) and np.isfinite(features).all()
     with pytest.raises(ConfigurationError, match="at least 2 images"):
         c2st(images[:1], images)
+
+
+def test_realism_record_says_it_plainly(cutouts: dict[str, dict[str, Any]], n01: torch.Tensor) -> None:
+    """What the end of a run records: the shipped model's N(0, I) samples against the GLIMPSE shots are
+    DISTINGUISHABLE; held-out cutouts against the shots are not; too few images: not tested."""
+    data = cutouts["glimpse"]
+    shots = data["physical"][data["kept"]]
+    told = realism_record(shots, _physical(data, n01))
+    assert told["distinguishable"] is True and told["line"].startswith("DISTINGUISHABLE from real images")
+    assert (told["n_samples"], told["n_shots"]) == (len(n01), len(data["kept"]))
+    calm = realism_record(shots, data["physical"][data["held"]])
+    assert calm["distinguishable"] is False and calm["line"].startswith("not distinguishable")
+    assert realism_record(shots, shots[:1])["distinguishable"] is None

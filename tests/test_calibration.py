@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ood_cli.main import _calibration_summary
+from ood_cli.main import _calibration_summary, _realism_summary
 from ood_core.calibration import Plan, Setting, calibrate, run_calibration, split_shots
 from ood_core.calibration.scores import rank_sum, verdict
 from ood_core.evaluation.c2st import C2STResult
+from ood_core.evaluation.realism import realism_record
 from ood_core.evaluation.run_report import calibration_rows, run_summary_markdown
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.pipeline import PipelineParameters, ingest, run_in_process
@@ -112,6 +113,13 @@ def test_verdict_says_distinguishable_whatever_the_older_numbers_say(capsys: pyt
     _calibration_summary(record)
     printed = capsys.readouterr()
     assert "verdict    DISTINGUISHABLE" in printed.out and "distinguishable from real images" in printed.err
+    run_level = {"distinguishable": True, "accuracy": 0.95, "line": "DISTINGUISHABLE from real images: ..."}
+    result = {"run_id": "r", "store": "s.zarr", "n_samples": 4}
+    markdown = run_summary_markdown(result, {**record, "realism": run_level})
+    assert "distinguishable from real images** (the run's samples against its shots)" in markdown
+    _realism_summary({"realism": run_level})
+    printed = capsys.readouterr()
+    assert "realism    DISTINGUISHABLE" in printed.out and "run's samples are distinguishable" in printed.err
     quiet = {"calibration": {"enabled": True, "verdict": calm, "table": []}, "settings": {}}
     assert "WARNING" not in run_summary_markdown({"run_id": "r", "store": "s.zarr", "n_samples": 4}, quiet)
 
@@ -155,7 +163,7 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     results = []
     for name in ("a", "b"):
         params = params_for(glimpse(fits_dir), tmp_path / f"{name}.zarr", steps=2)
-        results.append(run_in_process(params, choose=calibrate))
+        results.append(run_in_process(params, choose=calibrate, judge=realism_record))
     records = [dict(open_run(r.store, r.run_id, chunks=None).attrs["ood_run"]) for r in results]
     calibration, settings = records[0]["calibration"], records[0]["settings"]
     assert calibration["enabled"] and calibration["budget_evaluations"] == 2 * (6 + 3 + 2)
@@ -172,6 +180,10 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     np.testing.assert_array_equal(samples[0], samples[1])
     rows = calibration_rows(records[0])
     assert len(rows) == len(calibration["table"]) and sum(r["chosen"] == "yes" for r in rows) == 1
+    # the end of the run judged its own samples against its 6 shots (provenance "realism", the summary, ood run)
+    judged = records[0]["realism"]
+    assert (judged["n_shots"], judged["n_samples"]) == (6, 2) and 0 <= judged["accuracy"] <= 1
+    assert results[0].summary["realism"] == judged and records[0]["timings"]["judge"] > 0
     measured = [row["c2st_accuracy"] for row in rows if row["c2st_accuracy"] is not None]  # None: no sample
     assert measured and all(0 <= value <= 1 for value in measured)
     assert calibration["verdict"]["realism"]["augmentation_accuracy"] is not None
@@ -181,8 +193,10 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     markdown = run_summary_markdown(results[0].to_dict(), records[0])
     assert "## Settings and calibration" in markdown and calibration["verdict"]["line"] in markdown
     assert results[0].summary["calibration"]["chosen"] == calibration["chosen"]
-    _calibration_summary(results[0].to_dict()["summary"])  # what `ood run` prints after a run
+    _realism_summary(results[0].to_dict()["summary"])  # what `ood run` prints after a run
+    _calibration_summary(results[0].to_dict()["summary"])
     printed = capsys.readouterr().out
+    assert f"realism    {judged['line']}" in printed
     assert f"t0 {settings['t0']} (calibration)" in printed and printed.count("<- chosen") == 1
     assert f"{calibration['evaluations_spent']} network evaluations" in printed
     assert f"verdict    {calibration['verdict']['line']}" in printed and "C2ST" in printed

@@ -134,14 +134,21 @@ def _headline(result: dict[str, Any], record: dict[str, Any]) -> list[str]:
 
 
 def realism_lines(record: dict[str, Any]) -> list[str]:
-    """The calibration's answer to "can a classifier tell the samples from real images?", first and plain."""
-    realism = ((record.get("calibration") or {}).get("verdict") or {}).get("realism") or {}
-    if realism.get("distinguishable") is None:
-        return []
-    if realism["distinguishable"]:
-        return [f"- **WARNING: the samples are distinguishable from real images**: {realism.get('line')} "
-                "(the chosen setting's calibration samples)"]
-    return [f"- **realism**: {realism.get('line')} (the chosen setting's calibration samples)"]
+    """Can a classifier tell the samples from real images? The run's own samples against its shots (provenance
+    ``realism``), then the calibration's verdict on its samples; first and plain."""
+    lines = []
+    tested = [(record.get("realism") or {}, "the run's samples against its shots"),
+              (((record.get("calibration") or {}).get("verdict") or {}).get("realism") or {},
+               "the chosen setting's calibration samples")]
+    for realism, what in tested:
+        if realism.get("distinguishable") is None:
+            continue
+        if realism["distinguishable"]:
+            lines.append(f"- **WARNING: the samples are distinguishable from real images** ({what}): "
+                         f"{realism.get('line')}")
+        else:
+            lines.append(f"- **realism** ({what}): {realism.get('line')}")
+    return lines
 
 
 def _inputs_and_quarantine(record: dict[str, Any]) -> list[str]:
