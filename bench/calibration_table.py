@@ -29,17 +29,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ood_core.calibration import calibrate
+from ood_core.calibration.scores import FIDELITY, rank_sum
 from ood_core.evaluation import evaluate_run
+from ood_core.evaluation.c2st import c2st
+from ood_core.evaluation.loading import load_run
 from ood_core.pipeline import PipelineParameters, run_in_process
 from ood_core.store import open_run
 
 CUTOUTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits" / "cutouts_128"
 BASE64 = str(Path(__file__).resolve().parents[1] / "models" / "base64")
 BASELINES = ("in_domain", "prior_unscreened", "augmentation", "finetune")
-METRICS = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "minkowski")
+METRICS = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "minkowski", "c2st_accuracy")
 LABELS = {"pixel_w1_rel": "W1/sd", "spectrum_dex": "P(k) dex", "source_count_rel": "src err",
-          "minkowski": "Minkowski", "near_copy_fraction": "copies"}
+          "minkowski": "Minkowski", "c2st_accuracy": "C2ST", "near_copy_fraction": "copies"}
+RUNS = ("calibrated", "defaults", "defaults-base64")
 
 
 def split(source: str) -> tuple[list[str], list[str]]:
@@ -56,7 +62,8 @@ def sources() -> list[str]:
 def row_of(entry: dict[str, Any]) -> dict[str, Any]:
     """The table's metrics of one evaluated set."""
     row = {name: entry.get(name) for name in ("pixel_w1_rel", "spectrum_dex", "source_count_rel",
-                                              "source_count_mean", "near_copy_fraction", "n")}
+                                              "source_count_mean", "near_copy_fraction", "n", "c2st_accuracy",
+                                              "c2st_ci_low", "c2st_ci_high")}
     parts = [entry.get(f"minkowski_{k}") for k in ("area", "perimeter", "euler")]
     row["minkowski"] = sum(parts) / 3 if all(isinstance(v, float) for v in parts) else None
     return row
@@ -92,8 +99,35 @@ def one_run(source: str, label: str, shots: list[str], reference: list[str], arg
     rows["_run"] = {"label": label, "acceptance": result.acceptance_rate, "run_seconds": round(run_seconds, 1),
                     "evaluate_seconds": evaluation["timings"]["total"],
                     "settings": provenance.get("settings"),
-                    "contact_sheet": evaluation["plots"].get("contact_sheet")}
+                    "contact_sheet": evaluation["plots"].get("contact_sheet"),
+                    "calibration": calibration_facts(provenance.get("calibration") or {}),
+                    "realism": run_realism(store)}
     return rows
+
+
+def run_realism(store: str) -> dict[str, Any]:
+    """The C2ST of the run's own samples against its shots (what the calibration's verdict tests with the chosen
+    setting's calibration samples)."""
+    run = load_run(store)
+    shots = run.physical_of(run.inputs, np.arange(run.inputs.shape[0]))
+    return {k: v for k, v in c2st(shots, run.samples_physical, seed=0).to_dict().items() if k != "features"}
+
+
+def calibration_facts(calibration: dict[str, Any]) -> dict[str, Any] | None:
+    """The calibration's choice by its ranking (with the C2ST) beside the choice the older ranking (pixel W1,
+    P(k), source counts only) would have made from the same table, and the verdict."""
+    if not calibration.get("enabled"):
+        return None
+    table = calibration["table"]
+    old_ranks = rank_sum(table, tuple(name for name in FIDELITY if name != "c2st_accuracy"))
+    clean = [i for i, row in enumerate(table) if not row.get("disqualified")] or list(range(len(table)))
+    old_best = min(clean, key=lambda i: (old_ranks[i], i))
+    verdict = calibration.get("verdict") or {}
+    return {"chosen": table[calibration["best"]]["setting"], "chosen_by_older_ranking": table[old_best]["setting"],
+            "choice_changed": calibration["best"] != old_best,
+            "chosen_c2st": table[calibration["best"]]["scores"].get("c2st_accuracy"),
+            "older_choice_c2st": table[old_best]["scores"].get("c2st_accuracy"),
+            "distinguishable": verdict.get("distinguishable"), "verdict": verdict.get("line")}
 
 
 def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -138,6 +172,18 @@ def markdown(table: dict[str, Any]) -> str:
             lines.append(f"- {run['label']}: acceptance {run['acceptance']:.3f}, t0 {chosen.get('t0')}, "
                          f"strategy {chosen.get('strategy')} {chosen.get('slerp_range')}, prior {chosen.get('prior')}"
                          f" ({chosen.get('from')}), run {run['run_seconds']} s, evaluate {run['evaluate_seconds']} s")
+            realism = run.get("realism")
+            if realism:
+                lines.append(f"- {run['label']}: its {realism['n_candidate']} samples against its {realism['n_real']} "
+                             f"shots: C2ST {realism['accuracy']:.2f} [{realism['ci_low']:.2f}, "
+                             f"{realism['ci_high']:.2f}]"
+                             + (" (distinguishable)" if realism["distinguishable"] else ""))
+            facts = run.get("calibration")
+            if facts:
+                changed = "changed the choice" if facts["choice_changed"] else "kept the choice"
+                lines.append(f"- {run['label']}: ranking with the C2ST {changed} (older ranking: "
+                             f"{facts['chosen_by_older_ranking']}, C2ST {fmt(facts['older_choice_c2st'])}; chosen "
+                             f"C2ST {fmt(facts['chosen_c2st'])}); verdict: {facts['verdict']}")
         v = entry["verdicts"]
         lines += [f"- calibrated beats augmentation on {len(v['beats_augmentation'])}/{len(METRICS)} "
                   f"({', '.join(v['beats_augmentation']) or 'none'}), today's defaults on "
@@ -157,17 +203,29 @@ def main() -> None:
     parser.add_argument("--redo", action="store_true", help="measure sources already in table.json again")
     parser.add_argument("--anchors", type=int, default=None, help="in-domain anchors of the domain classifier")
     parser.add_argument("--out", type=Path, default=Path("out/calibration_table"))
+    parser.add_argument("--realism-only", action="store_true",
+                        help="add the C2ST of each stored run's samples against its shots to table.json, run nothing")
+    parser.add_argument("--runs", nargs="*", default=list(RUNS), choices=RUNS, help="which runs (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     saved = args.out / "table.json"
     table: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    if args.realism_only:
+        for source, entry in table.items():
+            for run in entry["runs"]:
+                store = args.out / f"{source}_{run['label']}.zarr"
+                if store.exists() and run.get("contact_sheet"):  # a run with samples
+                    run["realism"] = run_realism(str(store))
+        saved.write_text(json.dumps(table, indent=1, default=float))
+        print(markdown(table))
+        return
     for source in args.sources or sources():
         if source in table and not args.redo:
             continue  # measured before (table.json): --redo measures it again
         shots, reference = split(source)
         rows: dict[str, dict[str, Any]] = {}
         runs = []
-        for label in ("calibrated", "defaults", "defaults-base64"):
+        for label in args.runs:
             found = one_run(source, label, shots, reference, args)
             runs.append(found.pop("_run"))
             rows.update(found)

@@ -188,12 +188,24 @@ def _summary(result: dict[str, Any]) -> None:
     warning = ((result.get("summary") or {}).get("sampler") or {}).get("warning")
     if warning:
         _err(f"warning: {warning}")
+    _realism_summary(result.get("summary") or {})
     _calibration_summary(result.get("summary") or {})
     timings = result.get("timings") or {}
     if timings:
         _say("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     for path in result.get("pictures", []) or []:
         _say(f"picture    {path}")
+
+
+def _realism_summary(summary: dict[str, Any]) -> None:
+    """The run's samples against its shots (C2ST): one line, and a warning on stderr when told apart."""
+    realism = summary.get("realism") or {}
+    if not realism:
+        return
+    _say(f"realism    {realism.get('line')}")
+    if realism.get("distinguishable"):
+        _err(f"warning: the run's samples are distinguishable from real images (C2ST accuracy "
+             f"{realism['accuracy']:.2f} against its shots): do not take them for real skies")
 
 
 def _calibration_summary(summary: dict[str, Any]) -> None:
@@ -213,7 +225,7 @@ def _calibration_summary(summary: dict[str, Any]) -> None:
          f"held-out shots, {calibration.get('evaluations_spent')} network evaluations (budget "
          f"{calibration.get('budget_evaluations')}), {calibration.get('steps')} DDIM steps")
     _say(f"           {'t0':>4} {'strategy':<16} {'slerp':<9} {'prior':<6} {'noise':<5} {'W1/sd':>6} {'P(k)dex':>7} "
-         f"{'count':>6} {'copies':>6} {'accept':>6} {'ranks':>5}")
+         f"{'count':>6} {'C2ST':>5} {'copies':>6} {'accept':>6} {'ranks':>5}")
     for i, row in enumerate(calibration.get("table") or []):
         s = row["setting"]
         v = {k: float("nan") if x is None else x for k, x in row["scores"].items()}  # NaN is stored as None
@@ -221,10 +233,15 @@ def _calibration_summary(summary: dict[str, Any]) -> None:
         mark = " <- chosen" if i == calibration.get("best") else ""
         _say(f"           {s['t0']:>4} {s['strategy']:<16} {lam:<9} {s['prior']:<6} {s.get('noise', 'off'):<5} "
              f"{v['pixel_w1_rel']:>6.3f} {v['spectrum_dex']:>7.3f} {v['source_count_rel']:>6.3f} "
-             f"{v['near_copy_fraction']:>6.2f} "
+             f"{v.get('c2st_accuracy', float('nan')):>5.2f} {v['near_copy_fraction']:>6.2f} "
              f"{v.get('acceptance', float('nan')):>6.3f} {float(row['rank_sum']):>5.1f}{mark}"
              + (f" ({row['disqualified']})" if row.get("disqualified") else ""))
-    _say(f"verdict    {(calibration.get('verdict') or {}).get('line')}")
+    verdict = calibration.get("verdict") or {}
+    _say(f"verdict    {verdict.get('line')}")
+    if verdict.get("distinguishable"):
+        _err("warning: the samples are distinguishable from real images (C2ST accuracy "
+             f"{verdict['realism']['accuracy']:.2f} against the shots, the chosen setting's calibration samples): do "
+             "not take them for real skies; see the verdict above")
 
 
 def _open_hint(store: str, run_id: str) -> None:

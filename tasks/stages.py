@@ -9,6 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from ood_core.evaluation.realism import realism_record
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.pipeline.sequence import execute_shard, execute_stage, finish_sample_shards, prepare_sample_shards
 from tasks.common import GPU_TAG, progress_hook, retry_on_io_error, run_logger
@@ -42,8 +43,9 @@ def sample_task(params: PipelineParameters, run_id: str) -> dict[str, Any]:
 
 @task(name="finish-run", **_COMMON)
 def finish_task(params: PipelineParameters, run_id: str) -> dict[str, Any]:
-    """Flip the run to "complete" and return its result as a plain dict."""
-    return execute_stage("finish", params, run_id)
+    """Judge the samples against the shots (C2ST, provenance ``realism``), flip the run to "complete", return its
+    result as a plain dict."""
+    return execute_stage("finish", params, run_id, judge=realism_record)
 
 
 @task(name="prepare-shards", task_run_name="prepare-shards-{run_id}", **_COMMON)

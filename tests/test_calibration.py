@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from ood_cli.main import _calibration_summary
+from ood_cli.main import _calibration_summary, _realism_summary
 from ood_core.calibration import Plan, Setting, calibrate, run_calibration, split_shots
-from ood_core.calibration.scores import rank_sum
+from ood_core.calibration.scores import rank_sum, verdict
+from ood_core.evaluation.c2st import C2STResult
+from ood_core.evaluation.realism import realism_record
 from ood_core.evaluation.run_report import calibration_rows, run_summary_markdown
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.pipeline import PipelineParameters, ingest, run_in_process
@@ -65,7 +68,14 @@ def test_calibration_disqualifies_near_copies_and_ranks_noise_last(
     # has 2 steps too)
     assert record["evaluations_spent"] == 3 * 4 * 2 + 3 * 6 * 2
     assert record["held_out_index"] == split_shots(6, params.seed)[1] and len(record["held_out"]) == 2
-    assert record["verdict"]["line"].startswith("vs held-out shots")
+    assert rows[950]["scores"]["c2st_accuracy"] >= 0.8  # noise is told from the held-out shots
+    # A grid whose only setting makes noise: its samples win by default, and the verdict says they are no skies.
+    alone = run_calibration(params, shipped_model, shots.batch, Plan((noise,), steps=2, per_setting=6, budget=10_000),
+                            split_shots(6, params.seed))
+    assert alone["verdict"]["distinguishable"] is True and alone["verdict"]["line"].startswith("DISTINGUISHABLE")
+    assert alone["verdict"]["realism"]["accuracy"] >= 0.9
+    assert record["verdict"]["distinguishable"] in (True, False) and "C2ST accuracy" in record["verdict"]["line"]
+    assert "vs held-out shots, against augmentation of the kept shots" in record["verdict"]["line"]
 
 
 def test_split_is_deterministic_and_holds_out_a_third() -> None:
@@ -75,9 +85,43 @@ def test_split_is_deterministic_and_holds_out_a_third() -> None:
 
 
 def test_rank_sum_ties_and_nan() -> None:
-    rows = [{"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 1.0, "source_count_rel": float("nan")}},
-            {"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 0.5, "source_count_rel": 0.1}}]
-    assert rank_sum(rows) == [1.5 + 2 + 2, 1.5 + 1 + 1]
+    rows = [{"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 1.0, "source_count_rel": float("nan"),
+                        "c2st_accuracy": 0.3}},
+            {"scores": {"pixel_w1_rel": 1.0, "spectrum_dex": 0.5, "source_count_rel": 0.1, "c2st_accuracy": 0.5}},
+            {"scores": {"pixel_w1_rel": 2.0, "spectrum_dex": 2.0, "source_count_rel": 0.2, "c2st_accuracy": 0.9}}]
+    # a C2ST accuracy below 0.5 is chance: ranked as 0.5 (tied with the second row)
+    assert rank_sum(rows) == [1.5 + 2 + 3 + 1.5, 1.5 + 1 + 1 + 1.5, 3 + 3 + 2 + 3]
+
+
+def test_verdict_says_distinguishable_whatever_the_older_numbers_say(capsys: pytest.CaptureFixture[str]) -> None:
+    """Samples better than augmentation on pixel W1, power spectrum and source counts, but told from the shots by
+    the C2ST: the verdict, the run summary and `ood run`'s output say so first."""
+    ours = {"pixel_w1_rel": 0.1, "spectrum_dex": 0.1, "source_count_rel": 0.1, "c2st_accuracy": 0.9}
+    augmented = {"pixel_w1_rel": 0.5, "spectrum_dex": 0.5, "source_count_rel": 0.5, "c2st_accuracy": 0.5}
+    told = C2STResult(accuracy=1.0, ci_low=0.6, ci_high=1.0, tile_accuracy=0.97, n_real=10, n_candidate=6,
+                      n_tiles=64, folds=5, real_hits=10, candidate_hits=6)
+    said = verdict(ours, augmented, told)
+    assert said["distinguishable"] is True and said["line"].startswith("DISTINGUISHABLE from real images")
+    assert "6 samples vs 10 shots" in said["line"] and "interval includes 0.5" not in said["line"]
+    assert [said["per_metric"][n] for n in ("pixel_w1_rel", "spectrum_dex", "source_count_rel")] == ["better"] * 3
+    calm = verdict(ours, augmented, replace(told, accuracy=0.55, ci_low=0.2, real_hits=6, candidate_hits=3))
+    assert calm["distinguishable"] is False and calm["line"].startswith("not distinguishable")
+    assert verdict(ours, augmented, None)["distinguishable"] is None
+    record = {"calibration": {"enabled": True, "verdict": said, "table": []}, "settings": {}}
+    markdown = run_summary_markdown({"run_id": "r", "store": "s.zarr", "n_samples": 4}, record)
+    assert "**WARNING: the samples are distinguishable from real images**" in markdown
+    _calibration_summary(record)
+    printed = capsys.readouterr()
+    assert "verdict    DISTINGUISHABLE" in printed.out and "distinguishable from real images" in printed.err
+    run_level = {"distinguishable": True, "accuracy": 0.95, "line": "DISTINGUISHABLE from real images: ..."}
+    result = {"run_id": "r", "store": "s.zarr", "n_samples": 4}
+    markdown = run_summary_markdown(result, {**record, "realism": run_level})
+    assert "distinguishable from real images** (the run's samples against its shots)" in markdown
+    _realism_summary({"realism": run_level})
+    printed = capsys.readouterr()
+    assert "realism    DISTINGUISHABLE" in printed.out and "run's samples are distinguishable" in printed.err
+    quiet = {"calibration": {"enabled": True, "verdict": calm, "table": []}, "settings": {}}
+    assert "WARNING" not in run_summary_markdown({"run_id": "r", "store": "s.zarr", "n_samples": 4}, quiet)
 
 
 def test_explicit_settings_are_kept_and_reported(
@@ -119,7 +163,7 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     results = []
     for name in ("a", "b"):
         params = params_for(glimpse(fits_dir), tmp_path / f"{name}.zarr", steps=2)
-        results.append(run_in_process(params, choose=calibrate))
+        results.append(run_in_process(params, choose=calibrate, judge=realism_record))
     records = [dict(open_run(r.store, r.run_id, chunks=None).attrs["ood_run"]) for r in results]
     calibration, settings = records[0]["calibration"], records[0]["settings"]
     assert calibration["enabled"] and calibration["budget_evaluations"] == 2 * (6 + 3 + 2)
@@ -136,10 +180,23 @@ def test_calibrated_run_uses_the_choice_records_it_and_is_deterministic(
     np.testing.assert_array_equal(samples[0], samples[1])
     rows = calibration_rows(records[0])
     assert len(rows) == len(calibration["table"]) and sum(r["chosen"] == "yes" for r in rows) == 1
+    # the end of the run judged its own samples against its 6 shots (provenance "realism", the summary, ood run)
+    judged = records[0]["realism"]
+    assert (judged["n_shots"], judged["n_samples"]) == (6, 2) and 0 <= judged["accuracy"] <= 1
+    assert results[0].summary["realism"] == judged and records[0]["timings"]["judge"] > 0
+    measured = [row["c2st_accuracy"] for row in rows if row["c2st_accuracy"] is not None]  # None: no sample
+    assert measured and all(0 <= value <= 1 for value in measured)
+    assert calibration["verdict"]["realism"]["augmentation_accuracy"] is not None
+    realism = calibration["verdict"]["realism"]
+    assert (realism["n_shots"], realism["n_samples"]) == (6, calibration["samples_per_setting"])
+    assert calibration["verdict"]["line"].startswith("DISTINGUISHABLE" if realism["distinguishable"] else "not ")
     markdown = run_summary_markdown(results[0].to_dict(), records[0])
     assert "## Settings and calibration" in markdown and calibration["verdict"]["line"] in markdown
     assert results[0].summary["calibration"]["chosen"] == calibration["chosen"]
-    _calibration_summary(results[0].to_dict()["summary"])  # what `ood run` prints after a run
+    _realism_summary(results[0].to_dict()["summary"])  # what `ood run` prints after a run
+    _calibration_summary(results[0].to_dict()["summary"])
     printed = capsys.readouterr().out
+    assert f"realism    {judged['line']}" in printed
     assert f"t0 {settings['t0']} (calibration)" in printed and printed.count("<- chosen") == 1
-    assert f"{calibration['evaluations_spent']} network evaluations" in printed and "verdict    vs held-out" in printed
+    assert f"{calibration['evaluations_spent']} network evaluations" in printed
+    assert f"verdict    {calibration['verdict']['line']}" in printed and "C2ST" in printed

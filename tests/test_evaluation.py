@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ood_core.errors import ConfigurationError
-from ood_core.evaluation import TABLE_COLUMNS, evaluate_run, format_table, load_reference
+from ood_core.evaluation import TABLE_COLUMNS, evaluate_run, evaluation_markdown, format_table, load_reference
 from ood_core.evaluation.metrics import METRIC_DOCS
 from ood_core.io.fits import read_fits_image
 from ood_core.method.model import FrozenDiffusionModel
@@ -100,6 +100,14 @@ def test_known_relations_between_rows(evaluation: dict[str, Any]) -> None:
     assert len(accuracies) == 1
     # The base model's own samples score as base domain more than the real inputs do.
     assert sets["in_domain"]["domain_separation"] < sets["inputs"]["domain_separation"]
+    # ... and a classifier on texture and source features tells them from the reference; the real inputs it
+    # does not tell apart (C2ST, image level, against the 5 reference cutouts).
+    assert sets["in_domain"]["c2st_accuracy"] >= 0.9 and sets["in_domain"]["c2st_distinguishable"]
+    assert sets["inputs"]["c2st_accuracy"] < 0.8 and not sets["inputs"]["c2st_distinguishable"]
+    assert all(v["c2st"]["n_real"] == 5 and v["c2st_ci_low"] <= v["c2st_accuracy"] <= v["c2st_ci_high"]
+               for v in sets.values())
+    markdown = evaluation_markdown(evaluation, {})
+    assert "C2ST accuracy" in markdown and "`in_domain`" in markdown.split("Told apart")[1].split("\n")[0]
 
 
 def test_reference_excludes_inputs_and_is_in_run_units(
@@ -123,7 +131,7 @@ def test_reference_excludes_inputs_and_is_in_run_units(
 
 def test_plots_are_written(evaluation: dict[str, Any]) -> None:
     assert set(evaluation["plots"]) == {"contact_sheet", "power_spectra", "pixel_histograms", "morphology",
-                                        "minkowski", "novelty"}
+                                        "minkowski", "novelty", "c2st"}
     for path in evaluation["plots"].values():
         assert Path(path).read_bytes()[:4] == b"\x89PNG"
         assert Path(path).parent == Path(evaluation["json"]).parent
@@ -196,7 +204,7 @@ def test_evaluate_flow_writes_results_and_artifacts(
     assert kinds == ["markdown"]
     summary = next(a.data for a in artifacts if a.type == "markdown")
     assert "| augmentation |" in summary and "domain_separation" in summary
-    assert summary.count("](data:image/png;base64,") == len(result["plots"]) == 6
+    assert summary.count("](data:image/png;base64,") == len(result["plots"]) == 7  # c2st.png included
     assert "d_in = RMS distance" in summary
     assert sorted(result["artifacts"]) == sorted(a.key for a in artifacts)
 

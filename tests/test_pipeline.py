@@ -66,6 +66,10 @@ def test_run_writes_a_complete_valid_run_and_quarantines_bad_files(
     assert (ds.sample_nearest_input_distance.values >= provenance["novelty"]["threshold"]).all()
     # K=10 keeps this test fast; the 30 dB bar at the default K=40 is checked in test_base_model.
     assert float(np.median(ds.reconstruction_psnr.values)) > 27.0
+    # The flow's finish task judged the 4 samples against the 5 shots (C2ST, tests/test_c2st.py), not calibrated.
+    realism = provenance["realism"]
+    assert (realism["n_samples"], realism["n_shots"]) == (4, 5) and isinstance(realism["distinguishable"], bool)
+    assert result["summary"]["realism"] == realism and "C2ST accuracy" in realism["line"]
 
 
 def test_same_seed_gives_identical_samples(

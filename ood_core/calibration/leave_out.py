@@ -6,7 +6,9 @@ mixing range, prior family) reuses those latents, draws candidates through the r
 (:class:`ood_core.method.sampler.GeometricSampler`: the same draws and the same geometric screening, against a few
 in-domain reference latents made at that t0), keeps the first ``per_setting`` accepted (the same candidate seeds for
 every setting: common random numbers), denoises them with ``steps`` DDIM steps, and scores them against the
-held-out shots in physical units (:mod:`ood_core.calibration.scores`), each twice unless ``noise`` is given:
+held-out shots in physical units (:mod:`ood_core.calibration.scores`: pixel W1, power spectrum, source counts and
+the C2ST accuracy, whether a classifier on texture and source features tells them from the held-out shots), each
+twice unless ``noise`` is given:
 as denoised and with background noise matching the kept shots' added (:mod:`ood_core.method.noise`; no network
 evaluation). Settings are ranked by the sum
 of their ranks over the fidelity scores; a setting that makes any near-copy of a kept shot, or whose candidates all
@@ -155,6 +157,8 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
     held_stats = scores.HeldOut.of(model_to_physical(batch.images[held], batch.params, np.array(held)))
     noise = fit_noise_model(model_to_physical(batch.images[kept], batch.params, np.array(kept)))
     rows: list[dict[str, Any]] = []
+    made: dict[int, np.ndarray[Any, Any]] = {}
+    """Each scored row's physical samples (the verdict tests the chosen row's against every shot)."""
     spent = 0
     for t0 in sorted({s.t0 for s in plan.settings}):
         grid = ddim.timestep_grid(t0, min(plan.steps, t0), model.num_train_timesteps)
@@ -171,20 +175,23 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
                                                 for k in range(len(candidates))],
                                          batch_size=params.batch_size or 16)
             spent += len(candidates) * (len(grid) - 1)
-            for row in _score(params, batch, samples, (images[kept], kept), held_stats, setting, noise):
+            for row, physical in _score(params, batch, samples, (images[kept], kept), held_stats, setting, noise):
                 row["scores"]["acceptance"] = acceptance
                 rows.append(row)
+                made[len(rows) - 1] = physical
     record = choose(rows, params)
     augmented = scores.fidelity(scores.augmentation(model_to_physical(batch.images[kept], batch.params,
                                                                       np.array(kept)), plan.per_setting), held_stats)
     best = record["table"][record["best"]]["scores"]
+    shots = model_to_physical(batch.images, batch.params, np.arange(len(batch.images)))
+    realism = scores.realism_test(shots, made.get(record["best"]))
     names = [str(batch.sources[i].get("path", i)) for i in held]
     record.update(enabled=True, held_out=names, held_out_index=held, kept_index=kept, steps=plan.steps,
                   samples_per_setting=plan.per_setting, budget_evaluations=plan.budget, evaluations_spent=spent,
                   screening=(f"the run's geometric screening against {plan.references} in-domain reference "
                              f"latents per t0" if plan.references else "unscreened: candidates as drawn"),
                   references=plan.references,
-                  augmentation=augmented, verdict=scores.verdict(best, augmented),
+                  augmentation=augmented, verdict=scores.verdict(best, augmented, realism),
                   noise={"level_kept_shots": noise.level, "seed_stream": "child_seed(seed, 'calibration/noise/<k>')",
                          "scored": list(noise_values(params))},
                   seconds=round(time.perf_counter() - started, 3))
@@ -231,17 +238,16 @@ def _candidates(params: PipelineParameters, latents: torch.Tensor, references: t
 def _empty(setting: Setting, acceptance: float) -> dict[str, Any]:
     """A setting whose candidates all fail the screening: it would make no samples (disqualified)."""
     nan = float("nan")
-    return {"setting": setting.to_dict(), "scores": {"pixel_w1_rel": nan, "spectrum_dex": nan,
-                                                     "source_count_rel": nan, "source_count_mean": nan,
-                                                     "near_copy_fraction": nan, "nearest_ratio": nan,
-                                                     "acceptance": acceptance}}
+    empty = dict.fromkeys((*scores.FIDELITY, "source_count_mean", "c2st_ci_low", "c2st_ci_high",
+                           "near_copy_fraction", "nearest_ratio"), nan)
+    return {"setting": setting.to_dict(), "scores": {**empty, "acceptance": acceptance}}
 
 
 def _score(params: PipelineParameters, batch: NormalizedBatch, samples: torch.Tensor,
            kept_shots: tuple[torch.Tensor, list[int]], held: scores.HeldOut, setting: Setting,
-           noise: NoiseModel) -> list[dict[str, Any]]:
-    """One row per noise value: the same samples scored as denoised, and with matching noise added. Novelty is
-    judged on the denoised samples, as in the run."""
+           noise: NoiseModel) -> list[tuple[dict[str, Any], np.ndarray[Any, Any]]]:
+    """One row per noise value (with its physical samples): the same samples scored as denoised, and with matching
+    noise added. Novelty is judged on the denoised samples, as in the run."""
     kept_images, kept = kept_shots
     novelty = scores.novelty(samples.float().cpu(), kept_images, params.novelty_factor)
     nearest = ((samples.reshape(len(samples), 1, -1) - kept_images.reshape(1, len(kept), -1)) ** 2).sum(-1).argmin(1)
@@ -250,8 +256,8 @@ def _score(params: PipelineParameters, batch: NormalizedBatch, samples: torch.Te
     rows = []
     for value in noise_values(params):
         images = physical if value == "off" else _noisy(params, batch, physical, noise, nearest)
-        rows.append({"setting": replace(setting, noise=value).to_dict(),
-                     "scores": {**scores.fidelity(images, held), **novelty}})
+        rows.append(({"setting": replace(setting, noise=value).to_dict(),
+                      "scores": {**scores.fidelity(images, held), **novelty}}, images))
     return rows
 
 

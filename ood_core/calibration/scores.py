@@ -2,7 +2,9 @@
 
 Lower is better on every score: ``pixel_w1_rel`` (pixel W1 over the held-out pixels' standard deviation),
 ``spectrum_dex`` (power-spectrum distance), ``source_count_rel`` (|mean sources per image - held-out's| / held-out's,
-+1 in the denominator so that empty held-out shots do not divide by zero). Novelty is measured in model space
++1 in the denominator so that empty held-out shots do not divide by zero), ``c2st_accuracy`` (can a classifier on
+texture and source features tell the images from the held-out shots? :mod:`ood_core.evaluation.c2st`; 0.5 is
+indistinguishable, ranked as 0.5 below it: a lower accuracy is chance, not better). Novelty is measured in model space
 against the kept shots: ``near_copy_fraction`` (the run's own near-copy rule) and ``nearest_ratio`` (median
 nearest-kept-shot distance over the kept shots' own nearest-neighbour median; about 1 is as new as a real shot).
 """
@@ -16,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ood_core.evaluation.c2st import C2STResult, c2st
 from ood_core.evaluation.metrics import (
     PowerSpectrum,
     detect_image_sources,
@@ -25,8 +28,12 @@ from ood_core.evaluation.metrics import (
 )
 from ood_core.method.novelty import NoveltyRule, input_nearest_neighbour_distances
 
-FIDELITY = ("pixel_w1_rel", "spectrum_dex", "source_count_rel")
+FIDELITY = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "c2st_accuracy")
 """The scores a setting is ranked on (lower is better)."""
+RANK_FLOOR = {"c2st_accuracy": 0.5}
+"""Scores ranked as this value when below it (a C2ST accuracy under 0.5 is chance)."""
+LABELS = {"pixel_w1_rel": "pixel distribution", "spectrum_dex": "power spectrum",
+          "source_count_rel": "source counts", "c2st_accuracy": "C2ST accuracy"}
 
 COMPARABLE = 0.10
 """A verdict's tolerance: within 10 % of augmentation's score counts as comparable."""
@@ -39,11 +46,12 @@ class HeldOut:
     pixels: npt.NDArray[np.float64]
     spectrum: PowerSpectrum
     count: float
+    images: npt.NDArray[np.float64]
 
     @classmethod
     def of(cls, physical: npt.NDArray[Any]) -> HeldOut:
         stack = images_2d(physical)
-        return cls(stack.ravel(), isotropic_power_spectrum(stack), mean_count(stack))
+        return cls(stack.ravel(), isotropic_power_spectrum(stack), mean_count(stack), stack)
 
 
 def images_2d(physical: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
@@ -62,11 +70,15 @@ def fidelity(physical: npt.NDArray[Any], held: HeldOut) -> dict[str, float]:
     finite = stack[np.isfinite(stack)]
     spread = float(np.std(held.pixels))
     count = mean_count(stack)
+    test = c2st(held.images, stack, seed=0)
     return {
         "pixel_w1_rel": wasserstein_1(finite, held.pixels) / spread if spread > 0 else float("nan"),
         "spectrum_dex": spectrum_distance(isotropic_power_spectrum(stack), held.spectrum),
         "source_count_rel": abs(count - held.count) / (held.count + 1.0),
         "source_count_mean": count,
+        "c2st_accuracy": test.accuracy,
+        "c2st_ci_low": test.ci_low,
+        "c2st_ci_high": test.ci_high,
     }
 
 
@@ -90,12 +102,13 @@ def augmentation(kept_physical: npt.NDArray[Any], count: int) -> npt.NDArray[np.
     return np.stack(out)
 
 
-def rank_sum(rows: list[dict[str, Any]]) -> list[float]:
-    """Sum over the FIDELITY scores of each row's rank (1 = best; ties share the mean rank; NaN ranks last)."""
+def rank_sum(rows: list[dict[str, Any]], names: tuple[str, ...] = FIDELITY) -> list[float]:
+    """Sum over the ``names`` scores (default FIDELITY) of each row's rank (1 = best; ties share the mean rank; NaN
+    ranks last)."""
     totals = np.zeros(len(rows))
-    for name in FIDELITY:
+    for name in names:
         values = np.array([row["scores"][name] for row in rows], dtype=np.float64)
-        values = np.where(np.isfinite(values), values, np.inf)
+        values = np.where(np.isfinite(values), np.maximum(values, RANK_FLOOR.get(name, -np.inf)), np.inf)
         order = values.argsort(kind="stable")
         ranks = np.empty(len(rows))
         ranks[order] = np.arange(1, len(rows) + 1)
@@ -105,8 +118,42 @@ def rank_sum(rows: list[dict[str, Any]]) -> list[float]:
     return [float(t) for t in totals]
 
 
-def verdict(scores: dict[str, float], augmented: dict[str, float]) -> dict[str, Any]:
-    """Per fidelity score: better / comparable / worse than augmentation of the same shots, and one line."""
+def realism_test(shots: npt.NDArray[Any], samples: npt.NDArray[Any] | None) -> C2STResult | None:
+    """The verdict's C2ST: the chosen setting's samples against every shot (kept and held out: more real images
+    than the held-out shots alone, so a clearer answer; near-copies of a kept shot are the novelty rule's to
+    catch). None without samples or with fewer than 2 a side."""
+    if samples is None:
+        return None
+    stack, real = images_2d(samples), images_2d(shots)
+    if min(len(stack), len(real)) < 2:
+        return None
+    return c2st(real, stack, seed=0)
+
+
+def realism(test: C2STResult | None, augmented: dict[str, float]) -> dict[str, Any]:
+    """Can a classifier tell the samples from real images? In words, beside augmentation's accuracy against the
+    held-out shots."""
+    reference = augmented.get("c2st_accuracy", float("nan"))
+    if test is None:
+        return {"distinguishable": None, "line": "distinguishability from real images not measured"}
+    distinguishable = test.distinguishable
+    numbers = (f"C2ST accuracy {test.accuracy:.2f} [{test.ci_low:.2f}, {test.ci_high:.2f}], "
+               f"{test.n_candidate} samples vs {test.n_real} shots (0.5: indistinguishable; augmentation of the kept "
+               f"shots against the held-out ones: {reference:.2f})")
+    if distinguishable:
+        line = (f"DISTINGUISHABLE from real images: a classifier on texture and source features tells the "
+                f"samples from the shots, {numbers}" + ("" if test.significant else
+                                                       "; the interval includes 0.5 at this size"))
+    else:
+        line = f"not distinguishable from real images at this size: {numbers}"
+    return {"distinguishable": distinguishable, "accuracy": test.accuracy, "ci_low": test.ci_low,
+            "ci_high": test.ci_high, "n_samples": test.n_candidate, "n_shots": test.n_real,
+            "augmentation_accuracy": reference, "line": line}
+
+
+def verdict(scores: dict[str, float], augmented: dict[str, float], test: C2STResult | None) -> dict[str, Any]:
+    """Distinguishable from real images or not (``test``, :func:`realism_test`: first, whatever the rest says), then
+    per fidelity score: better / comparable / worse than augmentation of the same shots; one line."""
     words: dict[str, str] = {}
     for name in FIDELITY:
         ours, theirs = scores[name], augmented[name]
@@ -118,7 +165,7 @@ def verdict(scores: dict[str, float], augmented: dict[str, float]) -> dict[str, 
             words[name] = "worse"
         else:
             words[name] = "comparable"
-    labels = {"pixel_w1_rel": "pixel distribution", "spectrum_dex": "power spectrum",
-              "source_count_rel": "source counts"}
-    line = "; ".join(f"{words[n]} on {labels[n]} ({scores[n]:.3g} vs {augmented[n]:.3g})" for n in FIDELITY)
-    return {"per_metric": words, "line": f"vs held-out shots, against augmentation of the kept shots: {line}"}
+    real = realism(test, augmented)
+    line = "; ".join(f"{words[n]} on {LABELS[n]} ({scores[n]:.3g} vs {augmented[n]:.3g})" for n in FIDELITY)
+    return {"per_metric": words, "distinguishable": real["distinguishable"], "realism": real,
+            "line": f"{real['line']}. vs held-out shots, against augmentation of the kept shots: {line}"}

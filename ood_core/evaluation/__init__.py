@@ -3,7 +3,9 @@
 Modules, in the order ``evaluate_run`` uses them: ``loading`` (run + reference images), ``baselines``
 (REGISTRY of what the method is judged against), ``metrics`` and ``scoring`` (numbers per set), ``plots``
 and ``sheets`` (figures, contact sheets), ``report`` (JSON, table, markdown); ``run_report`` is what a
-person reads about one run (summary, per-sample table, prior diagnostics in words).
+person reads about one run (summary, per-sample table, prior diagnostics in words). ``texture`` and ``c2st``:
+can a classifier tell a set from real images (the C2ST; ``c2st.c2st`` is not re-exported here, where it would
+hide its module); ``controls``: known fakes made from real images.
 """
 
 from ood_core.evaluation.baselines import (
@@ -23,6 +25,7 @@ from ood_core.evaluation.baselines import (
     in_domain_samples,
     unscreened_prior_samples,
 )
+from ood_core.evaluation.c2st import DISTINGUISHABLE_ACCURACY, C2STResult
 from ood_core.evaluation.loading import (
     ImageSet,
     ReferenceSet,
@@ -65,6 +68,7 @@ from ood_core.evaluation.metrics import (
     wasserstein_1,
 )
 from ood_core.evaluation.plots import (
+    c2st_accuracies,
     minkowski_panels,
     morphology_panels,
     novelty_histograms,
@@ -88,6 +92,7 @@ __all__ = [
     "ANCHOR_STREAM",
     "BASELINE_NAMES",
     "DEFAULT_BASELINES",
+    "DISTINGUISHABLE_ACCURACY",
     "DOMAIN_QUANTILES",
     "MAX_FINETUNE_STEPS",
     "METRIC_DOCS",
@@ -96,6 +101,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "BaselineContext",
     "BaselineDraw",
+    "C2STResult",
     "FinetuneConfig",
     "FinetuneReport",
     "ImageSet",
@@ -113,6 +119,7 @@ __all__ = [
     "asymmetry",
     "augmentation_samples",
     "background_level",
+    "c2st_accuracies",
     "check_baselines",
     "compare_statistics",
     "concentration",

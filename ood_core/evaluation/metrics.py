@@ -26,6 +26,8 @@ model space ([-1, 1], (N, C, H, W)). One line per metric, lower/higher is better
 - ``domain_separation``: mean probability, under a logistic classifier fitted to tell the base model's own
   in-domain samples from the reference images (summary features), that a candidate is target-domain; higher
   is better (1: as target-like as real images; 0: fell back into the base domain, mode interference).
+- ``c2st_accuracy``: balanced accuracy of a classifier two-sample test against the reference on texture and
+  source features (``ood_core.evaluation.c2st``); 0.5 means indistinguishable, from 0.8 distinguishable; lower.
 - ``fidelity_distance``: median RMS distance (model space) from each candidate to its nearest reference image;
   lower.
 - ``coverage_distance``: median RMS distance from each reference image to its nearest candidate; lower.
@@ -87,6 +89,9 @@ METRIC_DOCS: dict[str, str] = {
     "near_copy_fraction": ("fraction of near-copies of an input, flips/rotations included (novelty rule); lower is "
                            "better"),
     "domain_separation": "P(target domain) from an in-domain vs reference classifier, mean; higher is better",
+    "c2st_accuracy": ("classifier two-sample test vs the reference (texture and source features of 32 px tiles, "
+                      "image-level balanced accuracy, grouped CV; ood_core.evaluation.c2st): 0.5 indistinguishable, "
+                      ">= 0.8 distinguishable; lower is better"),
     "fidelity_distance": "median RMS distance from a candidate to its nearest reference image; lower is better",
     "coverage_distance": "median RMS distance from a reference image to its nearest candidate; lower is better",
 }

@@ -1,5 +1,5 @@
 """PNG figures of an evaluation's statistics: power spectra, pixel histograms, morphology, Minkowski curves,
-novelty. (Image contact sheets are ``ood_core.evaluation.sheets``.)
+novelty, C2ST accuracies. (Image contact sheets are ``ood_core.evaluation.sheets``.)
 
 Uses matplotlib's object API (``Figure`` + Agg canvas) so nothing depends on an interactive backend or on
 pyplot's global state.
@@ -161,4 +161,29 @@ def novelty_histograms(
     ax.set_ylabel("images")
     ax.set_title("novelty: nearest-input distance", fontsize=9)
     ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def c2st_accuracies(results: Mapping[str, Mapping[str, float | None]], path: str | Path, *,
+                    threshold: float = 0.8) -> Path:
+    """Each set's C2ST accuracy against the reference with its interval; chance (0.5) and the distinguishable
+    threshold marked."""
+    names = [name for name, r in results.items() if r.get("c2st_accuracy") is not None]
+    if not names:
+        raise ConfigurationError("no set has a C2ST accuracy to plot")
+    fig = Figure(figsize=(6.0, 0.45 * len(names) + 1.4))
+    ax = fig.subplots()
+    for i, name in enumerate(names):
+        r = results[name]
+        accuracy, low, high = (float(r.get(k) or 0.0) for k in ("c2st_accuracy", "c2st_ci_low", "c2st_ci_high"))
+        ax.errorbar(accuracy, i, xerr=[[accuracy - low], [high - accuracy]], fmt="o", capsize=3,
+                    color="tab:red" if accuracy >= threshold else "black")
+    ax.axvline(0.5, color="tab:green", ls="--", lw=1, label="0.5: indistinguishable")
+    ax.axvline(threshold, color="tab:red", ls=":", lw=1, label=f"{threshold}: distinguishable")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlim(0, 1.02)
+    ax.invert_yaxis()
+    ax.set_xlabel("C2ST balanced accuracy vs the reference (95 % interval)")
+    ax.set_title("can a classifier tell each set from the real reference images?", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
     return save_figure(fig, path)

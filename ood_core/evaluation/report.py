@@ -26,6 +26,8 @@ def write_plots(
     stats = scores.statistics
     distances = {k: v["nearest_input_distances"] for k, v in scores.per_set.items() if k != "inputs"}
     novelty = scores.novelty
+    realism = {k: v for k, v in scores.per_set.items() if v.get("c2st_accuracy") is not None}
+    extra = {"c2st": plots.c2st_accuracies(realism, out / "c2st.png")} if realism else {}
     return {
         "contact_sheet": sheets.contact_sheet(
             display, out / "contact_sheet.png", display_reference="reference", units=units,
@@ -39,6 +41,7 @@ def write_plots(
                                             units=units, quantiles=MINKOWSKI_QUANTILES),
         "novelty": plots.novelty_histograms(distances, out / "novelty.png", inputs_nn=novelty["inputs_nn_distances"],
                                             threshold=novelty["near_copy_threshold"]),
+        **extra,
     }
 
 
@@ -69,6 +72,21 @@ def format_table(result: dict[str, Any], *, markdown: bool = True) -> str:
     return "\n".join([fmt.format(*headers), *(fmt.format(*cells) for cells in lines)])
 
 
+def realism_lines(result: dict[str, Any]) -> list[str]:
+    """Which sets a classifier tells from the reference (C2ST), in words: first, whatever the other columns say."""
+    sets = result.get("sets", {})
+    told = [f"`{name}` ({values['c2st_accuracy']:.2f})" for name, values in sets.items()
+            if values.get("c2st_distinguishable")]
+    method = sets.get("method", {})
+    if method.get("c2st_accuracy") is None:
+        return []
+    head = ("**The run's samples are distinguishable from the reference images**" if method.get("c2st_distinguishable")
+            else "The run's samples are not distinguishable from the reference images at this size")
+    return [f"{head}: C2ST accuracy {method['c2st_accuracy']:.2f} [{method['c2st_ci_low']:.2f}, "
+            f"{method['c2st_ci_high']:.2f}] (0.5: indistinguishable). Told apart (accuracy >= 0.8): "
+            + (", ".join(told) or "none") + ".", ""]
+
+
 def evaluation_markdown(result: dict[str, Any], embedded: Mapping[str, str]) -> str:
     """The evaluation summary: table, what each metric means, the plots (``embedded``: name -> base64 PNG)."""
     reference = result.get("reference", {})
@@ -88,6 +106,7 @@ def evaluation_markdown(result: dict[str, Any], embedded: Mapping[str, str]) -> 
         "",
         "`inputs` is the few-shot set itself: the value a metric reaches with real images of the domain.",
         "",
+        *realism_lines(result),
         "## Metrics",
         "",
         "| metric | meaning |",

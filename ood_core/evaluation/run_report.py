@@ -129,7 +129,26 @@ def _headline(result: dict[str, Any], record: dict[str, Any]) -> list[str]:
         f"**acceptance rate** {_fmt(sampler.get('acceptance_rate'), 4)}"
         + (f" (**warning**: {sampler['warning']})" if sampler.get("warning") else ""),
         f"- **input set key**: `{record.get('input_set_key')}`",
+        *realism_lines(record),
     ]
+
+
+def realism_lines(record: dict[str, Any]) -> list[str]:
+    """Can a classifier tell the samples from real images? The run's own samples against its shots (provenance
+    ``realism``), then the calibration's verdict on its samples; first and plain."""
+    lines = []
+    tested = [(record.get("realism") or {}, "the run's samples against its shots"),
+              (((record.get("calibration") or {}).get("verdict") or {}).get("realism") or {},
+               "the chosen setting's calibration samples")]
+    for realism, what in tested:
+        if realism.get("distinguishable") is None:
+            continue
+        if realism["distinguishable"]:
+            lines.append(f"- **WARNING: the samples are distinguishable from real images** ({what}): "
+                         f"{realism.get('line')}")
+        else:
+            lines.append(f"- **realism** ({what}): {realism.get('line')}")
+    return lines
 
 
 def _inputs_and_quarantine(record: dict[str, Any]) -> list[str]:
@@ -146,8 +165,8 @@ def _inputs_and_quarantine(record: dict[str, Any]) -> list[str]:
                     for q in quarantined]
 
 
-CALIBRATION_COLUMNS = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "source_count_mean", "near_copy_fraction",
-                       "nearest_ratio", "acceptance")
+CALIBRATION_COLUMNS = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "source_count_mean", "c2st_accuracy",
+                       "near_copy_fraction", "nearest_ratio", "acceptance")
 
 
 def calibration_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

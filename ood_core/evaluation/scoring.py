@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from ood_core.evaluation import metrics
+from ood_core.evaluation.c2st import c2st
 from ood_core.evaluation.loading import ImageSet
+from ood_core.evaluation.texture import Standardization
 from ood_core.method.novelty import INVARIANCE, NoveltyRule, input_nearest_neighbour_distances
 
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -31,6 +33,7 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("minkowski_area", "MF V0"),
     ("minkowski_perimeter", "MF V1"),
     ("minkowski_euler", "MF V2"),
+    ("c2st_accuracy", "C2ST"),
     ("nearest_input_ratio", "NN-in ratio"),
     ("near_copy_fraction", "copies"),
     ("domain_separation", "dom sep"),
@@ -72,7 +75,17 @@ def _set_values(
     values["minkowski_curves"] = stats.minkowski.to_dict()
     values["morphology_per_image"] = {k: v.tolist() for k, v in stats.morphology.items()}
     values["source_counts_per_image"] = stats.counts.tolist()
+    values.update(realism(image_set, reference))
     return values
+
+
+def realism(image_set: ImageSet, reference: ImageSet) -> dict[str, Any]:
+    """The C2ST of a set against the reference (``c2st_*``; None below 2 images a side)."""
+    if min(image_set.physical.shape[0], reference.physical.shape[0]) < 2:
+        return {"c2st_accuracy": None, "c2st_ci_low": None, "c2st_ci_high": None, "c2st_distinguishable": None}
+    result = c2st(reference.physical, image_set.physical, standardization=Standardization.of(reference.physical))
+    return {"c2st_accuracy": result.accuracy, "c2st_ci_low": result.ci_low, "c2st_ci_high": result.ci_high,
+            "c2st_distinguishable": result.distinguishable, "c2st": result.to_dict()}
 
 
 def reference_summary(ref_stats: metrics.SetStatistics) -> dict[str, Any]:

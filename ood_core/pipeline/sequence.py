@@ -22,6 +22,7 @@ from ood_core.pipeline.ingest import IngestResult, ingest
 from ood_core.pipeline.sampling import RunSource
 from ood_core.pipeline.stages import (
     STAGE_FUNCTIONS,
+    Judge,
     ProgressHook,
     RunResult,
     create_run,
@@ -66,12 +67,14 @@ def mark_failed(store: str, run_id: str, error: BaseException | str) -> None:
 
 
 def execute_stage(
-    stage: str, params: PipelineParameters, run_id: str, progress: ProgressHook | None = None
+    stage: str, params: PipelineParameters, run_id: str, progress: ProgressHook | None = None, *,
+    judge: Judge | None = None,
 ) -> dict[str, Any]:
-    """Run one stage in this process (the model is loaded once per process)."""
+    """Run one stage in this process (the model is loaded once per process); ``judge``: how "finish" judges the
+    samples (the pipeline flow gives ``ood_core.evaluation.realism.realism_record``)."""
     writer = RunWriter.open(params.store, run_id)
     if stage == "finish":
-        return finish_run(writer).to_dict()
+        return finish_run(writer, judge).to_dict()
     return STAGE_FUNCTIONS[stage](params, stage_model(params, writer), writer, progress)
 
 
@@ -172,17 +175,20 @@ def run_in_process(
     resume: str | None = None,
     progress: ProgressHook | None = None,
     choose: SettingsChooser | None = None,
+    judge: Judge | None = None,
 ) -> RunResult:
     """A whole run in this process, without Prefect (benchmarks, notebooks): prepare, then :func:`run_stages`.
 
     ``resume``: id of a "writing" run in ``params.store`` to continue instead of starting a new one;
-    ``choose``: the calibration (none here by default: the pipeline flow passes ``ood_core.calibration``'s).
+    ``choose``: the calibration (none here by default: the pipeline flow passes ``ood_core.calibration``'s);
+    ``judge``: how the end of the run judges its samples (none by default; the flow passes
+    ``ood_core.evaluation.realism.realism_record``).
     """
     model = cached_model(params.model, params.device, params.dtype, compile=params.compile)
     run_id = resume or prepare_run(params, model, choose=choose)
 
     def execute(stage: str, p: PipelineParameters, rid: str) -> dict[str, Any]:
-        return execute_stage(stage, p, rid, progress)
+        return execute_stage(stage, p, rid, progress, judge=judge)
 
     result = run_stages(params, run_id, execute)
     return RunResult(**result)

@@ -21,11 +21,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from ood_core.errors import QuarantinedInput
 from ood_core.method import ddim
 from ood_core.method.model import FrozenDiffusionModel, auto_batch_size
+from ood_core.method.normalization import NormalizationParams, model_to_physical
 from ood_core.method.precision import guarded_reconstruction
 from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, prior_diagnostics
 from ood_core.method.sampler import CRITERION_NAMES
@@ -336,6 +338,7 @@ class RunResult:
                 "sampler": sampler,
                 "settings": record.get("settings"),
                 "calibration": record.get("calibration"),
+                "realism": record.get("realism"),
             },
         )
 
@@ -343,10 +346,34 @@ class RunResult:
 RECONSTRUCTION_SUMMARY_KEYS = ("t0", "steps", "median_psnr_db", "min_psnr_db", "max_psnr_db")
 
 
-def finish_run(writer: RunWriter) -> RunResult:
-    """Flip a run whose stages are all complete to "complete" and return its result."""
+Judge = Callable[[npt.NDArray[np.float32], npt.NDArray[np.float32]], dict[str, Any]]
+"""(physical shots, physical samples) -> a JSON-ready record: how the end of a run judges its samples
+(``ood_core.evaluation.realism.realism_record``, given by the layer that runs the stages)."""
+JUDGED_SAMPLES = 64
+"""Samples read back for the judge (the first ones)."""
+
+
+def judge_samples(writer: RunWriter, judge: Judge) -> dict[str, Any]:
+    """The judge's record of a run's first JUDGED_SAMPLES samples against its shots, both in physical units."""
+    record = writer.provenance
+    if (record.get("normalization") or {}).get("per_band"):
+        return {"distinguishable": None, "line": "not tested: band-group runs (the test is single-band)"}
+    params = [NormalizationParams.from_dict(p) for p in record["normalization"]["params"]]
+    inputs = writer.read("inputs")
+    shots = model_to_physical(inputs, params, np.arange(inputs.shape[0]))
+    samples = np.asarray(writer.read("samples_physical", limit=JUDGED_SAMPLES), dtype=np.float32)
+    return judge(shots, samples)
+
+
+def finish_run(writer: RunWriter, judge: Judge | None = None) -> RunResult:
+    """Flip a run whose stages are all complete to "complete" and return its result; with ``judge``, its samples
+    are judged against its shots first (provenance ``realism``)."""
     for stage in STAGES:
         _require(writer, stage, "complete")
+    if judge is not None:
+        started = time.perf_counter()
+        writer.update_provenance(realism=judge_samples(writer, judge))
+        writer.record_timing("judge", time.perf_counter() - started)
     writer.update_provenance(ended=utc_now_iso())
     writer.complete()
     return RunResult.from_record(writer.store_url, writer.provenance, writer.n_inputs, writer.n_samples)

@@ -438,13 +438,15 @@ class RunWriter:
         arr.resize(values.shape)
         arr[...] = values
 
-    def read(self, name: str) -> npt.NDArray[Any]:
-        """One whole array of the run as numpy (the per-sample arrays up to the committed count)."""
+    def read(self, name: str, limit: int | None = None) -> npt.NDArray[Any]:
+        """One whole array of the run as numpy (the per-sample arrays up to the committed count, or its first
+        ``limit`` entries)."""
         if name not in RUN_ARRAYS:
             raise StoreError(f"{name!r} is not an array of the run contract ({', '.join(RUN_ARRAYS)})")
         if name in SAMPLE_ARRAYS:
             self.flush()  # what was appended is read back as written
-            return np.asarray(_array(self._group, name)[: self.committed_samples])
+            stop = self.committed_samples if limit is None else min(limit, self.committed_samples)
+            return np.asarray(_array(self._group, name)[:stop])
         arr = _array(self._group, name)
         return np.asarray(arr[...])
 
