@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from calibration_table import METRICS, fmt, row_of, sources, split
 
+from ood_core.calibration import calibrate
 from ood_core.evaluation import evaluate_run
 from ood_core.pipeline import PipelineParameters, run_in_process
 
@@ -44,7 +45,7 @@ def one_model(source: str, model: str, args: argparse.Namespace) -> dict[str, An
         fields["tile"] = args.tile
     fields.update({k: getattr(args, k) for k in ("t0", "strategy", "prior") if getattr(args, k) is not None})
     started = time.perf_counter()
-    result = run_in_process(PipelineParameters(**fields))
+    result = run_in_process(PipelineParameters(**fields), choose=calibrate if args.calibrate else None)
     facts = {"model": Path(model).name, "tile": args.tile, "calibrated": args.calibrate,
              "acceptance": round(result.acceptance_rate, 4), "median_psnr_db": round(result.median_psnr_db, 2),
              "run_seconds": round(time.perf_counter() - started, 1),
