@@ -8,7 +8,7 @@ the mixture is the same in every step and the draws stay reproducible from the g
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -24,8 +24,17 @@ from ood_core.base_model.training_data import (
 )
 from ood_core.errors import ConfigurationError
 
-if TYPE_CHECKING:
-    from ood_core.base_model.training import TrainConfig
+
+class DataConfig(Protocol):
+    """The fields of a training config (:class:`~.training.TrainConfig`) that say what a batch is drawn from."""
+
+    resolution: int
+    channels: int
+    data: tuple[str, ...]
+    natural_share: float
+    library: dict[str, Any]
+    scenes: dict[str, Any]
+    init_from: str | None
 
 
 class Sampler(Protocol):
@@ -59,7 +68,7 @@ def split_data(data: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
     return SIMULATED_SKIES in data, tuple(name for name in data if name != SIMULATED_SKIES)
 
 
-def sky_scenes(config: TrainConfig, device: torch.device) -> SkyScenes:
+def sky_scenes(config: DataConfig, device: torch.device) -> SkyScenes:
     """The simulated-sky sampler of a training config (its library rendered or read from the cache)."""
     library = sky_library(LibraryConfig(**_tuples(config.library)))
     scenes = SceneConfig(**{"resolution": config.resolution, "channels": config.channels,
@@ -67,7 +76,7 @@ def sky_scenes(config: TrainConfig, device: torch.device) -> SkyScenes:
     return SkyScenes(library, scenes, device)
 
 
-def build_sampler(config: TrainConfig, patch_sampler: str, device: torch.device) -> Sampler:
+def build_sampler(config: DataConfig, patch_sampler: str, device: torch.device) -> Sampler:
     """The batch source of ``config``: patches on ``device`` (loop: the CPU), skies, or their mixture."""
     simulated, image_sets = split_data(config.data)
     patches: Sampler | None = None
@@ -82,7 +91,7 @@ def build_sampler(config: TrainConfig, patch_sampler: str, device: torch.device)
     return skies if patches is None else MixedSampler(skies, patches, config.natural_share)
 
 
-def describe_data(config: TrainConfig) -> dict[str, Any]:
+def describe_data(config: DataConfig) -> dict[str, Any]:
     """What a model was trained on, for the training log and the card: sets, licences, images, simulations."""
     simulated, image_sets = split_data(config.data)
     described: dict[str, Any] = {
