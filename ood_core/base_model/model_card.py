@@ -153,7 +153,7 @@ def describe_data(log: dict[str, Any]) -> str:
             f"({_counts(library['psf_kinds'])}) and {sum(library['galaxy_kinds'].values())} galaxies "
             f"({_counts(library['galaxy_kinds'])}); then {share:.0%} of each batch: {patches or 'none. '}"
             f"No real survey image entered training; excluded on purpose: {excluded} and every FITS file of "
-            f"`../shared/data`")
+            f"the dev set (docs/DESIGN.md section 9)")
 
 
 def _counts(kinds: dict[str, int]) -> str:
@@ -248,7 +248,8 @@ frozen diffusion model to invert into with nothing downloaded. {describe_domain(
 
 ## Reconstruction of real, out-of-domain FITS cutouts
 
-128x128 cutouts from `../shared/data/fits/cutouts_128`, normalized per source (asinh), block-averaged
+128x128 cutouts from `cutouts_128` of the real FITS dev set (astropy-data, listed with sources and licences
+in its MANIFEST.csv: docs/DESIGN.md section 9), normalized per source (asinh), block-averaged
 to {model.resolution}x{model.resolution}, inverted with deterministic DDIM to t0 and generated back (eta = 0).
 PSNR in model space ([-1, 1], data range 2).
 
