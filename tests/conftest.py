@@ -1,4 +1,9 @@
-"""Shared fixtures. Real FITS data live read-only beside the checkout in ../shared/data/fits."""
+"""Shared fixtures, and the one switch for the real FITS dev set.
+
+The dev set is not part of the repository; tests find it through one setting, ``OOD_DEV_DATA`` (tests/devdata.py).
+A test that needs it uses the ``fits_dir`` fixture or carries ``@pytest.mark.devdata``; either way it is marked
+``devdata`` and, without the set, skipped with the one reason ``DEV_DATA_MISSING``. Everything else runs on FITS
+files the project writes itself (tests/made_fits.py: demo skies; edge cases written with astropy into tmp_path)."""
 
 from __future__ import annotations
 
@@ -8,8 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from devdata import DEV_DATA_MISSING, DEV_DATA_PRESENT, FITS_DIR
 
-FITS_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits"
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that uses ``fits_dir`` is a ``devdata`` test; without the set all of them skip with one reason."""
+    skip = pytest.mark.skip(reason=DEV_DATA_MISSING)
+    for item in items:
+        if "fits_dir" in getattr(item, "fixturenames", ()) and item.get_closest_marker("devdata") is None:
+            item.add_marker(pytest.mark.devdata)
+        if item.get_closest_marker("devdata") is not None and not DEV_DATA_PRESENT:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -25,9 +39,9 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def fits_dir() -> Path:
-    """The shared real-FITS folder (images/, cutouts_128/, extras/, MANIFEST.csv); skip when absent."""
-    if not FITS_DIR.is_dir():
-        pytest.skip(f"real FITS test data not found at {FITS_DIR}")
+    """The real FITS dev set (images/, cutouts_128/, extras/, MANIFEST.csv) at ``$OOD_DEV_DATA``; skip when absent."""
+    if not DEV_DATA_PRESENT:
+        pytest.skip(DEV_DATA_MISSING)
     return FITS_DIR
 
 

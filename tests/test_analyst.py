@@ -1,6 +1,7 @@
 """A finished run as the analyst meets it: plain xarray, netCDF, exported FITS headers, the inputs' order.
 
-One small real run (GLIMPSE cutouts of 128 px, block-averaged 2x to the shipped 64 px model) given in an
+One small real run (project-made skies of 128 px in MJy/sr, tests/made_fits.py, block-averaged 2x to the shipped
+64 px model) given in an
 order that is not sorted, with a relative store path.
 """
 
@@ -17,6 +18,7 @@ import pytest
 import xarray as xr
 from astropy.io import fits
 from astropy.wcs import WCS
+from made_fits import write_skies
 
 from ood_core.pipeline import run_in_process
 from ood_core.pipeline.config import PipelineParameters
@@ -27,9 +29,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def finished(fits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("analyst")
-    cutouts = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:4]
+    cutouts = write_skies(folder / "inputs", 4, unit="MJy/sr")
     inputs = [str(cutouts[2]), str(cutouts[0]), str(cutouts[3]), str(cutouts[1])]  # the user's order
     here = Path.cwd()
     os.chdir(folder)  # the store path is typed relative to where the user is
@@ -109,7 +111,7 @@ def test_exported_fits_carry_pixel_scale_units_and_no_sky_position(finished: dic
         assert header["OODBLOCK"] == 2
         np.testing.assert_allclose([[header["CD1_1"], header["CD1_2"]], [header["CD2_1"], header["CD2_2"]]],
                                    2 * source, rtol=1e-9)
-        assert header["OODPIXSC"] == pytest.approx(2 * 1.2, rel=1e-3)  # GLIMPSE: 1.2 arcsec, 2x block
+        assert header["OODPIXSC"] == pytest.approx(2 * 0.4, rel=1e-3)  # made skies: 0.4 arcsec, 2x block
         assert header["CUNIT1"] == "deg" and header["CRPIX1"] == pytest.approx(32.5)
         # a linear, non-celestial WCS: offsets from the centre (CRVAL 0), no sky position
         assert (header["CTYPE1"], header["CTYPE2"], header["CRVAL1"], header["CRVAL2"]) == ("LINEAR", "LINEAR", 0, 0)

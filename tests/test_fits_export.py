@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 from astropy.io import fits
+from made_fits import write_skies
 
 from ood_core.store import RunNotCompleteError, RunWriter
 from ood_core.store.fits_export import CRITERION_KEYWORDS, criterion_keyword, export_run_fits, history_lines
@@ -20,8 +21,9 @@ SHA = hashlib.sha256(b"weights").hexdigest()
 
 
 @pytest.fixture
-def fits_dir() -> Path:
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits"
+def skies(tmp_path: Path) -> list[Path]:
+    """Three project-made skies whose BUNIT is mixed case, as the dev set's Bolocam cutouts have it."""
+    return write_skies(tmp_path / "skies", 3, size=32, unit="Jy/Beam")
 
 
 def provenance(paths: list[Path]) -> dict[str, Any]:
@@ -39,8 +41,7 @@ def provenance(paths: list[Path]) -> dict[str, Any]:
     }
 
 
-def write_bolocam_run(store: str, fits_dir: Path, complete: bool = True) -> tuple[str, np.ndarray, str]:
-    paths = sorted((fits_dir / "cutouts_128").glob("bolocam_*.fits"))[:3]
+def write_run(store: str, paths: list[Path], complete: bool = True) -> tuple[str, np.ndarray, str]:
     images = np.stack([fits.getdata(p).astype(np.float32) for p in paths])
     unit = fits.getheader(paths[0])["BUNIT"]
     n, size = images.shape[0], images.shape[-1]
@@ -56,10 +57,10 @@ def write_bolocam_run(store: str, fits_dir: Path, complete: bool = True) -> tupl
     return writer.run_id, images, unit
 
 
-def test_export_round_trips_data_and_headers(tmp_path: Path, fits_dir: Path) -> None:
+def test_export_round_trips_data_and_headers(tmp_path: Path, skies: list[Path]) -> None:
     # a long store path exercises CONTINUE cards
     store = str(tmp_path / ("deeply_nested_folder_name_" * 3) / "store.zarr")
-    run_id, images, unit = write_bolocam_run(store, fits_dir)
+    run_id, images, unit = write_run(store, skies)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no truncated cards, no verification fixes
         paths = export_run_fits(store, tmp_path / "out")
@@ -99,10 +100,10 @@ def test_export_round_trips_data_and_headers(tmp_path: Path, fits_dir: Path) -> 
     assert "OODCAOOD" not in fits.getheader(paths[2])  # NaN criterion: keyword left out, not invalid
 
 
-def test_export_refuses_incomplete_runs_and_picks_latest(tmp_path: Path, fits_dir: Path) -> None:
+def test_export_refuses_incomplete_runs_and_picks_latest(tmp_path: Path, skies: list[Path]) -> None:
     store = f"memory://fits-export-{uuid.uuid4().hex}/store.zarr"
-    first, _, _ = write_bolocam_run(store, fits_dir)
-    writing, _, _ = write_bolocam_run(store, fits_dir, complete=False)
+    first, _, _ = write_run(store, skies)
+    writing, _, _ = write_run(store, skies, complete=False)
     with pytest.raises(RunNotCompleteError):
         export_run_fits(store, tmp_path / "x", run_id=writing)
     with warnings.catch_warnings():

@@ -1,12 +1,11 @@
 """A real run and its exports opened by readers this project did not write (README "Readers").
 
-One small real run (GLIMPSE cutouts through the shipped model) is written with today's code, exported as FITS
-and netCDF, and then opened by: tensorstore and zarrita (every array, values compared with what zarr-python
-wrote), xarray over the oldest zarr-python the project supports for readers, fitsverify and astropy's fitscheck
-(the FITS files), and the IOOS compliance checker for CF (the netCDF file). Each check is also shown to fail on
-a planted defect: a string array of a type zarr v3 does not specify, a FITS file without checksums, a netCDF
-file without ``Conventions``.
-
+One small real run (project-made skies in MJy/sr, tests/made_fits.py, through the shipped model) is written with
+today's code, exported as FITS and netCDF, and then opened by: tensorstore and zarrita (every array, values compared
+with what zarr-python wrote), xarray over the oldest zarr-python the project supports for readers, fitsverify and
+astropy's fitscheck (the FITS files), and the IOOS compliance checker for CF (the netCDF file). Each check is also
+shown to fail on a planted defect: a string array of a type zarr v3 does not specify, a FITS file without checksums, a
+netCDF file without ``Conventions``.
 The readers live outside the project's virtual environment (`make readers`). A reader that is not installed
 skips its test with the reason, except under CI (``CI`` set), where `make readers` has installed them: there a
 missing reader fails the test.
@@ -28,6 +27,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from made_fits import write_skies
 
 from ood_core.pipeline import run_in_process
 from ood_core.pipeline.config import PipelineParameters
@@ -67,9 +67,9 @@ def _run(command: list[str], timeout: float = 300) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="module")
-def run(fits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("interop")
-    inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:4]
+    inputs = [str(p) for p in write_skies(folder / "inputs", 4, unit="MJy/sr")]
     store = str(folder / "store.zarr")
     params = PipelineParameters(inputs=inputs, store=store, samples=3, steps=4, t0=300, reference_count=2,
                                 batch_size=8, device="cpu", seed=3)

@@ -1,4 +1,5 @@
-"""Reversible normalization: table-driven round trips on real cutouts, fitted values, resize, channels."""
+"""Reversible normalization: table-driven round trips on project-made skies in three units and scales (and on the
+real dev set's cutouts when it is there), fitted values, resize, channels."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.io import fits
+from made_fits import write_skies
 
 from ood_core.errors import ConfigurationError, ImageTooSmallError
 from ood_core.io.fits import FitsImage, read_fits_batch, read_fits_image
@@ -24,6 +27,9 @@ from ood_core.method.normalization import (
 )
 
 SOURCES = ("glimpse", "horsehead", "bolocam")
+"""Roles of the made sets, named after the dev-set sources whose units they carry (MJy/sr, counts, Jy/Beam)."""
+MADE = {"glimpse": (1e-3, "MJy/sr"), "horsehead": (7.0, None), "bolocam": (2e-5, "Jy/Beam")}
+"""Made skies scaled so values differ by orders of magnitude between sets, as the dev set's do."""
 STRETCHES = ("asinh", "linear", "log", "sqrt")
 
 # The forward stretch written out from its definition (astropy.visualization docs), y in [0, 1].
@@ -35,20 +41,41 @@ EXPECTED_STRETCH = {
 }
 
 
+def _read_four(files: list[Path]) -> list[FitsImage]:
+    images, quarantined = read_fits_batch(files)
+    assert len(images) == 4 and not quarantined
+    return images
+
+
 @pytest.fixture(scope="module")
-def cutouts(fits_dir: Path) -> dict[str, list[FitsImage]]:
-    """Four real 128x128 cutouts per source."""
+def cutouts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[FitsImage]]:
+    """Four made 128x128 skies per role, scaled and in the units of MADE."""
+    folder = tmp_path_factory.mktemp("skies")
     out = {}
-    for source in SOURCES:
-        images, quarantined = read_fits_batch(sorted((fits_dir / "cutouts_128").glob(f"{source}_*.fits"))[:4])
-        assert len(images) == 4 and not quarantined
-        out[source] = images
+    for seed, (source, (scale, unit)) in enumerate(MADE.items()):
+        files = write_skies(folder, 4, seed=seed, prefix=source)
+        for path in files:
+            with fits.open(path, mode="update") as hdul:
+                hdul[0].data = hdul[0].data * np.float32(scale)
+                if unit is None:
+                    del hdul[0].header["BUNIT"]
+                else:
+                    hdul[0].header["BUNIT"] = unit
+        out[source] = _read_four(files)
     return out
+
+
+def test_round_trip_on_the_dev_sets_cutouts(fits_dir: Path) -> None:
+    """The table below, every stretch, on four real cutouts of each of the three sources."""
+    for source in SOURCES:
+        images = _read_four(sorted((fits_dir / "cutouts_128").glob(f"{source}_*.fits"))[:4])
+        for stretch in STRETCHES:
+            test_round_trip_on_cutouts({source: images}, source, stretch)
 
 
 @pytest.mark.parametrize("stretch", STRETCHES)
 @pytest.mark.parametrize("source", SOURCES)
-def test_round_trip_on_real_cutouts(cutouts: dict[str, list[FitsImage]], source: str, stretch: str) -> None:
+def test_round_trip_on_cutouts(cutouts: dict[str, list[FitsImage]], source: str, stretch: str) -> None:
     images = [im.data for im in cutouts[source]]
     params = fit_normalization(images, stretch=stretch)  # type: ignore[arg-type]
     width = params.vmax - params.vmin
@@ -94,7 +121,7 @@ def test_fitted_background_interval_and_clipped_fraction() -> None:
     assert params.units == "adu" and params.mode == "per_run" and params.stretch_param == 0.1
 
 
-def test_real_cutout_clipped_fraction_matches_the_percentiles(cutouts: dict[str, list[FitsImage]]) -> None:
+def test_cutout_clipped_fraction_matches_the_percentiles(cutouts: dict[str, list[FitsImage]]) -> None:
     params = fit_normalization([im.data for im in cutouts["glimpse"]])
     assert 0.005 <= params.clipped_fraction <= 0.009  # 0.5 % + 0.2 %, give or take ties
     assert params.vmin < 0.0 < params.vmax
@@ -181,7 +208,7 @@ def test_mixed_units_are_flagged_in_per_run_mode(cutouts: dict[str, list[FitsIma
 # Resize and channels
 
 
-def test_resize_conserves_mean_surface_brightness_on_real_data(cutouts: dict[str, list[FitsImage]]) -> None:
+def test_resize_conserves_mean_surface_brightness(cutouts: dict[str, list[FitsImage]]) -> None:
     for image in cutouts["glimpse"]:
         small, mask = resize_to_resolution(image.data, image.mask, 32)
         assert small.shape == (32, 32) and not mask.any()

@@ -1,11 +1,10 @@
-"""Novelty on real GLIMPSE cutouts: copies of inputs are flagged, also when flipped or rotated by a right
-angle; unseen cutouts of the same field are not."""
+"""Novelty on project-made skies (tests/made_fits.py, so it runs without the dev set): copies of inputs are
+flagged, also when flipped or rotated by a right angle; unseen skies made the same way are not."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +13,7 @@ import torch
 from astropy.io import fits
 from astropy.nddata import block_reduce
 from astropy.visualization import AsinhStretch, PercentileInterval
+from made_fits import write_skies
 
 from ood_core.errors import ConfigurationError
 from ood_core.method.dihedral import TRANSFORM_NAMES, dihedral, shape_preserving
@@ -29,10 +29,10 @@ N_INPUTS = 6
 
 
 @pytest.fixture(scope="module")
-def glimpse(fits_dir: Path) -> torch.Tensor:
-    """All 14 GLIMPSE 128x128 cutouts, block-averaged to 32x32, one asinh normalization, in [-1, 1]."""
-    files = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))
-    assert len(files) >= 10
+def skies(tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
+    """14 made 128x128 skies (as many as the dev set's GLIMPSE cutouts), block-averaged to 32x32, one asinh
+    normalization, in [-1, 1]."""
+    files = write_skies(tmp_path_factory.mktemp("skies"), 14)
     images = np.stack([block_reduce(fits.getdata(f).astype(np.float64), 4, func=np.mean) for f in files])
     scaled = AsinhStretch()(PercentileInterval(99.5)(images)) * 2.0 - 1.0
     return torch.from_numpy(scaled[:, None]).float()
@@ -48,8 +48,8 @@ def naive_distance(a: torch.Tensor, b: npt.NDArray[np.float32]) -> float:
     return float(np.linalg.norm(a.double().numpy() - b.astype(np.float64)) / math.sqrt(a.numel()))
 
 
-def test_distances_match_a_naive_loop_over_samples_inputs_and_transforms(glimpse: torch.Tensor) -> None:
-    inputs, samples = glimpse[:N_INPUTS], glimpse[N_INPUTS:]
+def test_distances_match_a_naive_loop_over_samples_inputs_and_transforms(skies: torch.Tensor) -> None:
+    inputs, samples = skies[:N_INPUTS], skies[N_INPUTS:]
     distance, index, transform = nearest_input_distance(samples, inputs)
     plain = rms_distances(samples, inputs).min(dim=1).values
     for s in range(samples.shape[0]):
@@ -69,8 +69,8 @@ def test_distances_match_a_naive_loop_over_samples_inputs_and_transforms(glimpse
 
 @pytest.mark.parametrize("k", range(8), ids=TRANSFORM_NAMES)
 @pytest.mark.parametrize("noise", [0.0, 0.01], ids=["exact", "noisy"])
-def test_every_flip_and_rotation_of_an_input_is_a_near_copy(glimpse: torch.Tensor, k: int, noise: float) -> None:
-    inputs, unseen = glimpse[:N_INPUTS], glimpse[N_INPUTS:]
+def test_every_flip_and_rotation_of_an_input_is_a_near_copy(skies: torch.Tensor, k: int, noise: float) -> None:
+    inputs, unseen = skies[:N_INPUTS], skies[N_INPUTS:]
     rule = NoveltyRule(factor=0.5)
     threshold = rule.threshold(inputs)
     assert 0.05 < threshold < 0.5  # RMS units of [-1, 1] images
@@ -89,8 +89,8 @@ def test_every_flip_and_rotation_of_an_input_is_a_near_copy(glimpse: torch.Tenso
 
 
 @pytest.mark.parametrize("k", [0, 2, 4, 6])
-def test_non_square_tiles_use_the_four_shape_keeping_transforms(glimpse: torch.Tensor, k: int) -> None:
-    tiles = glimpse[:, :, :, 4:28]  # 32 x 24
+def test_non_square_tiles_use_the_four_shape_keeping_transforms(skies: torch.Tensor, k: int) -> None:
+    tiles = skies[:, :, :, 4:28]  # 32 x 24
     assert shape_preserving(32, 24) == (0, 2, 4, 6) and shape_preserving(32, 32) == tuple(range(8))
     inputs, unseen = tiles[:N_INPUTS], tiles[N_INPUTS:]
     copy = torch.from_numpy(numpy_transform(inputs[4].numpy(), k))
@@ -102,8 +102,8 @@ def test_non_square_tiles_use_the_four_shape_keeping_transforms(glimpse: torch.T
     assert result.is_near_copy.tolist() == [True] + [False] * unseen.shape[0]
 
 
-def test_dihedral_is_the_group_of_the_square(glimpse: torch.Tensor) -> None:
-    x = glimpse[:2]
+def test_dihedral_is_the_group_of_the_square(skies: torch.Tensor) -> None:
+    x = skies[:2]
     views = [dihedral(x, k) for k in range(8)]
     for k, view in enumerate(views):
         np.testing.assert_array_equal(view.numpy(), numpy_transform(x.numpy(), k))
@@ -113,11 +113,11 @@ def test_dihedral_is_the_group_of_the_square(glimpse: torch.Tensor) -> None:
         dihedral(x, 8)
 
 
-def test_summary_and_provenance_say_novelty_is_up_to_d4(glimpse: torch.Tensor) -> None:
-    inputs = glimpse[:N_INPUTS]
-    result = NoveltyRule(factor=0.5).evaluate(torch.cat([dihedral(inputs[:2], 5), glimpse[N_INPUTS:]]), inputs)
+def test_summary_and_provenance_say_novelty_is_up_to_d4(skies: torch.Tensor) -> None:
+    inputs = skies[:N_INPUTS]
+    result = NoveltyRule(factor=0.5).evaluate(torch.cat([dihedral(inputs[:2], 5), skies[N_INPUTS:]]), inputs)
     summary = result.to_dict()
-    assert summary["n_near_copies"] == 2 and summary["n_samples"] == 2 + glimpse.shape[0] - N_INPUTS
+    assert summary["n_near_copies"] == 2 and summary["n_samples"] == 2 + skies.shape[0] - N_INPUTS
     json.dumps(summary, allow_nan=False)
     words = NoveltyRule(factor=0.5).to_dict()
     assert words["invariance"] == "D4" and words["transforms"] == list(TRANSFORM_NAMES)
@@ -125,14 +125,14 @@ def test_summary_and_provenance_say_novelty_is_up_to_d4(glimpse: torch.Tensor) -
     json.dumps(words, allow_nan=False)
 
 
-def test_bad_calls_raise(glimpse: torch.Tensor) -> None:
+def test_bad_calls_raise(skies: torch.Tensor) -> None:
     with pytest.raises(ConfigurationError):
         NoveltyRule(factor=-1.0)
     with pytest.raises(ConfigurationError):
-        input_nearest_neighbour_distances(glimpse[:1])
+        input_nearest_neighbour_distances(skies[:1])
     with pytest.raises(ConfigurationError, match="one shape"):
-        nearest_input_distance(glimpse[:2, :, :16], glimpse[:3])
+        nearest_input_distance(skies[:2, :, :16], skies[:3])
     with pytest.raises(ConfigurationError, match="one shape"):
-        nearest_input_distance(glimpse[:2].reshape(2, -1), glimpse[:3].reshape(3, -1))
+        nearest_input_distance(skies[:2].reshape(2, -1), skies[:3].reshape(3, -1))
     with pytest.raises(ConfigurationError):
-        nearest_input_distance(glimpse[:2], glimpse[:0])
+        nearest_input_distance(skies[:2], skies[:0])

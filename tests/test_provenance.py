@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from made_fits import write_skies
 
 from ood_core.store.provenance import (
     environment_info,
@@ -21,11 +22,6 @@ from ood_core.store.provenance import (
     strict_json_dumps,
     utc_now_iso,
 )
-
-
-@pytest.fixture
-def fits_dir() -> Path:
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits"
 
 
 def strict_loads(text: str) -> Any:
@@ -86,6 +82,15 @@ def test_strict_json_dumps_refuses_nan() -> None:
     with pytest.raises(ValueError):
         strict_json_dumps({"x": math.nan})
     assert strict_json_dumps({"x": 1.0}) == '{"x": 1.0}'
+
+
+def test_sha256_file_matches_hashlib_on_a_made_fits_file(tmp_path: Path) -> None:
+    path = write_skies(tmp_path, 1, size=100)[0]  # 40,000 data bytes plus the header: not a multiple of the chunk
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path) == expected
+    assert sha256_file(path, chunk=4096) == expected  # chunking does not change the digest
+    other = write_skies(tmp_path / "other", 2, size=100)[1]  # another sky: another digest
+    assert sha256_file(other) == hashlib.sha256(other.read_bytes()).hexdigest() != expected
 
 
 def test_sha256_file_matches_hashlib_on_a_real_fits_file(fits_dir: Path) -> None:

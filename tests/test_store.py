@@ -17,6 +17,7 @@ import store_writer_proc as proc
 import xarray as xr
 import zarr
 from astropy.io import fits
+from made_fits import write_skies
 
 from ood_core.store import (
     SCHEMA_VERSION,
@@ -32,11 +33,6 @@ from ood_core.store import (
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).resolve().parent / "store_writer_proc.py"
-
-
-@pytest.fixture
-def fits_dir() -> Path:
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fits"
 
 
 @pytest.fixture
@@ -227,12 +223,9 @@ def test_run_ids_never_share_a_group(store: str) -> None:
         RunWriter.create(store, run_id="../escape", **kwargs)  # type: ignore[arg-type]
 
 
-def test_real_fits_pixels_round_trip_bit_exact(store: str, fits_dir: Path) -> None:
-    files = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:3]
-    assert files, "GLIMPSE cutouts missing from the shared data"
+def _fits_pixels_round_trip_bit_exact(store: str, files: list[Path], unit: str) -> None:
     images = np.stack([fits.getdata(f).astype(np.float32) for f in files])
-    unit = fits.getheader(files[0])["BUNIT"]
-    assert unit == "MJy/sr"
+    assert fits.getheader(files[0])["BUNIT"] == unit
     n, size = images.shape[0], images.shape[-1]
     writer = RunWriter.create(store, n_inputs=n, channels=1, height=size, width=size,
                               criterion_names=["a"], provenance={}, units=unit)
@@ -244,6 +237,18 @@ def test_real_fits_pixels_round_trip_bit_exact(store: str, fits_dir: Path) -> No
     np.testing.assert_array_equal(ds["samples_physical"].values, images)
     assert ds["samples_physical"].attrs["units"] == unit
     assert ds["sample_parent"].values.tolist() == list(range(n))
+
+
+def test_made_fits_pixels_round_trip_bit_exact(store: str, tmp_path: Path) -> None:
+    files = write_skies(tmp_path / "skies", 3, size=48, holes=True, unit="MJy/sr")  # NaN holes too
+    assert all(np.isnan(fits.getdata(f)).any() for f in files)
+    _fits_pixels_round_trip_bit_exact(store, files, "MJy/sr")
+
+
+def test_real_fits_pixels_round_trip_bit_exact(store: str, fits_dir: Path) -> None:
+    files = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:3]
+    assert len(files) == 3, f"GLIMPSE cutouts missing from the dev set at {fits_dir}"
+    _fits_pixels_round_trip_bit_exact(store, files, "MJy/sr")
 
 
 def _env() -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from made_fits import write_skies
 
 from ood_core.base_model.patches import BatchedPatchSampler, PatchSampler
 from ood_core.base_model.training import TrainConfig, export_model, read_checkpoint, train_base_model
@@ -114,23 +115,42 @@ def test_init_from_a_model_of_another_architecture_is_refused(tmp_path: Path) ->
     assert not (tmp_path / "ckpt" / "state.safetensors").exists()
 
 
-def test_card_of_a_one_channel_model_names_its_data_start_and_reconstruction(tmp_path: Path) -> None:
-    from ood_core.base_model.model_card import write_model_card
-
+@pytest.fixture(scope="module")
+def grey16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-channel 16 px model trained 2 steps from a random start on wheel photos and dead leaves."""
+    tmp = tmp_path_factory.mktemp("grey16")
     config = TrainConfig(channels=1, data=("wheel-photos", "dead-leaves"), resolution=16, block_out_channels=(16, 32),
                          attention_levels=(1,), batch_size=2, total_steps=2, checkpoint_every=1)
-    train_base_model(config, tmp_path / "ckpt")
-    export_model(config, tmp_path / "ckpt", tmp_path / "grey16")
-    model = load_model(tmp_path / "grey16", device="cpu")
-    cutouts = ROOT.parent / "shared" / "data" / "fits" / "cutouts_128"
-    card = write_model_card(model, tmp_path / "grey16", cutouts, title="test model")
-    text = (tmp_path / "grey16" / "README.md").read_text()
+    train_base_model(config, tmp / "ckpt")
+    export_model(config, tmp / "ckpt", tmp / "grey16")
+    return tmp / "grey16"
+
+
+def _card_names_its_data_start_and_reconstruction(model_dir: Path, cutouts: Path,
+                                                  sources: tuple[str, ...]) -> None:
+    from ood_core.base_model.model_card import write_model_card
+
+    model = load_model(model_dir, device="cpu")
+    card = write_model_card(model, model_dir, cutouts, title="test model", sources=sources)
+    text = (model_dir / "README.md").read_text()
     assert text.startswith("# Base model: test model, 1x16x16")
     assert "**wheel-photos** (scikit-image: retina (CC0" in text and "**dead-leaves** (procedural" in text
     assert "from a random initialization, 2 steps of batch 2" in text
-    assert {row["source"] for row in card["reconstruction"]} >= {"glimpse", "horsehead", "bolocam"}
+    assert [row["source"] for row in card["reconstruction"]] == list(sources)
     assert all(np.isfinite(row["median_psnr_db"]) for row in card["reconstruction"])
-    assert (tmp_path / "grey16" / "samples.png").stat().st_size > 1000
+    assert all(f"| {source} | 600 | 40 |" in text for source in sources)
+    assert (model_dir / "samples.png").stat().st_size > 1000
+
+
+def test_card_of_a_one_channel_model_names_its_data_start_and_reconstruction(grey16: Path, tmp_path: Path) -> None:
+    """On project-made skies under two source prefixes: one reconstruction row each."""
+    write_skies(tmp_path / "cutouts", 2, prefix="skyA", seed=1)
+    write_skies(tmp_path / "cutouts", 2, prefix="skyB", seed=2)
+    _card_names_its_data_start_and_reconstruction(grey16, tmp_path / "cutouts", ("skyA", "skyB"))
+
+
+def test_card_reconstructs_the_dev_sets_cutouts(grey16: Path, fits_dir: Path) -> None:
+    _card_names_its_data_start_and_reconstruction(grey16, fits_dir / "cutouts_128", ("glimpse", "horsehead", "bolocam"))
 
 
 def test_train_only_moves_the_named_layers_and_freezes_the_rest(tmp_path: Path) -> None:

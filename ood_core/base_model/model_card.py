@@ -79,11 +79,15 @@ def loss_curve_png(training_log: dict[str, Any], path: Path) -> Path:
     return path
 
 
+DEV_SOURCES = ("glimpse", "horsehead", "gc2massK", "bolocam", "hcg88r", "m17Ks")
+"""File-name prefixes of the dev set's cutouts_128 (docs/DESIGN.md "Dev data"): its six few-shot sources."""
+
+
 def reconstruction_table(
     model: FrozenDiffusionModel,
     cutout_dir: Path,
     *,
-    sources: Sequence[str] = ("glimpse", "horsehead", "gc2massK", "bolocam", "hcg88r", "m17Ks"),
+    sources: Sequence[str] = DEV_SOURCES,
     per_source: int = 4,
     settings: Sequence[tuple[int, int]] = ((600, 40),),
 ) -> list[ReconstructionRow]:
@@ -149,7 +153,7 @@ def describe_data(log: dict[str, Any]) -> str:
             f"({_counts(library['psf_kinds'])}) and {sum(library['galaxy_kinds'].values())} galaxies "
             f"({_counts(library['galaxy_kinds'])}); then {share:.0%} of each batch: {patches or 'none. '}"
             f"No real survey image entered training; excluded on purpose: {excluded} and every FITS file of "
-            f"`../shared/data`")
+            f"the dev set (docs/DESIGN.md section 9)")
 
 
 def _counts(kinds: dict[str, int]) -> str:
@@ -187,17 +191,19 @@ def summarize_reconstruction(rows: Sequence[ReconstructionRow]) -> dict[str, Any
 def write_model_card(
     model: FrozenDiffusionModel, model_dir: Path, cutout_dir: Path, *, where_trained: str | None = None,
     settings: Sequence[tuple[int, int]] = ((600, 40),), title: str = "natural-image DDPM",
+    sources: Sequence[str] = DEV_SOURCES,
 ) -> dict[str, Any]:
     """Write README.md, samples.png, loss.png and card.json into the model folder.
 
-    ``where_trained`` describes the hardware (default: the devices of the log's training history)."""
+    ``where_trained`` describes the hardware (default: the devices of the log's training history); ``sources`` the
+    file-name prefixes in ``cutout_dir`` whose reconstruction the card measures (default: the dev set's six)."""
     log = json.loads((model_dir / "training_log.json").read_text())
     history = training_history(log)
     if where_trained is None:
         where_trained = ", ".join(sorted({"CPU" if h["device"] == "cpu" else h["device_name"] for h in history}))
     sample_grid_png(model, model_dir / "samples.png")
     loss_curve_png(log, model_dir / "loss.png")
-    rows = reconstruction_table(model, cutout_dir, settings=settings)
+    rows = reconstruction_table(model, cutout_dir, settings=settings, sources=sources)
     card = {
         "weights_sha256": model.weights_sha256,
         "parameters": model.provenance()["parameters"],
@@ -242,7 +248,8 @@ frozen diffusion model to invert into with nothing downloaded. {describe_domain(
 
 ## Reconstruction of real, out-of-domain FITS cutouts
 
-128x128 cutouts from `../shared/data/fits/cutouts_128`, normalized per source (asinh), block-averaged
+128x128 cutouts from `cutouts_128` of the real FITS dev set (astropy-data, listed with sources and licences
+in its MANIFEST.csv: docs/DESIGN.md section 9), normalized per source (asinh), block-averaged
 to {model.resolution}x{model.resolution}, inverted with deterministic DDIM to t0 and generated back (eta = 0).
 PSNR in model space ([-1, 1], data range 2).
 
