@@ -1,4 +1,5 @@
-"""FITS reading on every real file of the dev set (OOD_DEV_DATA), bad files written to tmp_path, batches, tiling."""
+"""FITS reading: formats and edge cases on files written here (demo skies, astropy into tmp_path), bad files,
+batches, tiling; and every real file of the dev set (OOD_DEV_DATA, marked devdata)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.wcs import WCS
 from devdata import MANIFEST
+from made_fits import write_skies
 
+from ood_core.base_model.demo_skies import SkyConfig, make_sky
 from ood_core.errors import (
     CorruptFitsError,
     EmptyImageError,
@@ -74,106 +78,172 @@ def test_manifest_is_complete(fits_dir: Path) -> None:
     assert listed == on_disk and len(listed) == 82
 
 
-def test_uint16_bzero_file_gives_unsigned_counts(fits_dir: Path) -> None:
-    path = fits_dir / "images" / "starfield_M13_blue_0001.fits"
-    image = read_fits_image(path)
-    stored = fits.getdata(path, do_not_scale_image_data=True)  # int16 as written, BZERO=32768 not applied
-    assert stored.dtype.kind == "i"
+
+# ---------------------------------------------------------------------------------------------------------
+# Files the project makes (tests/made_fits.py and astropy into tmp_path): what the dev set's files exercise,
+# without the dev set
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Demo skies and edge-case files written with astropy: the formats the dev set's files exercise."""
+    folder = tmp_path_factory.mktemp("made")
+    skies = write_skies(folder / "skies", 5)
+    data, header = make_sky(SkyConfig(size=320, nan_hole_probability=0.0), seed=7)
+    wcs = WCS(header)
+    wide = folder / "wide.fits"  # 300 x 260 with a TAN WCS, cut from a 320 px sky by WCS slicing
+    fits.PrimaryHDU(data[:300, :260], wcs[:300, :260].to_header()).writeto(wide)
+    counts = folder / "counts_uint16.fits"  # astropy stores uint16 as int16 with BZERO = 32768
+    fits.PrimaryHDU(np.clip(np.round(data * 100), 0, 65535).astype(np.uint16), header).writeto(counts)
+    scaled = folder / "scaled_int16.fits"  # float data packed into int16 with BSCALE / BZERO
+    hdu = fits.PrimaryHDU(np.clip(data, 0.0, 10_000.0).astype(np.float64), header)
+    hdu.scale("int16", bscale=0.25, bzero=3000.0)
+    hdu.writeto(scaled)
+    with_table = folder / "image_then_table.fits"  # as DSS2 cutouts carry an "er.mask" table after the image
+    table = fits.BinTableHDU.from_columns([fits.Column(name="flag", format="J", array=np.zeros(3))], name="er.mask")
+    fits.HDUList([fits.PrimaryHDU(np.round(data[:200, :180]).astype(np.int16), header), table]).writeto(with_table)
+    cube = folder / "cube.fits"  # RA, Dec, velocity: 7 planes
+    cube_wcs = WCS(naxis=3)
+    cube_wcs.wcs.ctype = ["RA---TAN", "DEC--TAN", "VRAD"]
+    cube_wcs.wcs.crval, cube_wcs.wcs.crpix = [51.3, 30.8, 0.0], [40.0, 30.0, 1.0]
+    cube_wcs.wcs.cdelt, cube_wcs.wcs.cunit = [-1e-3, 1e-3, 250.0], ["deg", "deg", "m/s"]
+    planes = np.stack([data[:80, :96] * (k + 1) / 7 for k in range(7)]).astype(np.float32)
+    fits.PrimaryHDU(planes, cube_wcs.to_header()).writeto(cube)
+    edges = folder / "nan_edges.fits"  # a sky with NaN borders, as the Bolocam map has
+    holed = data.copy()
+    holed[:, :45], holed[:37, :], holed[300:, 290:] = np.nan, np.nan, np.nan
+    fits.PrimaryHDU(holed, header).writeto(edges)
+    small = folder / "small_149.fits"
+    fits.PrimaryHDU(data[:149, :149], header).writeto(small)
+    return {"sky": skies[0], "skies": skies[0].parent, "wide": wide, "counts": counts, "scaled": scaled,
+            "with_table": with_table, "cube": cube, "nan_edges": edges, "small": small}
+
+
+def test_uint16_bzero_file_gives_unsigned_counts(made: dict[str, Path]) -> None:
+    image = read_fits_image(made["counts"])
+    stored = fits.getdata(made["counts"], do_not_scale_image_data=True)  # int16 as written, BZERO not applied
+    assert stored.dtype.kind == "i" and fits.getheader(made["counts"])["BZERO"] == 32768
     assert np.array_equal(image.data, stored.astype(np.float32) + 32768.0)
-    assert image.data.min() >= 0 and image.data.max() <= 65535
-    assert image.wcs is None
+    assert image.data.min() >= 0 and image.data.max() <= 65535 and image.data.max() > 32767
 
 
-def test_bscale_bzero_int16_file_is_scaled(fits_dir: Path) -> None:
-    path = fits_dir / "images" / "starfield_GC_2MASS_J.fits"
-    image = read_fits_image(path)
-    header = fits.getheader(path)
-    stored = fits.getdata(path, do_not_scale_image_data=True).astype(np.float64)
-    expected = stored * header["BSCALE"] + header["BZERO"]
+def test_bscale_bzero_int16_file_is_scaled(made: dict[str, Path]) -> None:
+    image = read_fits_image(made["scaled"])
+    header = fits.getheader(made["scaled"])
+    stored = fits.getdata(made["scaled"], do_not_scale_image_data=True)
+    assert stored.dtype == np.dtype(">i2") and (header["BSCALE"], header["BZERO"]) == (0.25, 3000.0)
+    expected = stored.astype(np.float64) * 0.25 + 3000.0
     np.testing.assert_allclose(image.data, expected, rtol=1e-6)
-    assert image.data.max() == pytest.approx(3000.0, rel=1e-6)  # the README's clipping level
 
 
-def test_horsehead_table_hdu_is_skipped_and_refused_when_named(fits_dir: Path) -> None:
-    path = fits_dir / "images" / "nebula_HorseHead_DSS2red.fits"
+def test_image_with_a_table_hdu_after_it_is_read_and_the_table_refused_when_named(made: dict[str, Path]) -> None:
+    path = made["with_table"]
     image = read_fits_image(path)
-    assert image.hdu_index == 0 and image.shape == (893, 891)
+    assert image.hdu_index == 0 and image.shape == (200, 180) and image.wcs is not None
     with pytest.raises(NoImageHDUError, match="not an image") as info:
         read_fits_image(path, hdu=1)
-    assert "er.mask" in str(info.value) and path.name in str(info.value)
+    assert "1 ER.MASK BINTABLE" in str(info.value) and path.name in str(info.value)
     assert read_fits_image(path, hdu="PRIMARY").hdu_index == 0
 
 
-def test_cube_moment0_matches_the_derived_map_and_a_plane_can_be_chosen(fits_dir: Path) -> None:
-    cube_path = fits_dir / "extras" / "cloud_L1448_13CO_cube.fits"
-    cube = fits.getdata(cube_path).astype(np.float64)
-    moment0 = read_fits_image(cube_path)
-    derived = fits.getdata(fits_dir / "images" / "cloud_L1448_13CO_mom0_derived.fits")
-    np.testing.assert_allclose(moment0.data, derived, rtol=1e-5, atol=1e-6)
+def test_cube_moment0_is_the_sum_of_planes_and_a_plane_can_be_chosen(made: dict[str, Path]) -> None:
+    cube = fits.getdata(made["cube"]).astype(np.float64)
+    moment0 = read_fits_image(made["cube"])
+    assert moment0.plane == "moment0" and moment0.shape == (80, 96)
     np.testing.assert_allclose(moment0.data, cube.sum(axis=0), rtol=1e-5)
-    plane = read_fits_image(cube_path, cube_plane=12)
-    assert plane.plane == "plane=12"
-    np.testing.assert_array_equal(plane.data, cube[12].astype(np.float32))
+    assert moment0.wcs is not None and moment0.wcs.naxis == 2 and moment0.wcs.has_celestial
+    plane = read_fits_image(made["cube"], cube_plane=3)
+    assert plane.plane == "plane=3"
+    np.testing.assert_array_equal(plane.data, cube[3].astype(np.float32))
     assert plane.wcs is not None and plane.wcs.naxis == 2
-    with pytest.raises(WrongDimensionError, match="53 planes"):
-        read_fits_image(cube_path, cube_plane=60)
+    with pytest.raises(WrongDimensionError, match="7 planes"):
+        read_fits_image(made["cube"], cube_plane=9)
 
 
-def test_metadata_is_json_safe_and_carries_header_keywords(fits_dir: Path) -> None:
-    image = read_fits_image(fits_dir / "images" / "starfield_GLIMPSE_l18.fits")
+def test_metadata_is_json_safe_and_carries_header_keywords(made: dict[str, Path]) -> None:
+    image = read_fits_image(made["wide"])
     meta = json.loads(json.dumps(image.metadata()))
-    assert meta["BUNIT"] == "MJy/sr" and meta["TELESCOP"] == "SPITZER"
-    assert meta["shape"] == [513, 1025] and meta["hdu"] == 0 and meta["plane"] is None
-    assert meta["OBJECT"] is None and len(meta["sha256"]) == 64
-    # The r-band header wrongly says FILTER=g (README); metadata reports the header, not a guess.
-    assert read_fits_image(fits_dir / "images" / "galaxy_HCG88_SDSS_r.fits").metadata()["FILTER"] == "g"
+    assert meta["shape"] == [300, 260] and meta["hdu"] == 0 and meta["plane"] is None
+    assert meta["OBJECT"] is None and len(meta["sha256"]) == 64  # keywords the file lacks are None
+    sky = json.loads(json.dumps(read_fits_image(made["sky"]).metadata()))
+    assert sky["BUNIT"] == "adu" and sky["TELESCOP"] == "OOD-SYNTH" and sky["FILTER"] == "r"
 
 
-def test_reading_leaves_no_open_file(fits_dir: Path) -> None:
+def test_reading_leaves_no_open_file(made: dict[str, Path]) -> None:
     fd_dir = Path("/proc/self/fd")
     if not fd_dir.is_dir():
         pytest.skip("needs /proc to count open file descriptors")
     before = len(os.listdir(fd_dir))
-    for name in ("nebula_HorseHead_DSS2red.fits", "starfield_M13_blue_0001.fits"):
-        read_fits_image(fits_dir / "images" / name)
+    for name in ("with_table", "counts", "cube"):
+        read_fits_image(made[name])
     assert len(os.listdir(fd_dir)) == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dev set's own particulars (README facts of real files): what only the real files can show
+
+
+@pytest.mark.devdata
+def test_dev_set_particulars_are_read_as_documented(fits_dir: Path) -> None:
+    images = fits_dir / "images"
+    m13 = read_fits_image(images / "starfield_M13_blue_0001.fits")  # uint16 counts (int16, BZERO=32768), no WCS
+    stored = fits.getdata(images / "starfield_M13_blue_0001.fits", do_not_scale_image_data=True)
+    assert stored.dtype.kind == "i" and np.array_equal(m13.data, stored.astype(np.float32) + 32768.0)
+    assert m13.wcs is None
+    assert read_fits_image(images / "starfield_GC_2MASS_J.fits").data.max() == pytest.approx(3000.0, rel=1e-6)
+    horsehead = images / "nebula_HorseHead_DSS2red.fits"
+    assert read_fits_image(horsehead).shape == (893, 891)
+    with pytest.raises(NoImageHDUError, match=r"er\.mask"):
+        read_fits_image(horsehead, hdu=1)
+    meta = read_fits_image(images / "starfield_GLIMPSE_l18.fits").metadata()
+    assert meta["BUNIT"] == "MJy/sr" and meta["TELESCOP"] == "SPITZER" and meta["shape"] == [513, 1025]
+    # The r-band header wrongly says FILTER=g (README); metadata reports the header, not a guess.
+    assert read_fits_image(images / "galaxy_HCG88_SDSS_r.fits").metadata()["FILTER"] == "g"
+    cube = fits_dir / "extras" / "cloud_L1448_13CO_cube.fits"
+    derived = fits.getdata(images / "cloud_L1448_13CO_mom0_derived.fits")
+    np.testing.assert_allclose(read_fits_image(cube).data, derived, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.devdata
+def test_tiles_match_the_dev_sets_cutouts(fits_dir: Path) -> None:
+    for image_name, cutout, origin in (("nebula_HorseHead_DSS2red.fits", "horsehead_y0128_x0256.fits",
+                                        "cutout y0=128 x0=256"),
+                                       ("cloud_GC_Bolocam_1p1mm.fits", "bolocam_y0256_x0256.fits",
+                                        "cutout y0=256 x0=256")):
+        image = read_fits_image(fits_dir / "images" / image_name)
+        tile = next(t for t in tile_cutouts(image, 128) if t.plane == origin)
+        shipped = read_fits_image(fits_dir / "cutouts_128" / cutout)
+        np.testing.assert_array_equal(tile.data, shipped.data)
+        assert tile.wcs is not None and shipped.wcs is not None
+        assert tile.wcs.pixel_to_world(10, 20).separation(shipped.wcs.pixel_to_world(10, 20)).arcsec < 1e-6
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Written formats: tile compression, gzip, BLANK, float64, degenerate axes, extensions
 
 
-@pytest.fixture(scope="module")
-def horsehead_int16(fits_dir: Path) -> tuple[np.ndarray, fits.Header]:
-    with fits.open(fits_dir / "images" / "nebula_HorseHead_DSS2red.fits", memmap=False) as hdul:
-        return hdul[0].data.copy(), hdul[0].header.copy()
-
-
-def test_tile_compressed_copies_read_back_equal(
-    fits_dir: Path, tmp_path: Path, horsehead_int16: tuple[np.ndarray, fits.Header]
-) -> None:
-    data, header = horsehead_int16
-    original = read_fits_image(fits_dir / "images" / "nebula_HorseHead_DSS2red.fits")
-    rice = tmp_path / "horsehead.fits.fz"
+def test_tile_compressed_copies_read_back_equal(made: dict[str, Path], tmp_path: Path) -> None:
+    with fits.open(made["with_table"], memmap=False) as hdul:  # int16 with a TAN WCS
+        data, header = hdul[0].data.copy(), hdul[0].header.copy()
+    original = read_fits_image(made["with_table"])
+    rice = tmp_path / "int16.fits.fz"
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header=header)]).writeto(rice)
     packed = read_fits_image(rice)
     assert packed.hdu_index == 1 and packed.wcs is not None
     np.testing.assert_array_equal(packed.data, original.data)
 
-    glimpse = fits_dir / "cutouts_128" / "glimpse_y0000_x0000.fits"
-    lossless = tmp_path / "glimpse.fits.fz"
-    hdu = fits.CompImageHDU(fits.getdata(glimpse), compression_type="GZIP_2", quantize_level=0.0)
+    lossless = tmp_path / "float.fits.fz"
+    hdu = fits.CompImageHDU(fits.getdata(made["sky"]), compression_type="GZIP_2", quantize_level=0.0)
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(lossless)
-    np.testing.assert_array_equal(read_fits_image(lossless).data, read_fits_image(glimpse).data)
+    np.testing.assert_array_equal(read_fits_image(lossless).data, read_fits_image(made["sky"]).data)
 
 
-def test_gzipped_file_reads_and_hash_is_of_the_stored_bytes(fits_dir: Path, tmp_path: Path) -> None:
-    source = fits_dir / "cutouts_128" / "horsehead_y0000_x0000.fits"
-    packed = tmp_path / "horsehead.fits.gz"
-    packed.write_bytes(gzip.compress(source.read_bytes()))
+def test_gzipped_file_reads_and_hash_is_of_the_stored_bytes(made: dict[str, Path], tmp_path: Path) -> None:
+    packed = tmp_path / "sky.fits.gz"
+    packed.write_bytes(gzip.compress(made["sky"].read_bytes()))
     image = read_fits_image(packed)
-    np.testing.assert_array_equal(image.data, read_fits_image(source).data)
-    assert image.sha256 != read_fits_image(source).sha256
+    np.testing.assert_array_equal(image.data, read_fits_image(made["sky"]).data)
+    assert image.sha256 != read_fits_image(made["sky"]).sha256
 
 
 def test_blank_int16_pixels_become_nan_and_masked(tmp_path: Path) -> None:
@@ -249,8 +319,8 @@ def _write_bad_files(source: Path, folder: Path) -> dict[str, tuple[type[Invalid
 
 
 @pytest.fixture
-def bad_files(fits_dir: Path, tmp_path: Path) -> dict[str, tuple[type[InvalidInputError], str]]:
-    return _write_bad_files(fits_dir / "cutouts_128" / "glimpse_y0000_x0000.fits", tmp_path)
+def bad_files(made: dict[str, Path], tmp_path: Path) -> dict[str, tuple[type[InvalidInputError], str]]:
+    return _write_bad_files(made["sky"], tmp_path)
 
 
 def test_each_bad_file_raises_its_error_with_name_and_reason(
@@ -266,9 +336,9 @@ def test_each_bad_file_raises_its_error_with_name_and_reason(
 
 
 def test_batch_keeps_good_files_and_quarantines_bad_ones(
-    fits_dir: Path, bad_files: dict[str, tuple[type[InvalidInputError], str]], tmp_path: Path
+    made: dict[str, Path], bad_files: dict[str, tuple[type[InvalidInputError], str]], tmp_path: Path
 ) -> None:
-    good = sorted((fits_dir / "cutouts_128").glob("horsehead_*.fits"))[:3]
+    good = sorted(made["skies"].glob("sky_*.fits"))[:3]
     bad = [tmp_path / name for name in bad_files]
     paths = [good[0], *bad[:6], good[1], *bad[6:], good[2]]
     images, quarantined = read_fits_batch(paths, min_size=64)
@@ -285,7 +355,7 @@ def test_batch_keeps_good_files_and_quarantines_bad_ones(
 # Input expansion
 
 
-def test_expand_inputs_files_directories_globs(fits_dir: Path, tmp_path: Path) -> None:
+def test_expand_inputs_files_directories_globs(made: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "a.fits").write_bytes(b"")
     (tmp_path / "b.fits.gz").write_bytes(b"")
     (tmp_path / "c.fts").write_bytes(b"")
@@ -297,8 +367,8 @@ def test_expand_inputs_files_directories_globs(fits_dir: Path, tmp_path: Path) -
     assert paths == sorted(
         [tmp_path / "a.fits", tmp_path / "b.fits.gz", tmp_path / "c.fts", tmp_path / "notes.txt"]
     )
-    glimpse = expand_inputs([str(fits_dir / "cutouts_128" / "glimpse_*.fits")])
-    assert len(glimpse) == 14 and glimpse == sorted(glimpse)
+    skies = expand_inputs([str(made["skies"] / "sky_*.fits")])
+    assert len(skies) == 5 and skies == sorted(skies)
     missing = unmatched_inputs([*specs, str(tmp_path / "*.fz"), tmp_path / "sub2"])
     assert [(q.path, q.reason) for q in missing] == [
         (str(tmp_path / "nope.fits"), "no such file or directory"),
@@ -324,39 +394,51 @@ def test_expand_inputs_keeps_the_users_order(tmp_path: Path) -> None:
 # Tiling
 
 
-def test_tiles_match_the_shipped_cutouts_and_keep_wcs(fits_dir: Path) -> None:
-    image = read_fits_image(fits_dir / "images" / "nebula_HorseHead_DSS2red.fits")
+def test_tiles_are_slices_of_the_image_and_keep_wcs(made: dict[str, Path], tmp_path: Path) -> None:
+    image = read_fits_image(made["wide"])  # 300 x 260
     tiles = tile_cutouts(image, 128)
-    assert len(tiles) == (893 // 128) * (891 // 128)
-    by_origin = {tile.plane: tile for tile in tiles}
-    shipped = read_fits_image(fits_dir / "cutouts_128" / "horsehead_y0128_x0256.fits")
-    tile = by_origin["cutout y0=128 x0=256"]
-    np.testing.assert_array_equal(tile.data, shipped.data)
-    assert tile.wcs is not None and image.wcs is not None and shipped.wcs is not None
+    assert len(tiles) == (300 // 128) * (260 // 128)
+    tile = {t.plane: t for t in tiles}["cutout y0=128 x0=128"]
+    # The same cutout made the other way: the pixels sliced and the WCS sliced by astropy, written and read back.
+    with fits.open(made["wide"]) as hdul:
+        sliced_wcs = WCS(hdul[0].header)[128:256, 128:256]
+        fits.PrimaryHDU(hdul[0].data[128:256, 128:256], sliced_wcs.to_header()).writeto(tmp_path / "cut.fits")
+    cut = read_fits_image(tmp_path / "cut.fits")
+    np.testing.assert_array_equal(tile.data, cut.data)
+    assert tile.wcs is not None and image.wcs is not None and cut.wcs is not None
     sky_tile = tile.wcs.pixel_to_world(10, 20)
-    assert sky_tile.separation(image.wcs.pixel_to_world(256 + 10, 128 + 20)).arcsec < 1e-6
-    assert sky_tile.separation(shipped.wcs.pixel_to_world(10, 20)).arcsec < 1e-6
+    assert sky_tile.separation(image.wcs.pixel_to_world(128 + 10, 128 + 20)).arcsec < 1e-6
+    assert sky_tile.separation(cut.wcs.pixel_to_world(10, 20)).arcsec < 1e-6
     assert tile.sha256 == image.sha256 and tile.metadata()["shape"] == [128, 128]
 
 
-def test_tiles_with_too_many_invalid_pixels_are_skipped(fits_dir: Path) -> None:
-    image = read_fits_image(fits_dir / "images" / "cloud_GC_Bolocam_1p1mm.fits")  # NaN at the edges
+def _tiles_over(mask: np.ndarray, size: int, stride: int, threshold: float) -> int:
+    """How many grid tiles have an invalid fraction above ``threshold``, counted from the mask alone."""
+    count = 0
+    for y0 in range(0, mask.shape[0] - size + 1, stride):
+        for x0 in range(0, mask.shape[1] - size + 1, stride):
+            count += int(mask[y0:y0 + size, x0:x0 + size].mean() > threshold)
+    return count
+
+
+def test_tiles_with_too_many_invalid_pixels_are_skipped(made: dict[str, Path]) -> None:
+    image = read_fits_image(made["nan_edges"])  # 320 x 320, NaN borders left and top, a NaN corner
+    mask = np.isnan(fits.getdata(made["nan_edges"]))
     every = tile_cutouts(image, 64, max_invalid_fraction=1.0)
-    assert len(every) == (638 // 64) * (640 // 64)
-    for threshold, n_over in ((0.1, 10), (0.0, 27)):  # tiles above the threshold, counted from the file
+    assert len(every) == (320 // 64) ** 2 - _tiles_over(mask, 64, 64, 0.999999)  # an all-NaN tile is constant
+    for threshold in (0.5, 0.1, 0.0):
+        n_over = _tiles_over(mask, 64, 64, threshold)
+        assert n_over > 0
         kept = tile_cutouts(image, 64, max_invalid_fraction=threshold)
-        assert len(kept) == len(every) - n_over
+        assert len(kept) == (320 // 64) ** 2 - n_over
         assert all(tile.mask.mean() <= threshold for tile in kept)
     overlapping = tile_cutouts(image, 64, stride=32)
-    assert len(overlapping) == 342 - 1  # one tile, at y0=576 x0=0, is all NaN
-    assert "cutout y0=576 x0=0" not in {tile.plane for tile in overlapping}
-    shipped = read_fits_image(fits_dir / "cutouts_128" / "bolocam_y0256_x0256.fits")
-    match = [t for t in tile_cutouts(image, 128) if t.plane == "cutout y0=256 x0=256"]
-    np.testing.assert_array_equal(match[0].data, shipped.data)
+    assert len(overlapping) == 9 * 9 - _tiles_over(mask, 64, 32, 0.5)
+    assert "cutout y0=0 x0=0" not in {tile.plane for tile in overlapping}  # 87 % NaN
 
 
-def test_overlapping_tiles_and_too_small_image(fits_dir: Path) -> None:
-    image = read_fits_image(fits_dir / "images" / "cloud_GC_MSX_E_21um.fits")  # 149x149
+def test_overlapping_tiles_and_too_small_image(made: dict[str, Path]) -> None:
+    image = read_fits_image(made["small"])  # 149x149
     assert len(tile_cutouts(image, 64, stride=32)) == 9  # origins 0, 32, 64 on each axis
     with pytest.raises(ImageTooSmallError, match="smaller than the tile size 256"):
         tile_cutouts(image, 256)
@@ -422,8 +504,8 @@ def test_datasum_mismatch_is_refused_and_a_sound_checksum_passes(tmp_path: Path)
         read_fits_image(sound)
 
 
-def test_corrupt_header_cards_are_named_not_called_truncated(fits_dir: Path, tmp_path: Path) -> None:
-    source = fits_dir / "cutouts_128" / "glimpse_y0000_x0000.fits"
+def test_corrupt_header_cards_are_named_not_called_truncated(made: dict[str, Path], tmp_path: Path) -> None:
+    source = made["sky"]
     header = source.read_bytes()[:2880].decode("ascii")
     naxis1 = next(header[i:i + 80] for i in range(0, 2880, 80) if header.startswith("NAXIS1", i))
     bitpix = next(header[i:i + 80] for i in range(0, 2880, 80) if header.startswith("BITPIX", i))
@@ -518,8 +600,8 @@ def test_mostly_nan_and_beyond_float32_images_are_kept_with_warnings(
     assert clean.warnings == () and clean.metadata()["warnings"] == []
 
 
-def test_existing_paths_with_glob_characters_are_paths(fits_dir: Path, tmp_path: Path) -> None:
-    source = fits_dir / "cutouts_128" / "glimpse_y0000_x0000.fits"
+def test_existing_paths_with_glob_characters_are_paths(made: dict[str, Path], tmp_path: Path) -> None:
+    source = made["sky"]
     (tmp_path / "cut[1].fits").write_bytes(source.read_bytes())
     (tmp_path / "obs[2]").mkdir()
     (tmp_path / "obs[2]" / "a.fits").write_bytes(source.read_bytes())
