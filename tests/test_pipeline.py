@@ -1,4 +1,4 @@
-"""End to end through the pipeline flow users run (temporary Prefect server), on real FITS cutouts with the
+"""End to end through the pipeline flow users run (temporary Prefect server), on demo skies (tests/made_fits.py) with the
 shipped model: store contents, quarantine, duplicates, too few inputs, determinism, resume, failure marking."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from made_fits import write_skies
 
 from flows.pipeline import pipeline_flow
 from ood_core.errors import ConfigurationError
@@ -31,11 +32,9 @@ def small_params(inputs: list[str], store: Path, **overrides: object) -> Pipelin
 
 
 @pytest.fixture()
-def few_shot_dir(fits_dir: Path, tmp_path: Path) -> Path:
+def few_shot_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "inputs"
-    folder.mkdir()
-    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:5]:
-        shutil.copy(path, folder / path.name)
+    write_skies(folder, 5, unit="MJy/sr")  # demo skies (tests/made_fits.py), in a unit the run must carry
     (folder / "broken.fits").write_bytes(b"SIMPLE  =                    T" + b"\0" * 100)
     (folder / "notes.fits").write_text("this is not a FITS file")
     return folder
@@ -75,8 +74,8 @@ def test_run_writes_a_complete_valid_run_and_quarantines_bad_files(
 def test_same_seed_gives_identical_samples(
     few_shot_dir: Path, tmp_path: Path, mono_model: FrozenDiffusionModel
 ) -> None:
-    params_a = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "a.zarr", samples=2, eta=0.3)
-    params_b = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "b.zarr", samples=2, eta=0.3)
+    params_a = small_params([str(few_shot_dir / "sky_*.fits")], tmp_path / "a.zarr", samples=2, eta=0.3)
+    params_b = small_params([str(few_shot_dir / "sky_*.fits")], tmp_path / "b.zarr", samples=2, eta=0.3)
     pipeline_flow(params_a)
     run_in_process(params_b)  # the same stage sequence without Prefect gives the same samples
     a, b = open_run(str(tmp_path / "a.zarr")), open_run(str(tmp_path / "b.zarr"))
@@ -89,7 +88,7 @@ def test_an_explicit_three_channel_model_gets_the_band_replicated(
 ) -> None:
     """--model models/base64 on single-band inputs: the band goes into all 3 channels (recorded); samples are
     3-channel in model space and their channel mean in physical units."""
-    params = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "rgb.zarr", samples=2,
+    params = small_params([str(few_shot_dir / "sky_*.fits")], tmp_path / "rgb.zarr", samples=2,
                           model=str(shipped_model.source))
     assert Path(params.model).name == "base64"
     run_in_process(params)
@@ -100,7 +99,7 @@ def test_an_explicit_three_channel_model_gets_the_band_replicated(
     # Preparing a run with another model than the parameters name would strand it: refused, nothing written.
     from ood_core.pipeline import prepare_run
 
-    default = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "other.zarr")
+    default = small_params([str(few_shot_dir / "sky_*.fits")], tmp_path / "other.zarr")
     with pytest.raises(ConfigurationError, match="the parameters name"):
         prepare_run(default, shipped_model)
     assert not (tmp_path / "other.zarr").exists()
@@ -129,15 +128,12 @@ def test_nothing_usable_writes_nothing(tmp_path: Path, mono_model: FrozenDiffusi
 
 
 def test_duplicates_are_quarantined_and_too_few_inputs_stop_before_any_network_work(
-    fits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ood_core.method import ddim
 
     folder = tmp_path / "two"
-    folder.mkdir()
-    originals = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:2]
-    for path in originals:
-        shutil.copy(path, folder / path.name)
+    originals = write_skies(folder, 2)
     shutil.copy(originals[0], folder / "zz_copy_of_first.fits")  # byte-identical: not a third shot
 
     def no_network(*args: object, **kwargs: object) -> None:
@@ -159,7 +155,7 @@ def test_a_failing_stage_marks_the_run_failed_once_in_the_sequence(
 ) -> None:
     from ood_core.pipeline import execute_stage, prepare_run
 
-    params = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "s.zarr", samples=2)
+    params = small_params([str(few_shot_dir / "sky_*.fits")], tmp_path / "s.zarr", samples=2)
     run_id = prepare_run(params, mono_model)
     seen: list[str] = []
 
@@ -184,7 +180,7 @@ def test_each_stage_needs_the_previous_one_stored(
     from ood_core import pipeline
     from ood_core.store import StoreError
 
-    params = small_params([str(few_shot_dir / "glimpse_*.fits")], tmp_path / "s.zarr")
+    params = small_params([str(few_shot_dir / "sky_*.fits")], tmp_path / "s.zarr")
     writer = pipeline.create_run(params, mono_model, pipeline.ingest(params, 64, 1))
     with pytest.raises(StoreError, match="'invert' must complete before 'prior'"):
         pipeline.stage_prior(params, mono_model, writer)
@@ -202,7 +198,7 @@ def test_interrupted_run_resumes_without_redoing_completed_stages(
     from ood_core import pipeline
     from ood_core.method import ddim
 
-    files = [str(p) for p in sorted(few_shot_dir.glob("glimpse_*.fits"))[:3]]
+    files = [str(p) for p in sorted(few_shot_dir.glob("sky_*.fits"))[:3]]
     whole = run_in_process(small_params(files, tmp_path / "whole.zarr", samples=3, batch_size=2))
 
     params = small_params(files, tmp_path / "cut.zarr", samples=3, batch_size=2)
