@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from made_fits import write_skies
 
 from ood_cli.main import EXIT_OK, EXIT_USAGE, build_parser, main
 from ood_core.method.model import FrozenDiffusionModel
@@ -25,10 +26,10 @@ SMALL = ["--samples", "2", "--steps", "8", "--t0", "400", "--device", "cpu", "--
 
 
 @pytest.fixture(scope="module")
-def finished_store(fits_dir: Path, tmp_path_factory: pytest.TempPathFactory,
-                   shipped_model: FrozenDiffusionModel) -> Path:
-    store = tmp_path_factory.mktemp("cli") / "store.zarr"
-    inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("hcg88r_*.fits"))[:3]
+def finished_store(tmp_path_factory: pytest.TempPathFactory, shipped_model: FrozenDiffusionModel) -> Path:
+    folder = tmp_path_factory.mktemp("cli")
+    store = folder / "store.zarr"
+    inputs = [str(p) for p in write_skies(folder / "inputs", 3)]  # demo skies (tests/made_fits.py)
     params = PipelineParameters(inputs=inputs, store=str(store), samples=2, steps=8, t0=400, reference_count=4,
                                 device="cpu", batch_size=8)
     run_in_process(params)
@@ -183,13 +184,13 @@ def test_console_script_is_installed() -> None:
     assert OOD.is_file() and shutil.which(str(OOD))
 
 
-def test_run_in_a_terminal_shows_a_progress_bar(fits_dir: Path, tmp_path: Path) -> None:
+def test_run_in_a_terminal_shows_a_progress_bar(tmp_path: Path) -> None:
     """`python -m ood_cli run` with stdout on a pseudo-terminal: rich bars for each stage; stdout off a
     terminal gets none (the demo test above)."""
     import pty
     import select
 
-    inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("hcg88r_*.fits"))[:3]
+    inputs = [str(p) for p in write_skies(tmp_path / "inputs", 3)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), TERM="xterm-256color", COLUMNS="120",
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from made_fits import write_skies
 from prefect_server import REPO, Server, running_server
 
 from ood_core.store import list_runs, open_run
@@ -85,10 +85,8 @@ def _run_worker(server: Server, pool: str, flow_run_id: Any, attempts: int = 3) 
     return flow_run, output
 
 
-def _copy_inputs(fits_dir: Path, folder: Path, count: int = 4, broken: bool = True) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:count]:
-        shutil.copy(path, folder / path.name)
+def _copy_inputs(folder: Path, count: int = 4, broken: bool = True) -> Path:
+    write_skies(folder, count)  # demo skies (tests/made_fits.py)
     if broken:
         (folder / "broken.fits").write_text("not a FITS file")
     return folder
@@ -158,9 +156,9 @@ def test_out_of_bounds_parameters_are_refused_by_the_deployment(deployed: dict[s
 
 
 def test_ui_style_run_is_executed_by_a_process_worker(
-    deployed: dict[str, Any], server: Server, fits_dir: Path, tmp_path: Path
+    deployed: dict[str, Any], server: Server, tmp_path: Path
 ) -> None:
-    inputs = _copy_inputs(fits_dir, tmp_path / "inputs")
+    inputs = _copy_inputs(tmp_path / "inputs")
     store = tmp_path / "store.zarr"
     deployment = _deployment("pipeline", "pipeline-cpu")
     params = {"inputs": [str(inputs)], "store": str(store), **SMALL}
@@ -190,11 +188,10 @@ def test_ui_style_run_is_executed_by_a_process_worker(
     assert "](data:image/png;base64," in summary  # the contact sheet, embedded
 
 
-def test_inbox_deployment_is_idempotent(deployed: dict[str, Any], server: Server, fits_dir: Path,
-                                        tmp_path: Path) -> None:
+def test_inbox_deployment_is_idempotent(deployed: dict[str, Any], server: Server, tmp_path: Path) -> None:
     from flows.inbox import InboxParameters, inbox_flow
 
-    inbox = _copy_inputs(fits_dir, tmp_path / "inbox", count=3)
+    inbox = _copy_inputs(tmp_path / "inbox", count=3)
     store = tmp_path / "inbox_store.zarr"
     params = {"inbox": str(inbox), "store": str(store), **SMALL}
     first = inbox_flow(InboxParameters(**params))
@@ -219,11 +216,11 @@ def _logs(flow_run_id: Any) -> list[str]:
 
 
 def test_expected_failure_on_a_worker_ends_with_one_reason_and_an_artifact(
-    deployed: dict[str, Any], server: Server, fits_dir: Path, tmp_path: Path
+    deployed: dict[str, Any], server: Server, tmp_path: Path
 ) -> None:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    inputs = _copy_inputs(fits_dir, tmp_path / "two", count=2)  # 2 usable + broken.fits: the method needs 3
+    inputs = _copy_inputs(tmp_path / "two", count=2)  # 2 usable + broken.fits: the method needs 3
     store = tmp_path / "store.zarr"
     deployment = _deployment("pipeline", "pipeline-cpu")
     params = {"inputs": [str(inputs)], "store": str(store), **SMALL}

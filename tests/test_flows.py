@@ -4,13 +4,13 @@ with the shipped model: artifacts, quarantine, no-usable-input, validation on a 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
+from made_fits import write_skies
 
 from ood_core.errors import NoUsableInputError
 from ood_core.pipeline.config import PipelineParameters
@@ -38,12 +38,11 @@ def small_params(inputs: list[str], store: Path, **overrides: object) -> Pipelin
 
 
 @pytest.fixture()
-def mixed_dir(fits_dir: Path, tmp_path: Path) -> Path:
+def mixed_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "inputs"
-    folder.mkdir()
-    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:4]:
-        shutil.copy(path, folder / path.name)
-    (folder / "truncated.fits").write_bytes((fits_dir / "cutouts_128" / "bolocam_y0128_x0128.fits").read_bytes()[:4000])
+    write_skies(folder, 4)  # demo skies (tests/made_fits.py)
+    [spare] = write_skies(tmp_path / "spare", 1, seed=9)
+    (folder / "truncated.fits").write_bytes(spare.read_bytes()[:4000])
     (folder / "notes.fits").write_text("this is not a FITS file")
     return folder
 
@@ -134,13 +133,11 @@ def test_pipeline_flow_with_nothing_usable_raises_and_writes_no_run(tmp_path: Pa
     assert not store.exists() or list_runs(str(store)) == []
 
 
-def test_expected_failure_ends_with_one_reason_and_a_summary_artifact(fits_dir: Path, tmp_path: Path) -> None:
+def test_expected_failure_ends_with_one_reason_and_a_summary_artifact(tmp_path: Path) -> None:
     from flows.pipeline import pipeline_flow
 
     folder = tmp_path / "two"
-    folder.mkdir()
-    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:2]:
-        shutil.copy(path, folder / path.name)
+    write_skies(folder, 2)
     (folder / "notes.fits").write_text("not a FITS file")
     store = tmp_path / "store.zarr"
     state = pipeline_flow(small_params([str(folder)], store), return_state=True)
@@ -185,13 +182,11 @@ def test_validate_flow_on_an_existing_dask_cluster_by_address(mixed_dir: Path) -
     assert len(prefixes) > before and any("validate" in p for p in prefixes), prefixes
 
 
-def test_train_base_flow_trains_exports_and_writes_a_card(fits_dir: Path, tmp_path: Path) -> None:
+def test_train_base_flow_trains_exports_and_writes_a_card(tmp_path: Path) -> None:
     from flows.train_base import TrainBaseParameters, train_base_flow
 
     cutouts = tmp_path / "cutouts"
-    cutouts.mkdir()
-    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:2]:
-        shutil.copy(path, cutouts / path.name)
+    write_skies(cutouts, 2)  # the card's reconstruction table on demo skies
     params = TrainBaseParameters(
         out_dir=str(tmp_path / "model"), checkpoint_dir=str(tmp_path / "ckpt"), resolution=16,
         block_out_channels=[16, 32], attention_levels=[], batch_size=2, total_steps=4, max_steps=2,
@@ -208,7 +203,7 @@ def test_train_base_flow_trains_exports_and_writes_a_card(fits_dir: Path, tmp_pa
 
 
 def test_a_retried_sample_task_resumes_instead_of_redoing_work(
-    fits_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import numpy as np
 
@@ -217,9 +212,7 @@ def test_a_retried_sample_task_resumes_instead_of_redoing_work(
     from ood_core.pipeline import stages
 
     folder = tmp_path / "inputs"
-    folder.mkdir()
-    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:3]:
-        shutil.copy(path, folder / path.name)
+    write_skies(folder, 3)
     calls = {"sample": 0, "invert": 0}
     real_sample, real_invert = stages.stage_sample, ddim.invert_and_reconstruct
 

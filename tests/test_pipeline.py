@@ -1,5 +1,5 @@
-"""End to end through the pipeline flow users run (temporary Prefect server), on demo skies (tests/made_fits.py) with the
-shipped model: store contents, quarantine, duplicates, too few inputs, determinism, resume, failure marking."""
+"""End to end through the pipeline flow users run (temporary Prefect server), on demo skies (tests/made_fits.py)
+with the shipped model: store contents, quarantine, duplicates, too few inputs, determinism, resume, failure marking."""
 
 from __future__ import annotations
 

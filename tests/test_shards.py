@@ -5,7 +5,6 @@ a worker killed mid-shard costs a retry of that shard only, and the run complete
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import store_writer_proc as proc
 import zarr
+from made_fits import write_skies
 
 from ood_core.pipeline import PipelineParameters, SlotPlan, run_in_process
 from ood_core.store import (
@@ -35,11 +35,9 @@ SAMPLE_NAMES = ("samples", "samples_physical", "sample_latents", "sample_seed", 
 
 
 @pytest.fixture()
-def few_shot(fits_dir: Path, tmp_path: Path) -> list[str]:
+def few_shot(tmp_path: Path) -> list[str]:
     folder = tmp_path / "inputs"
-    folder.mkdir()
-    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:4]:
-        shutil.copy(path, folder / path.name)
+    write_skies(folder, 4)  # demo skies (tests/made_fits.py)
     return [str(folder)]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from made_fits import write_skies
 from prefect.states import Completed, Failed
 
 from flows.naming import run_name
@@ -15,8 +16,8 @@ from tasks.stages import finish_task, invert_task, prior_task, sample_task
 from tasks.validate import expand, validate_fits
 
 
-def test_validate_fits_records_good_and_bad_files(fits_dir: Path, tmp_path: Path) -> None:
-    good = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[0]
+def test_validate_fits_records_good_and_bad_files(tmp_path: Path) -> None:
+    [good] = write_skies(tmp_path / "good", 1)
     record = validate_fits.fn(str(good), min_size=64)
     assert record["ok"] and len(record["sha256"]) == 64 and record["shape"] == [128, 128]
     small = validate_fits.fn(str(good), min_size=256)
@@ -27,9 +28,10 @@ def test_validate_fits_records_good_and_bad_files(fits_dir: Path, tmp_path: Path
     assert not bad["ok"] and bad["error"] == "NotFitsError" and bad["reason"]
 
 
-def test_expand_lists_unmatched_specs_as_quarantined(fits_dir: Path, tmp_path: Path) -> None:
-    paths, unmatched = expand([str(fits_dir / "cutouts_128" / "glimpse_*.fits"), str(tmp_path / "nothing_*.fits")])
-    assert paths and all(p.endswith(".fits") for p in paths)
+def test_expand_lists_unmatched_specs_as_quarantined(tmp_path: Path) -> None:
+    written = write_skies(tmp_path / "skies", 3)
+    paths, unmatched = expand([str(tmp_path / "skies" / "sky_*.fits"), str(tmp_path / "nothing_*.fits")])
+    assert paths == [str(p) for p in written]
     assert len(unmatched) == 1 and "nothing_" in unmatched[0]["path"] and unmatched[0]["reason"]
 
 
