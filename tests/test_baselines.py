@@ -1,12 +1,12 @@
-"""Baselines through the shipped frozen model: in-domain sampling, unscreened prior, augmentation, fine-tune."""
+"""Baselines through the shipped frozen model: in-domain sampling, unscreened prior, augmentation, fine-tune (on
+the project's own skies, written as FITS and read back)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from made_fits import write_skies
 
 from ood_core.errors import ConfigurationError
 from ood_core.evaluation import baselines as bl
@@ -29,8 +29,8 @@ def one_thread() -> object:
 
 
 @pytest.fixture(scope="module")
-def inputs(fits_dir: Path, shipped_model: FrozenDiffusionModel) -> torch.Tensor:
-    paths = sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:4]
+def inputs(tmp_path_factory: pytest.TempPathFactory, shipped_model: FrozenDiffusionModel) -> torch.Tensor:
+    paths = write_skies(tmp_path_factory.mktemp("skies"), 4)
     images, bad = read_fits_batch(paths)
     assert not bad
     batch = prepare_batch(images, resolution=shipped_model.resolution, channels=shipped_model.channels)

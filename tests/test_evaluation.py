@@ -1,5 +1,6 @@
-"""evaluate_run end to end: a real run of the shipped model on GLIMPSE cutouts against held-out cutouts; and
-the run's own report on that run (contact sheet in physical units, criteria table, the report task's artifacts)."""
+"""evaluate_run end to end: a real run of the shipped model on the project's own skies (FITS files in MJy/sr,
+written and read back) against held-out skies of the same kind; and the run's own report on that run (contact
+sheet in physical units, criteria table, the report task's artifacts)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from made_fits import write_skies
 
 from ood_core.errors import ConfigurationError
 from ood_core.evaluation import TABLE_COLUMNS, evaluate_run, evaluation_markdown, format_table, load_reference
@@ -34,26 +36,27 @@ def one_thread() -> Any:
 
 
 @pytest.fixture(scope="module")
-def glimpse(fits_dir: Path) -> list[str]:
-    return [str(p) for p in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))]
+def skies(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Nine made 128 px skies in MJy/sr: the first N_INPUTS are the run's inputs, the rest its references."""
+    return [str(p) for p in write_skies(tmp_path_factory.mktemp("skies"), N_INPUTS + 5, unit="MJy/sr")]
 
 
 @pytest.fixture(scope="module")
-def run(glimpse: list[str], mono_model: FrozenDiffusionModel, tmp_path_factory: pytest.TempPathFactory
+def run(skies: list[str], mono_model: FrozenDiffusionModel, tmp_path_factory: pytest.TempPathFactory
         ) -> dict[str, Any]:
     store = tmp_path_factory.mktemp("eval") / "store.zarr"
-    params = PipelineParameters(inputs=glimpse[:N_INPUTS], store=str(store), samples=4, steps=8, t0=400,
+    params = PipelineParameters(inputs=skies[:N_INPUTS], store=str(store), samples=4, steps=8, t0=400,
                                 reference_count=4, batch_size=8, device="cpu", seed=3)
     result = run_in_process(params)
     return {"store": str(store), "run_id": result.run_id}
 
 
 @pytest.fixture(scope="module")
-def evaluation(run: dict[str, Any], glimpse: list[str], mono_model: FrozenDiffusionModel,
+def evaluation(run: dict[str, Any], skies: list[str], mono_model: FrozenDiffusionModel,
                tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("eval_out")
     # One input among the references: it must be left out, not counted as unseen.
-    reference = [glimpse[N_INPUTS - 1], *glimpse[N_INPUTS : N_INPUTS + 5]]
+    reference = [skies[N_INPUTS - 1], *skies[N_INPUTS : N_INPUTS + 5]]
     return evaluate_run(run["store"], reference, run["run_id"], out_dir=out, n_baseline_samples=4,
                         finetune_steps=2, finetune_batch_size=2, sample_steps=6, in_domain_anchor_count=6,
                         model=mono_model)
@@ -88,7 +91,7 @@ def test_known_relations_between_rows(evaluation: dict[str, Any]) -> None:
     # The inputs are the inputs: nearest-input distance 0, all near-copies.
     assert sets["inputs"]["nearest_input_median"] == 0.0 and sets["inputs"]["near_copy_fraction"] == 1.0
     # Novelty is measured up to flips/rotations: augmentation (flipped/rotated inputs) is a copy, ratio 0
-    # where a plain nearest-input distance called it as new as real images (ratio about 1).
+    # where a plain nearest-input distance called it as new as unseen skies (ratio about 1).
     assert sets["augmentation"]["near_copy_fraction"] == 1.0
     assert sets["augmentation"]["nearest_input_ratio"] < 0.05
     assert max(sets["augmentation"]["nearest_input_distances"]) < 1e-6
@@ -98,10 +101,10 @@ def test_known_relations_between_rows(evaluation: dict[str, Any]) -> None:
     # Every set is scored with the same in-domain vs reference classifier.
     accuracies = {round(v["domain_classifier_loo_accuracy"], 9) for v in sets.values()}
     assert len(accuracies) == 1
-    # The base model's own samples score as base domain more than the real inputs do.
+    # The base model's own samples score as base domain more than the inputs do.
     assert sets["in_domain"]["domain_separation"] < sets["inputs"]["domain_separation"]
-    # ... and a classifier on texture and source features tells them from the reference; the real inputs it
-    # does not tell apart (C2ST, image level, against the 5 reference cutouts).
+    # ... and a classifier on texture and source features tells them from the reference; the inputs it does not
+    # tell apart (C2ST, image level, against the 5 reference skies).
     assert sets["in_domain"]["c2st_accuracy"] >= 0.9 and sets["in_domain"]["c2st_distinguishable"]
     assert sets["inputs"]["c2st_accuracy"] < 0.8 and not sets["inputs"]["c2st_distinguishable"]
     assert all(v["c2st"]["n_real"] == 5 and v["c2st_ci_low"] <= v["c2st_accuracy"] <= v["c2st_ci_high"]
@@ -111,16 +114,16 @@ def test_known_relations_between_rows(evaluation: dict[str, Any]) -> None:
 
 
 def test_reference_excludes_inputs_and_is_in_run_units(
-    evaluation: dict[str, Any], run: dict[str, Any], glimpse: list[str], mono_model: FrozenDiffusionModel
+    evaluation: dict[str, Any], run: dict[str, Any], skies: list[str], mono_model: FrozenDiffusionModel
 ) -> None:
     reference = evaluation["reference"]
     assert reference["n"] == 5
-    assert [e["path"] for e in reference["excluded"]] == [glimpse[N_INPUTS - 1]]
+    assert [e["path"] for e in reference["excluded"]] == [skies[N_INPUTS - 1]]
     # Reading the reference again by hand gives the run-normalized physical values (clipped like samples).
     provenance = open_run(run["store"], run["run_id"], chunks=None).attrs["ood_run"]
-    loaded = load_reference([glimpse[N_INPUTS]], provenance, mono_model.resolution, mono_model.channels)
+    loaded = load_reference([skies[N_INPUTS]], provenance, mono_model.resolution, mono_model.channels)
     params = NormalizationParams.from_dict(provenance["normalization"]["params"][0])
-    image = read_fits_image(glimpse[N_INPUTS])
+    image = read_fits_image(skies[N_INPUTS])
     plane, _ = resize_to_resolution(image.data, image.mask, mono_model.resolution)
     expected = denormalize(normalize(plane, params), params)
     np.testing.assert_array_equal(loaded.images.physical[0], expected)
@@ -137,15 +140,15 @@ def test_plots_are_written(evaluation: dict[str, Any]) -> None:
         assert Path(path).parent == Path(evaluation["json"]).parent
 
 
-def test_bad_calls_raise(run: dict[str, Any], glimpse: list[str], mono_model: FrozenDiffusionModel,
+def test_bad_calls_raise(run: dict[str, Any], skies: list[str], mono_model: FrozenDiffusionModel,
                          tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="choose from"):
-        evaluate_run(run["store"], glimpse[N_INPUTS:], out_dir=tmp_path, baselines=["gan"], model=mono_model)
+        evaluate_run(run["store"], skies[N_INPUTS:], out_dir=tmp_path, baselines=["gan"], model=mono_model)
     with pytest.raises(ConfigurationError, match="no usable reference"):
-        evaluate_run(run["store"], glimpse[:N_INPUTS], out_dir=tmp_path, baselines=[], model=mono_model)
+        evaluate_run(run["store"], skies[:N_INPUTS], out_dir=tmp_path, baselines=[], model=mono_model)
     other = mono_model.__class__(**{**mono_model.__dict__, "weights_sha256": "0" * 64})
     with pytest.raises(ConfigurationError, match="not the run's frozen model"):
-        evaluate_run(run["store"], glimpse[N_INPUTS:], out_dir=tmp_path, baselines=[], model=other)
+        evaluate_run(run["store"], skies[N_INPUTS:], out_dir=tmp_path, baselines=[], model=other)
 
 
 # --------------------------------------------------------------------------------------------- the flow
@@ -175,11 +178,11 @@ def test_evaluate_parameters_validate() -> None:
 
 
 def test_evaluate_flow_writes_results_and_artifacts(
-    prefect_harness: None, run: dict[str, Any], glimpse: list[str], tmp_path: Path
+    prefect_harness: None, run: dict[str, Any], skies: list[str], tmp_path: Path
 ) -> None:
     from flows.evaluate import EvaluateParameters, evaluate_flow
 
-    params = EvaluateParameters(store=run["store"], reference=glimpse[N_INPUTS : N_INPUTS + 4],
+    params = EvaluateParameters(store=run["store"], reference=skies[N_INPUTS : N_INPUTS + 4],
                                 out_dir=str(tmp_path / "ev"), baselines=["augmentation", "in_domain"],
                                 n_baseline_samples=3, sample_steps=4, device="cpu")
     state = evaluate_flow(params, return_state=True)
@@ -209,7 +212,7 @@ def test_evaluate_flow_writes_results_and_artifacts(
     assert sorted(result["artifacts"]) == sorted(a.key for a in artifacts)
 
 
-def test_per_image_normalization_paths(run: dict[str, Any], glimpse: list[str],
+def test_per_image_normalization_paths(run: dict[str, Any], skies: list[str],
                                        mono_model: FrozenDiffusionModel) -> None:
     from ood_core.evaluation import to_physical
     from ood_core.method.normalization import fit_normalization
@@ -220,8 +223,8 @@ def test_per_image_normalization_paths(run: dict[str, Any], glimpse: list[str],
                                 units=first.units, mode="per_image")
     provenance["normalization"] = {"mode": "per_image", "params": [first.to_dict(), other.to_dict()]}
     # Each reference image gets its own fit of the same kind.
-    loaded = load_reference([glimpse[N_INPUTS]], provenance, mono_model.resolution, mono_model.channels)
-    image = read_fits_image(glimpse[N_INPUTS])
+    loaded = load_reference([skies[N_INPUTS]], provenance, mono_model.resolution, mono_model.channels)
+    image = read_fits_image(skies[N_INPUTS])
     plane, _ = resize_to_resolution(image.data, image.mask, mono_model.resolution)
     own = fit_normalization([plane], units=first.units, mode="per_image")
     np.testing.assert_array_equal(loaded.images.physical[0], denormalize(normalize(plane, own), own))
@@ -260,7 +263,7 @@ def test_evaluation_contact_sheet_is_grey_and_readable(evaluation: dict[str, Any
 
 
 def test_run_contact_sheet_in_physical_units_grey_and_explained(
-    run: dict[str, Any], glimpse: list[str], tmp_path: Path
+    run: dict[str, Any], skies: list[str], tmp_path: Path
 ) -> None:
     from matplotlib.image import imread
 
@@ -279,7 +282,7 @@ def test_run_contact_sheet_in_physical_units_grey_and_explained(
     # stored in samples_physical.
     rows, units = _run_physical(ds, 8)
     params = NormalizationParams.from_dict(record["normalization"]["params"][0])
-    image = read_fits_image(glimpse[0])
+    image = read_fits_image(skies[0])
     plane, _ = resize_to_resolution(image.data, image.mask, ds.sizes["y"])
     np.testing.assert_allclose(rows["inputs"][0], denormalize(normalize(plane, params), params), rtol=1e-5,
                                atol=1e-4)

@@ -1,5 +1,6 @@
 """Reversible normalization: table-driven round trips on project-made skies in three units and scales (and on the
-real dev set's cutouts when it is there), fitted values, resize, channels."""
+real dev set's cutouts when it is there), fitted values, NaN masking on a made map with blank edges, resize,
+channels."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from astropy.io import fits
 from made_fits import write_skies
 
+from ood_core.base_model.demo_skies import SkyConfig, make_sky
 from ood_core.errors import ConfigurationError, ImageTooSmallError
 from ood_core.io.fits import FitsImage, read_fits_batch, read_fits_image
 from ood_core.method.normalization import (
@@ -173,8 +175,23 @@ def test_per_run_params_are_shared_and_per_image_differ(cutouts: dict[str, list[
     assert shared.sources[0]["path"] == images[0].path and shared.sources[0]["block"] == 4
 
 
-def test_nan_pixels_are_masked_and_filled_with_the_background(fits_dir: Path) -> None:
-    image = read_fits_image(fits_dir / "images" / "cloud_GC_Bolocam_1p1mm.fits")  # 5 % NaN at the edges
+@pytest.fixture(scope="module")
+def blank_edged_map(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A made 638x640 map in Jy/Beam, NaN outside a circular footprint: its corners, 5 % of the pixels (the shape,
+    units and NaN fraction of the dev set's Bolocam map cloud_GC_Bolocam_1p1mm.fits)."""
+    data, header = make_sky(SkyConfig(size=640, nan_hole_probability=0.0), seed=11)
+    data = data[:638]
+    yy, xx = np.indices(data.shape)
+    data[np.hypot(yy - 318.5, xx - 319.5) > 383.0] = np.nan
+    header["BUNIT"] = "Jy/Beam"
+    path = tmp_path_factory.mktemp("map") / "blank_edged_map.fits"
+    fits.PrimaryHDU(data, header).writeto(path)
+    return path
+
+
+def test_nan_pixels_are_masked_and_filled_with_the_background(blank_edged_map: Path) -> None:
+    image = read_fits_image(blank_edged_map)
+    assert image.data.shape == (638, 640) and np.isnan(image.data).mean() == pytest.approx(0.05, abs=0.005)
     batch = prepare_batch([image], resolution=64, channels=1)
     params = batch.params[0]
     assert params.units == "Jy/Beam"
