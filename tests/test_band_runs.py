@@ -1,6 +1,7 @@
-"""Multi-band runs: `ood run --bands` on the HCG 88 SDSS g/r/i images gives three-channel samples (the shipped
-three-channel model), per-band normalization, the band map in provenance, and exported FITS cubes whose planes
-name their bands; a band/channel mismatch is refused before anything is written."""
+"""Multi-band runs: `ood run --bands` on g/r/i demo skies (tests/made_fits.py, laid out as HCG 88's SDSS images)
+gives three-channel samples (the shipped three-channel model), per-band normalization, the band map in provenance,
+and exported FITS cubes whose planes name their bands; a band/channel mismatch is refused before anything is
+written."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from made_fits import write_band_set
 
 from ood_cli.main import EXIT_OK, EXIT_USAGE, main
 from ood_core.io.bands import read_band_group, tile_band_group
@@ -23,8 +25,9 @@ SMALL = ["--samples", "2", "--steps", "8", "--t0", "400", "--reference-count", "
 
 
 @pytest.fixture(scope="module")
-def gri(fits_dir: Path) -> list[str]:
-    return [str(fits_dir / "images" / f"galaxy_HCG88_SDSS_{band}.fits") for band in "gri"]
+def gri(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """g, r, i demo skies of 384 x 640 px on one grid, every header saying FILTER = g (as HCG 88's do)."""
+    return [str(p) for p in write_band_set(tmp_path_factory.mktemp("gri"), "gri", shape=(384, 640))]
 
 
 def test_bands_are_normalized_each_on_its_own(gri: list[str]) -> None:
@@ -42,7 +45,9 @@ def test_ood_run_bands_gives_three_channel_samples_whose_fits_name_their_bands(
     gri: list[str], tmp_path: Path
 ) -> None:
     store = tmp_path / "store.zarr"
-    assert main(["run", "--bands", *gri, "--tile", "192", "--store", str(store), *SMALL]) == EXIT_OK
+    # The PPCA prior: six tiles of alike demo skies give a scalar prior whose draws all fall outside the band
+    assert main(["run", "--bands", *gri, "--tile", "192", "--prior", "ppca", "--store", str(store),
+                 *SMALL]) == EXIT_OK
     assert validate_store(str(store)) == []
     ds = open_run(str(store))
     record = ds.attrs["ood_run"]
@@ -61,7 +66,7 @@ def test_ood_run_bands_gives_three_channel_samples_whose_fits_name_their_bands(
         header, data = hdul[0].header, hdul[0].data
     assert data.shape == (3, 64, 64) and header["OODBANDS"] == 3
     assert [header[f"BAND{n}"] for n in (1, 2, 3)] == ["g", "r", "i"]
-    assert header["BFILE3"] == "galaxy_HCG88_SDSS_i.fits" and header["BFILT3"] == "g"  # what the file's header says
+    assert header["BFILE3"] == "sky_i.fits" and header["BFILT3"] == "g"  # what the file's header says
     np.testing.assert_allclose(data, ds.samples_physical.values[0], rtol=1e-6)
     # Evaluating a band-group run is not implemented: refused with the reason, exit 2.
     assert main(["evaluate", str(store), "--reference", gri[0], "--out", str(tmp_path / "eval")]) == EXIT_USAGE

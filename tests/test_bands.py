@@ -12,8 +12,8 @@ import pytest
 from astropy.io import fits
 from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
+from made_fits import write_band_set
 
-from ood_core.base_model.demo_skies import SkyConfig, make_sky
 from ood_core.errors import InvalidInputError
 from ood_core.io.bands import read_band_group, tile_band_group
 
@@ -23,17 +23,11 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """g, r, i skies of 384 x 640 px on one TAN grid, every header saying FILTER = g (as HCG 88's do), and J, H, K
     skies on a grid elsewhere on the sky whose headers name their bands."""
     folder = tmp_path_factory.mktemp("bands")
-    grid = WCS(make_sky(SkyConfig(size=640), seed=20)[1])[:384, :640].to_header()  # each seed has its own pointing
-    for k, band in enumerate("gri"):
-        data, header = make_sky(SkyConfig(size=640, band="g", nan_hole_probability=0.0), seed=20 + k)
-        header.update(grid)
-        fits.writeto(folder / f"sky_{band}.fits", data[:384], header)
-    field = WCS(make_sky(SkyConfig(size=200), seed=30)[1]).to_header()
-    field["CRVAL1"] = (WCS(grid).wcs.crval[0] + 90.0) % 360.0  # elsewhere on the sky
-    for k, band in enumerate("JHK"):
-        data, header = make_sky(SkyConfig(size=200, band=band, nan_hole_probability=0.0), seed=30 + k)
-        header.update(field)
-        fits.writeto(folder / f"field_{band}.fits", data, header)
+    write_band_set(folder, "gri", shape=(384, 640))
+    field = write_band_set(folder, "JHK", shape=(200, 200), seed=30, prefix="field", filter_header=None)
+    for path in field:  # elsewhere on the sky
+        with fits.open(path, mode="update") as hdul:
+            hdul[0].header["CRVAL1"] = (hdul[0].header["CRVAL1"] + 90.0) % 360.0
     return folder
 
 
