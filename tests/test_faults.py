@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from made_fits import write_skies
 
 from ood_core.store import RunNotCompleteError, audit_store, latest_complete_run_id, list_runs, open_run
 
@@ -110,8 +111,8 @@ def check_store(store: Path, reference: dict[str, np.ndarray]) -> dict[str, int]
     return counts
 
 
-def test_random_kills_leave_no_run_that_reads_complete_but_is_not(fits_dir: Path, tmp_path: Path) -> None:
-    inputs = sorted(str(p) for p in (fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:4]
+def test_random_kills_leave_no_run_that_reads_complete_but_is_not(tmp_path: Path) -> None:
+    inputs = [str(p) for p in write_skies(tmp_path / "inputs", 4)]  # demo skies (tests/made_fits.py)
     store, model = tmp_path / "store.zarr", tmp_path / "tiny-model"
     subprocess.run([sys.executable, str(DRIVER), "--make-model", str(model)], check=True, env=_env())
     runner = Runner(store, model, inputs)

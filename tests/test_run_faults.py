@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import zarr
 import zarr.errors
+from made_fits import write_skies
 from test_fits_io import write_damaged_tile_compressed
 
 from ood_cli.main import EXIT_OK
@@ -84,15 +85,15 @@ def prefect_home(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_killed_run_leaves_no_server_reads_as_stale_and_resumes_with_bad_inputs_set_aside(
-    fits_dir: Path, tmp_path: Path, prefect_home: Path
+    tmp_path: Path, prefect_home: Path
 ) -> None:
-    cutouts = fits_dir / "cutouts_128"
+    skies = write_skies(tmp_path / "skies", 4)  # demo skies (tests/made_fits.py)
     inputs = tmp_path / "inputs"
     (inputs / "obs[2]").mkdir(parents=True)
-    shutil.copy(cutouts / "glimpse_y0000_x0256.fits", inputs / "cut[1].fits")
-    shutil.copy(cutouts / "glimpse_y0128_x0000.fits", inputs / "obs[2]" / "a.fits")
+    shutil.copy(skies[2], inputs / "cut[1].fits")
+    shutil.copy(skies[3], inputs / "obs[2]" / "a.fits")
     garbled = write_damaged_tile_compressed(inputs, "RICE_1")
-    good = [str(cutouts / name) for name in ("glimpse_y0000_x0000.fits", "glimpse_y0128_x0256.fits")]
+    good = [str(path) for path in skies[:2]]
     specs = [*good, str(garbled), str(inputs / "cut[1].fits"), str(inputs / "obs[2]")]
     store = tmp_path / "store.zarr"
     ood = subprocess.Popen([str(OOD), "run", *specs, "--store", str(store), *SMALL], cwd=tmp_path,
@@ -122,7 +123,7 @@ def test_killed_run_leaves_no_server_reads_as_stale_and_resumes_with_bad_inputs_
     ds = open_run(str(store), run.run_id)  # verifies the checksums written at completion
     record = ds.attrs["ood_run"]
     assert sorted(Path(i["path"]).name for i in record["inputs"]) == sorted(
-        ["glimpse_y0000_x0000.fits", "glimpse_y0128_x0256.fits", "cut[1].fits", "a.fits"])
+        ["sky_000.fits", "sky_001.fits", "cut[1].fits", "a.fits"])
     assert [(q["path"], q["error"]) for q in record["quarantined"]] == [(str(garbled), "CorruptFitsError")]
     assert ds.sizes["input"] == 4 and record["parameters"]["steps"] == 6
     assert wait_until_gone(prefect_home, 15) == []  # and the resumed run's server ended with it

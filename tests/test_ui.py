@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from made_fits import write_skies
 from prefect_server import Server, running_server
 
 from ood_core.store import open_run
@@ -30,7 +31,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1000")
-RUN_NAME = "UI test: 3 GLIMPSE cutouts"
+RUN_NAME = "UI test: 3 demo skies"
 FORM = {"Samples (Optional)": "1", "Seed (Optional)": "2", "T0 (Optional)": "300", "Steps (Optional)": "4",
         "Reference Count (Optional)": "2", "Batch Size (Optional)": "8"}
 WAIT = 60.0
@@ -146,10 +147,22 @@ def _fill_custom_run(driver: Any, inputs: Path, store: Path, shots: Path) -> Non
     _click_submit(driver)
 
 
-def _click_submit(driver: Any) -> None:
+def _click_submit(driver: Any, patience: float = 30.0) -> None:
+    """Click Submit; while a toast of the UI lies over the button (seen once under load), wait for it to go, as a
+    user would."""
+    from selenium.common.exceptions import ElementClickInterceptedException
+
     submit = _by_text(driver, "button", "Submit")
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", submit)
-    submit.click()
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            submit.click()
+            return
+        except ElementClickInterceptedException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 ERROR_TOAST = "Something went wrong"
@@ -174,14 +187,12 @@ def _submit_accepted(driver: Any, deployment_id: Any) -> None:
 
 
 def test_custom_run_from_the_ui_shows_summary_and_contact_sheet(
-    server: Server, browser: Any, fits_dir: Path, tmp_path: Path
+    server: Server, browser: Any, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
 
     inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    for path in sorted((fits_dir / "cutouts_128").glob("glimpse_*.fits"))[:3]:
-        shutil.copy(path, inputs / path.name)
+    write_skies(inputs, 3)  # demo skies (tests/made_fits.py)
     store = tmp_path / "store.zarr"
     deployment = _client_call(lambda c: c.read_deployment_by_name("pipeline/pipeline-cpu"))
 
