@@ -45,6 +45,7 @@ from ood_core.pipeline.config import (
     settled,
     slerp_range_of,
 )
+from ood_core.pipeline.pipelined import run_pipelined, run_serial
 from ood_core.store.runs import RunWriter
 from ood_core.store.shards import ShardWriter, assign_regions, merge_regions
 
@@ -322,20 +323,35 @@ def _denoise(model: FrozenDiffusionModel, ctx: SampleContext, block: _Block, cho
         }
 
 
-def fill_block(ctx: SampleContext, model: FrozenDiffusionModel, index: int) -> tuple[dict[str, Any], Counters]:
-    """The samples of block ``index`` (filled slots in slot order, as sample-array batches) and its counters."""
+def first_look(ctx: SampleContext, index: int) -> tuple[_Block, dict[int, _Choice]]:
+    """Block ``index`` with its slots' first accepted candidates (the screening that needs no denoised sample)."""
     block = _Block(list(ctx.plan.slots(index)))
+    return block, _next_choices(ctx, block, list(block.slots))
+
+
+def finish_block(ctx: SampleContext, model: FrozenDiffusionModel, block: _Block,
+                 chosen: dict[int, _Choice]) -> tuple[list[dict[str, Any]], Counters]:
+    """Denoise the first look's choices, then screen and denoise again the slots left without a sample (a miss, a
+    near-copy) until each has one or is out of tries; the filled rows in slot order and the block's counters."""
     pending = list(block.slots)
-    while pending:
-        chosen = _next_choices(ctx, block, pending)
+    while True:
         if chosen:
             _denoise(model, ctx, block, chosen)
         pending = [s for s in pending if s in chosen and s not in block.rows and block.near.get(s, 0)
                    < ACCEPTED_PER_SAMPLE]
+        if not pending:
+            break
+        chosen = _next_choices(ctx, block, pending)
     empty = [s for s in block.slots if s not in block.rows]
     block.counters.failed_slots = len(empty)
     block.counters.budget_exhausted = sum(1 for s in empty if block.attempts.get(s, 0) >= ctx.plan.tries)
-    return _batch(ctx, [block.rows[s] for s in block.slots if s in block.rows]), block.counters
+    return [block.rows[s] for s in block.slots if s in block.rows], block.counters
+
+
+def fill_block(ctx: SampleContext, model: FrozenDiffusionModel, index: int) -> tuple[dict[str, Any], Counters]:
+    """The samples of block ``index`` (filled slots in slot order, as sample-array batches) and its counters."""
+    rows, counters = finish_block(ctx, model, *first_look(ctx, index))
+    return _batch(ctx, rows), counters
 
 
 def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -361,18 +377,44 @@ def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_blocks(ctx: SampleContext, model: FrozenDiffusionModel, append: Append, blocks: range,
                checkpoint: dict[str, Any] | None, progress: ProgressHook | None = None,
-               written: int = 0) -> Counters:
-    """Fill ``blocks`` in order into ``sink`` (each block one batch, committed with a checkpoint), starting at the
-    checkpoint's next block; returns the counters of every block of the range (the checkpoint's included)."""
+               written: int = 0, *, pipelined: bool = True) -> Counters:
+    """Fill ``blocks`` in order into ``append`` (each block one batch, committed with a checkpoint), starting at the
+    checkpoint's next block; returns the counters of every block of the range (the checkpoint's included).
+
+    ``pipelined`` (default): the first look of block k + 1 is screened, and block k - 1 converted and appended, in
+    threads while block k is denoised (:mod:`ood_core.pipeline.pipelined`); the same samples, counters and
+    checkpoints as the serial order (``pipelined=False``), bit for bit."""
     counters = Counters.from_dict((checkpoint or {}).get("counters"))
     start = int((checkpoint or {}).get("next_block", blocks.start))
-    for index in range(max(start, blocks.start), blocks.stop):
-        batch, block_counters = fill_block(ctx, model, index)
+
+    def look(index: int) -> tuple[_Block, dict[int, _Choice]]:
+        return first_look(ctx, index)
+
+    def fill(index: int, looked: tuple[_Block, dict[int, _Choice]]) -> tuple[list[dict[str, Any]], Counters]:
+        return finish_block(ctx, model, *looked)
+
+    def write(index: int, filled: tuple[list[dict[str, Any]], Counters]) -> None:
+        rows, block_counters = filled
+        batch = _batch(ctx, rows)
         counters.add(block_counters)
         written = append(batch, {"next_block": index + 1, "counters": counters.to_dict()})
         if progress is not None:
             progress("sample", written, ctx.plan.samples)
+
+    indices = range(max(start, blocks.start), blocks.stop)
+    if pipelined:
+        run_pipelined(indices, look, fill, write, device=model.device, adopt=_adopt)
+    else:
+        run_serial(indices, look, fill, write)
     return counters
+
+
+def _adopt(looked: tuple[_Block, dict[int, _Choice]]) -> None:
+    """The chosen candidates' device tensors, made on the screening thread's stream, are used on this one's."""
+    stream = torch.cuda.current_stream()
+    for choice in looked[1].values():
+        choice.latent.record_stream(stream)
+        choice.criteria.record_stream(stream)
 
 
 # --------------------------------------------------------------------------------------------- shards
