@@ -377,13 +377,15 @@ def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_blocks(ctx: SampleContext, model: FrozenDiffusionModel, append: Append, blocks: range,
                checkpoint: dict[str, Any] | None, progress: ProgressHook | None = None,
-               written: int = 0, *, pipelined: bool = True) -> Counters:
+               written: int = 0, *, pipelined: bool | None = None) -> Counters:
     """Fill ``blocks`` in order into ``append`` (each block one batch, committed with a checkpoint), starting at the
     checkpoint's next block; returns the counters of every block of the range (the checkpoint's included).
 
-    ``pipelined`` (default): the first look of block k + 1 is screened, and block k - 1 converted and appended, in
-    threads while block k is denoised (:mod:`ood_core.pipeline.pipelined`); the same samples, counters and
-    checkpoints as the serial order (``pipelined=False``), bit for bit."""
+    ``pipelined``: the first look of block k + 1 is screened, and block k - 1 converted and appended, in threads
+    while block k is denoised (:mod:`ood_core.pipeline.pipelined`); the same samples, counters and checkpoints as
+    the serial order (``False``), bit for bit. None (default): pipelined when the network runs on CUDA, where the
+    host's work would otherwise keep the GPU waiting; serial on the CPU, where the network's own threads keep every
+    core busy and more threads only compete with them."""
     counters = Counters.from_dict((checkpoint or {}).get("counters"))
     start = int((checkpoint or {}).get("next_block", blocks.start))
 
@@ -402,7 +404,7 @@ def run_blocks(ctx: SampleContext, model: FrozenDiffusionModel, append: Append, 
             progress("sample", written, ctx.plan.samples)
 
     indices = range(max(start, blocks.start), blocks.stop)
-    if pipelined:
+    if model.device.type == "cuda" if pipelined is None else pipelined:
         run_pipelined(indices, look, fill, write, device=model.device, adopt=_adopt)
     else:
         run_serial(indices, look, fill, write)
