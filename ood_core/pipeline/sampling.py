@@ -162,6 +162,7 @@ class SampleContext:
         self.norm_params = [NormalizationParams.from_dict(p) for p in record["normalization"]["params"]]
         self.per_band = bool(record["normalization"].get("per_band", False))
         self.rule = NoveltyRule(factor=params.novelty_factor)
+        self.novelty = self.rule.prepared(self.images)
         self.eta, self.seed = params.eta, params.seed
         self.plan = SlotPlan.of(params, recorded_batch_size(source))
         model.reserve_batch(self.plan.block)
@@ -307,7 +308,7 @@ def _denoise(model: FrozenDiffusionModel, ctx: SampleContext, block: _Block, cho
     latents = torch.stack([chosen[s].latent for s in slots]).reshape(-1, *ctx.images.shape[1:]).float()
     seeds = [chosen[s].seed for s in slots]
     samples = ddim.ddim_generate(model, latents, ctx.grid, eta=ctx.eta, seeds=seeds, batch_size=ctx.plan.block)
-    novelty = ctx.rule.evaluate(samples, ctx.images)
+    novelty = ctx.novelty.evaluate(samples)
     latents_host = latents.cpu().numpy()
     criteria = torch.stack([chosen[s].criteria for s in slots]).cpu().numpy()
     for i, slot in enumerate(slots):
