@@ -114,7 +114,8 @@ def prepared(work: Path, args: argparse.Namespace, standin: StandIn, real: Froze
     write_skies(work / "inputs", 12)
     params = PipelineParameters(inputs=[str(work / "inputs")], store=str(work / "base.zarr"), samples=args.samples,
                                 batch_size=args.batch, t0=DEFAULT_T0, steps=args.steps, device="cpu", seed=0,
-                                calibrate=False, prior=args.prior, noise=args.noise, candidate_budget=20 * args.samples)
+                                calibrate=False, prior=args.prior, noise=args.noise, reference_count=64,
+                                candidate_budget=max(20_000, 100 * args.samples))
     maker = real or standin
     writer = RunWriter.open(params.store, prepare_run(params, maker))
     stages.stage_invert(params, maker, writer)
@@ -228,7 +229,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024, help="block = batch (a GPU's, not the CPU's 16)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--prior", choices=("scalar", "ppca"), default="scalar")
+    parser.add_argument("--prior", choices=("scalar", "ppca"), default="ppca", help="ppca: as bench/gpu_check.py")
     parser.add_argument("--noise", choices=("on", "off"), default="off")
     parser.add_argument("--prep", choices=("standin", "real"), default="standin")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the stage's own)")
