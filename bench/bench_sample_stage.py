@@ -58,10 +58,18 @@ GPU_PARTS = ("network", "ddim_arithmetic", "slerp", "criteria")
 
 
 class StandIn(FrozenDiffusionModel):
-    """mono64's shapes and schedule, a network of negligible cost: eps = 0."""
+    """mono64's shapes and schedule, a network of negligible cost: eps is one fixed N(0, 1) field, returned as a
+    broadcast view (no allocation per step)."""
+
+    FIELD_SEED = 7
 
     def predict_noise(self, x: torch.Tensor, timestep: int) -> torch.Tensor:
-        return torch.zeros(x.shape, dtype=torch.float32, device=self.device)
+        field = getattr(self, "_field", None)
+        if field is None or field.shape[1:] != x.shape[1:]:
+            generator = torch.Generator().manual_seed(self.FIELD_SEED)
+            field = torch.randn((1, *x.shape[1:]), generator=generator).to(self.device)
+            object.__setattr__(self, "_field", field)
+        return field.expand(x.shape)
 
 
 class Clock:

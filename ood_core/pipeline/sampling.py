@@ -307,10 +307,11 @@ def _denoise(model: FrozenDiffusionModel, ctx: SampleContext, block: _Block, cho
     slots = sorted(chosen)
     latents = torch.stack([chosen[s].latent for s in slots]).reshape(-1, *ctx.images.shape[1:]).float()
     seeds = [chosen[s].seed for s in slots]
-    samples = ddim.ddim_generate(model, latents, ctx.grid, eta=ctx.eta, seeds=seeds, batch_size=ctx.plan.block)
+    samples = _to_host(ddim.ddim_generate(model, latents, ctx.grid, eta=ctx.eta, seeds=seeds,
+                                          batch_size=ctx.plan.block, output="device"))
     novelty = ctx.novelty.evaluate(samples)
-    latents_host = latents.cpu().numpy()
-    criteria = torch.stack([chosen[s].criteria for s in slots]).cpu().numpy()
+    latents_host = _to_host(latents).numpy()
+    criteria = _to_host(torch.stack([chosen[s].criteria for s in slots])).numpy()
     for i, slot in enumerate(slots):
         if bool(novelty.is_near_copy[i]):
             block.counters.near_copies += 1
@@ -322,6 +323,17 @@ def _denoise(model: FrozenDiffusionModel, ctx: SampleContext, block: _Block, cho
             "sample_nearest_input_distance": float(novelty.distance[i]), "nearest": int(novelty.index[i]),
             "slot": slot,
         }
+
+
+def _to_host(values: torch.Tensor) -> torch.Tensor:
+    """``values`` on the host: on CUDA through a pinned buffer (a direct DMA copy; the buffer lives as long as the
+    block's rows that view it, then returns to torch's pinned-memory cache), on the CPU as they are."""
+    if values.device.type != "cuda":
+        return values
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    torch.cuda.current_stream(values.device).synchronize()
+    return host
 
 
 def first_look(ctx: SampleContext, index: int) -> tuple[_Block, dict[int, _Choice]]:
