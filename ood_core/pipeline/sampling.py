@@ -281,23 +281,29 @@ def _next_choices(ctx: SampleContext, block: _Block, pending: list[int]) -> dict
             seeds.extend(slot_candidate_seed(ctx.seed, slot, first + k) for k in range(spans[slot][1] - spans[slot][0]))
         screened = ctx.sampler.screen(seeds)
         accepted = screened.accepted.cpu().numpy()
-        still = []
+        still, hit_slots, hits = [], [], []
         for slot in searching:
             begin, end = spans[slot]
-            hits = np.flatnonzero(accepted[begin:end])
+            found = np.flatnonzero(accepted[begin:end])
             first = block.attempts.get(slot, 0)
-            if hits.size == 0:
+            if found.size == 0:
                 block.attempts[slot] = first + end - begin
                 block.counters.tried += end - begin
                 if block.attempts[slot] < ctx.plan.tries:
                     still.append(slot)
                 continue
-            hit = begin + int(hits[0])
-            block.attempts[slot] = first + int(hits[0]) + 1
-            block.counters.tried += int(hits[0]) + 1
+            block.attempts[slot] = first + int(found[0]) + 1
+            block.counters.tried += int(found[0]) + 1
             block.counters.accepted += 1
-            chosen[slot] = _Choice(block.attempts[slot] - 1, seeds[hit], screened.latents[hit],
-                                   screened.criteria[hit], int(screened.parents[hit]))
+            hit_slots.append(slot)
+            hits.append(begin + int(found[0]))
+        if hits:  # the chosen candidates taken out together (one gather each, not one indexing per slot)
+            where = torch.tensor(hits, dtype=torch.long)
+            latents = screened.latents[where.to(screened.latents.device)].unbind(0)
+            criteria = screened.criteria[where.to(screened.criteria.device)].unbind(0)
+            parents = screened.parents[where].tolist()
+            for i, (slot, hit) in enumerate(zip(hit_slots, hits, strict=True)):
+                chosen[slot] = _Choice(block.attempts[slot] - 1, seeds[hit], latents[i], criteria[i], parents[i])
         searching, look = still, 2 * look
     return chosen
 
@@ -312,16 +318,18 @@ def _denoise(model: FrozenDiffusionModel, ctx: SampleContext, block: _Block, cho
     novelty = ctx.novelty.evaluate(samples)
     latents_host = _to_host(latents).numpy()
     criteria = _to_host(torch.stack([chosen[s].criteria for s in slots])).numpy()
+    samples_host = samples.numpy()
+    near_copy, distance, nearest = (novelty.is_near_copy.tolist(), novelty.distance.tolist(),
+                                    novelty.index.tolist())
     for i, slot in enumerate(slots):
-        if bool(novelty.is_near_copy[i]):
+        if near_copy[i]:
             block.counters.near_copies += 1
             block.near[slot] = block.near.get(slot, 0) + 1
             continue
         block.rows[slot] = {
-            "samples": samples[i].numpy(), "sample_latents": latents_host[i], "sample_seed": seeds[i],
+            "samples": samples_host[i], "sample_latents": latents_host[i], "sample_seed": seeds[i],
             "sample_parent": chosen[slot].parent, "sample_criteria": criteria[i],
-            "sample_nearest_input_distance": float(novelty.distance[i]), "nearest": int(novelty.index[i]),
-            "slot": slot,
+            "sample_nearest_input_distance": distance[i], "nearest": nearest[i], "slot": slot,
         }
 
 
