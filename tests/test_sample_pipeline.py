@@ -30,7 +30,8 @@ CPU = torch.device("cpu")
 # --------------------------------------------------------------------------------------------- the pipeline alone
 
 
-def test_pipelined_stages_see_what_the_serial_order_gives_and_finish_in_order() -> None:
+@pytest.mark.parametrize("preparers", [1, 2, 3])
+def test_pipelined_stages_see_what_the_serial_order_gives_and_finish_in_order(preparers: int) -> None:
     calls: list[tuple[str, int]] = []
     lock = threading.Lock()
 
@@ -53,7 +54,7 @@ def test_pipelined_stages_see_what_the_serial_order_gives_and_finish_in_order() 
         time.sleep(0.001 * (i % 2))
         finished.append((i, computed))
 
-    run_pipelined(range(3, 12), prepare, compute, finish, device=CPU)
+    run_pipelined(range(3, 12), prepare, compute, finish, device=CPU, preparers=preparers)
     serial: list[tuple[int, int]] = []
     run_serial(range(3, 12), lambda i: 10 * i, lambda i, p: p + 1, lambda i, c: serial.append((i, c)))
     assert finished == serial == [(i, 10 * i + 1) for i in range(3, 12)]
@@ -69,14 +70,15 @@ def test_worker_threads_compute_with_the_callers_torch_threads() -> None:
             torch.set_num_threads(threads)
             run_pipelined(range(2), lambda i: seen.append(torch.get_num_threads()),
                           lambda i, p: seen.append(torch.get_num_threads()),
-                          lambda i, c: seen.append(torch.get_num_threads()), device=CPU)
-            assert seen == [threads] * 6
+                          lambda i, c: seen.append(torch.get_num_threads()), device=CPU, preparers=2)
+            assert seen == [threads] * 6  # two items through three stages, in four threads
             seen.clear()
     finally:
         torch.set_num_threads(before)
 
 
-def test_pipelined_look_ahead_is_bounded() -> None:
+@pytest.mark.parametrize("preparers", [1, 2])
+def test_pipelined_look_ahead_is_bounded(preparers: int) -> None:
     prepared, finished = [0], [0]
     most = [0]
 
@@ -89,13 +91,14 @@ def test_pipelined_look_ahead_is_bounded() -> None:
         time.sleep(0.005)  # a slow writer: everything else waits for it
         finished[0] += 1
 
-    run_pipelined(range(40), prepare, lambda i, p: p, finish, device=CPU, depth=2)
+    run_pipelined(range(40), prepare, lambda i, p: p, finish, device=CPU, depth=2, preparers=preparers)
     assert finished[0] == 40
-    assert most[0] <= 2 * 2 + 3  # two queues of depth 2, one item in each of the three stages
+    assert most[0] <= 2 * 2 + 2 + preparers  # two queues of depth 2, one item in each thread
 
 
+@pytest.mark.parametrize("preparers", [1, 2])
 @pytest.mark.parametrize("stage", ["prepare", "compute", "finish"])
-def test_an_error_stops_the_pipeline_in_item_order(stage: str) -> None:
+def test_an_error_stops_the_pipeline_in_item_order(stage: str, preparers: int) -> None:
     finished: list[int] = []
 
     def fails(name: str, i: int) -> None:
@@ -115,7 +118,7 @@ def test_an_error_stops_the_pipeline_in_item_order(stage: str) -> None:
         finished.append(i)
 
     with pytest.raises(ValueError, match=f"{stage} failed at 4"):
-        run_pipelined(range(10), prepare, compute, finish, device=CPU)
+        run_pipelined(range(10), prepare, compute, finish, device=CPU, preparers=preparers)
     assert finished == [0, 1, 2, 3]  # the items before the failed one, as the serial order would have
     assert threading.active_count() == 1 or all(
         not t.name.startswith("ood-pipeline") for t in threading.enumerate())

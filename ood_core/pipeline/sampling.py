@@ -58,6 +58,11 @@ that many near-copies the slot stays empty."""
 FIRST_LOOK = 4
 """Candidates of a slot screened in its first look for an acceptable one (then 8, 16, ...)."""
 
+SCREENING_THREADS = 2
+"""Threads that screen the first look of the coming blocks in a pipelined sample stage, each block in turn: the
+candidate draws (one generator each, about 4 per denoised sample) are the largest host cost; with two, the screening
+keeps up with the network thread (bench/bench_sample_stage.py)."""
+
 ProgressHook = Callable[[str, int, int], None]
 
 
@@ -398,7 +403,8 @@ def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_blocks(ctx: SampleContext, model: FrozenDiffusionModel, append: Append, blocks: range,
                checkpoint: dict[str, Any] | None, progress: ProgressHook | None = None,
-               written: int = 0, *, pipelined: bool | None = None) -> Counters:
+               written: int = 0, *, pipelined: bool | None = None,
+               screening_threads: int = SCREENING_THREADS) -> Counters:
     """Fill ``blocks`` in order into ``append`` (each block one batch, committed with a checkpoint), starting at the
     checkpoint's next block; returns the counters of every block of the range (the checkpoint's included).
 
@@ -406,7 +412,7 @@ def run_blocks(ctx: SampleContext, model: FrozenDiffusionModel, append: Append, 
     while block k is denoised (:mod:`ood_core.pipeline.pipelined`); the same samples, counters and checkpoints as
     the serial order (``False``), bit for bit. None (default): pipelined when the network runs on CUDA, where the
     host's work would otherwise keep the GPU waiting; serial on the CPU, where the network's own threads keep every
-    core busy and more threads only compete with them."""
+    core busy and more threads only compete with them. ``screening_threads`` screen blocks in turn."""
     counters = Counters.from_dict((checkpoint or {}).get("counters"))
     start = int((checkpoint or {}).get("next_block", blocks.start))
 
@@ -426,7 +432,7 @@ def run_blocks(ctx: SampleContext, model: FrozenDiffusionModel, append: Append, 
 
     indices = range(max(start, blocks.start), blocks.stop)
     if model.device.type == "cuda" if pipelined is None else pipelined:
-        run_pipelined(indices, look, fill, write, device=model.device, adopt=_adopt)
+        run_pipelined(indices, look, fill, write, device=model.device, preparers=screening_threads, adopt=_adopt)
     else:
         run_serial(indices, look, fill, write)
     return counters
