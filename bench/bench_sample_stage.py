@@ -25,6 +25,7 @@ fresh copy of the prepared run:
   pipelined/serial on this machine (2 cores, shared: the load is printed beside).
 
 Usage: .venv/bin/python bench/bench_sample_stage.py [--samples 4096] [--batch 1024] [--repeats 3] [--prep standin]
+       [--prepared DIR]
 """
 
 from __future__ import annotations
@@ -118,12 +119,18 @@ def write_skies(folder: Path, n: int) -> None:
 
 def prepared(work: Path, args: argparse.Namespace, standin: StandIn, real: FrozenDiffusionModel | None
              ) -> PipelineParameters:
-    """A run of 12 demo skies through its prior stage, in ``work/base.zarr``."""
-    write_skies(work / "inputs", 12)
+    """A run of 12 demo skies through its prior stage, in ``work/base.zarr`` (kept from an earlier call: reused)."""
     params = PipelineParameters(inputs=[str(work / "inputs")], store=str(work / "base.zarr"), samples=args.samples,
                                 batch_size=args.batch, t0=DEFAULT_T0, steps=args.steps, device="cpu", seed=0,
                                 calibrate=False, prior=args.prior, noise=args.noise, reference_count=64,
                                 candidate_budget=max(20_000, 100 * args.samples))
+    if (work / "base.zarr").exists():
+        (run,) = list_runs(params.store)
+        recorded = RunWriter.open(params.store, run.run_id).provenance
+        if recorded["compute"]["batch_size"] != args.batch or recorded["inversion"]["steps"] != args.steps:
+            raise SystemExit(f"{work} holds a run prepared with another --batch or --steps: give another --prepared")
+        return params
+    write_skies(work / "inputs", 12)
     maker = real or standin
     writer = RunWriter.open(params.store, prepare_run(params, maker))
     stages.stage_invert(params, maker, writer)
@@ -190,15 +197,14 @@ def gpu_cpu(clock: Clock, thread: str | None = None) -> float:
 
 
 def thread_loads(clock: Clock) -> dict[str, float]:
-    """Host CPU seconds per pipeline thread (GPU parts taken out)."""
-    threads = {"screening": "ood-pipeline-prepare", "network": "MainThread", "conversion": "ood-pipeline-finish"}
-    loads = {}
-    for label, name in threads.items():
-        stage = {"screening": "first_look", "network": "finish_block", "conversion": "convert"}[label]
-        total = clock.by_thread(stage).get(name, 0.0)
-        if label == "conversion":
-            total += clock.by_thread("append_call").get(name, 0.0)
-        loads[label] = total - gpu_cpu(clock, name)
+    """Host CPU seconds per pipeline thread (GPU parts taken out), by what the thread does."""
+    loads: dict[str, float] = {}
+    for thread, seconds in clock.by_thread("first_look").items():
+        loads[f"screening ({thread})"] = seconds - gpu_cpu(clock, thread)
+    loads["network thread"] = clock.by_thread("finish_block").get("MainThread", 0.0) - gpu_cpu(clock, "MainThread")
+    finishing = "ood-pipeline-finish"
+    loads["conversion + append"] = (clock.by_thread("convert").get(finishing, 0.0)
+                                    + clock.by_thread("append_call").get(finishing, 0.0))
     loads["store appender"] = clock.total("store_thread")
     return loads
 
@@ -241,6 +247,8 @@ def main() -> None:
     parser.add_argument("--noise", choices=("on", "off"), default="off")
     parser.add_argument("--prep", choices=("standin", "real"), default="standin")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the stage's own)")
+    parser.add_argument("--prepared", type=Path, default=None,
+                        help="folder for the prepared run, kept and reused by later calls (--prep real takes ~10 min)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     base = load_model(default_model_path(), device="cpu")
@@ -248,7 +256,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_sample_stage_"))
     try:
         started = time.perf_counter()
-        params = prepared(work, args, standin, base if args.prep == "real" else None)
+        params = prepared(args.prepared or work, args, standin, base if args.prep == "real" else None)
         print(f"samples={args.samples} block={args.batch} steps={args.steps} t0={DEFAULT_T0} prior={args.prior} "
               f"noise={args.noise} prep={args.prep} ({time.perf_counter() - started:.1f} s) torch threads="
               f"{torch.get_num_threads()} cores={os.cpu_count()} load before {os.getloadavg()}")
