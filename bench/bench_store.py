@@ -204,6 +204,10 @@ def main() -> None:
               f"{cpu_ratio:.2f} (target >= 0.5: {'met' if min(wall_ratio, cpu_ratio) >= 0.5 else 'NOT met'}); "
               f"load (1, 5, 15 min) before {_load(load_before)}, after {_load(os.getloadavg())} on "
               f"{os.cpu_count()} cores")
+        paired = [n / z for n, z in zip(npy_times, zarr_times, strict=True)]
+        paired_cpu = [n / z for n, z in zip(npy_cpu, zarr_cpu, strict=True)]
+        print(f"  ratio within each repetition (both sides in the same page-cache state), median: wall clock "
+              f"{statistics.median(paired):.2f} {runs(paired)}, CPU time {statistics.median(paired_cpu):.2f}")
         stream_s, stream_c = statistics.median(stream_times), statistics.median(stream_cpu)
         print(f"  of which streaming (appends + flush, without complete()): median {stream_s:.2f} s, CPU "
               f"{stream_c:.2f} s; ratio against numpy.save: wall clock {npy_s / stream_s:.2f}, CPU time "
