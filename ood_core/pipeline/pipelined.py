@@ -63,7 +63,8 @@ class _Lane(Generic[P]):
     """Where the ``prepare`` thread's device work goes: a side CUDA stream, or nothing on the CPU."""
 
     def __init__(self, device: torch.device, adopt: Callable[[P], None] | None) -> None:
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None  # type: ignore[no-untyped-call]
+        self.stream = (torch.cuda.Stream(device)  # type: ignore[no-untyped-call]  # torch.cuda.Stream is unannotated
+                       if device.type == "cuda" else None)
         self.adopt = adopt
 
     def entered(self) -> Any:
