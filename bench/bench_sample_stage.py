@@ -1,11 +1,13 @@
 """The sample stage's host-side cost on the CPU (issue 22 item 2): the real stage with a stand-in network.
 
-The stand-in is the shipped one-channel model (``models/mono64``, 1 x 64 x 64) whose ``predict_noise`` returns
-zeros of the input's shape: every other line of the stage runs as in ``ood run`` (SampleContext, run_blocks, the
-GeometricSampler's screening, DDIM's step loop, the novelty rule, conversion to physical units, matched noise when
-on, the RunWriter with its background appender into a temporary zarr store). The run before it (12 demo skies,
-inversion, reference latents, prior) is made with the same stand-in (``--prep real``: with mono64 itself, slower,
-realistic latents and acceptance).
+The stand-in is the shipped one-channel model (``models/mono64``, 1 x 64 x 64) whose ``predict_noise`` returns one
+fixed field of the input's shape (a broadcast view: no cost): every other line of the stage runs as in ``ood run``
+(SampleContext, run_blocks, the GeometricSampler's screening, DDIM's step loop, the novelty rule, conversion to
+physical units, matched noise when on, the RunWriter with its background appender into a temporary zarr store).
+The run before it (12 demo skies, inversion, 64 reference latents, prior) is made with the same stand-in, which
+accepts every candidate and makes about a third near-copies (its samples are linear in their latents); with
+``--prep real`` it is made with mono64 itself: real latents, acceptance (0.4-0.6) and near-copies (about none), some
+10 minutes on a 2-core CPU, kept in ``--prepared DIR`` for later calls.
 
 What counts as host-side: everything but the work that runs on the GPU in a CUDA run, which is measured and shown
 apart: the network (here the stand-in), DDIM's update arithmetic (``ddim_generate`` less the network), and the
@@ -20,7 +22,7 @@ fresh copy of the prepared run:
 - host CPU seconds per image x step: the process CPU time of the stage less the GPU parts' CPU time, over the images
   denoised x DDIM steps; the ceiling is its inverse, the images x steps / s the stage would reach on an infinitely
   fast network with one core for all its host work;
-- pipelined, the busiest thread's host CPU time (screening thread, network thread, conversion thread, store
+- pipelined, the busiest thread's host CPU time (the screening threads, network thread, conversion thread, store
   appender thread): the ceiling when each thread has a core of its own (a GPU host has 16); and the wall-clock ratio
   pipelined/serial on this machine (2 cores, shared: the load is printed beside).
 
