@@ -9,6 +9,7 @@ shared data: inputs are the project's own demo skies, so the device needs only t
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +22,17 @@ from ood_core.base_model.patches import BatchedPatchSampler
 from ood_core.base_model.training import TrainConfig, read_checkpoint, train_base_model
 from ood_core.base_model.training_data import natural_images
 from ood_core.method import ddim
-from ood_core.method.model import FrozenDiffusionModel, auto_batch_size, load_model
+from ood_core.method.model import FrozenDiffusionModel, auto_batch_size, cached_model, load_model
 from ood_core.method.sampler import CriteriaGeometry
-from ood_core.pipeline import PipelineParameters, run_in_process
-from ood_core.store import open_run
+from ood_core.pipeline import PipelineParameters, prepare_run, run_in_process, sampling, stages
+from ood_core.pipeline.sequence import stage_model
+from ood_core.store import RunWriter, open_run
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "base64"
+SAMPLE_NAMES = ("samples", "samples_physical", "sample_latents", "sample_seed", "sample_parent", "sample_criteria",
+                "sample_nearest_input_distance")
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +136,33 @@ def test_same_seed_same_samples_on_the_gpu(skies: list[str], tmp_path: Path) -> 
     a = open_run(str(tmp_path / "a.zarr"), first, chunks=None)["samples"].values
     b = open_run(str(tmp_path / "b.zarr"), second, chunks=None)["samples"].values
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_pipelined_sample_stage_equals_the_serial_one_on_the_gpu(skies: list[str], tmp_path: Path) -> None:
+    """Issue 22: screening on side streams in two threads, samples back through pinned buffers, conversion and
+    appends in a thread: the same arrays and counters as the serial order."""
+    params = PipelineParameters(inputs=skies, store=str(tmp_path / "base.zarr"), samples=40, steps=6, t0=600,
+                                device="cuda", prior="ppca", reference_count=16, batch_size=16, seed=2, eta=0.2)
+    run_id = prepare_run(params, cached_model(params.model, params.device, params.dtype))
+    writer = RunWriter.open(params.store, run_id)
+    stages.stage_invert(params, stage_model(params, writer), writer)
+    stages.stage_prior(params, stage_model(params, writer), writer)
+    results = []
+    for pipelined in (False, True):
+        store = tmp_path / f"pipelined_{pipelined}.zarr"
+        shutil.copytree(params.store, store)
+        copy = params.model_copy(update={"store": str(store)})
+        run = RunWriter.open(copy.store, run_id)
+        model = stage_model(copy, run)
+        ctx = sampling.SampleContext(copy, run, model)
+        counters = sampling.run_blocks(ctx, model, sampling.appender_of(run), range(ctx.plan.blocks), None,
+                                       pipelined=pipelined)
+        run.flush()
+        results.append(({name: run.read(name) for name in SAMPLE_NAMES}, counters.to_dict()))
+    (serial, serial_counters), (piped, piped_counters) = results
+    assert serial_counters == piped_counters and len(serial["samples"]) > 0
+    for name in SAMPLE_NAMES:
+        assert serial[name].tobytes() == piped[name].tobytes(), name
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ood_core.method.normalization import (
     denormalize,
     fit_normalization,
     fit_per_image,
+    model_to_physical,
     normalize,
     prepare_batch,
     resize_to_resolution,
@@ -267,3 +268,27 @@ def test_bands_to_channels_round_trip() -> None:
 def test_per_image_units_length_is_checked() -> None:
     with pytest.raises(ConfigurationError, match="2 units for 1 images"):
         fit_per_image([np.arange(16.0)], units=["a", "b"])
+
+
+@pytest.mark.parametrize("stretch", STRETCHES)
+def test_denormalize_in_passes_and_per_owner_gives_the_whole_array_formula_bit_for_bit(stretch: str) -> None:
+    """denormalize works through cache-sized passes, model_to_physical once per owner's parameters: both elementwise,
+    so the bits are those of the formula over the whole array (NaN, inf and values outside [-1, 1] included)."""
+    rng = np.random.default_rng(3)
+    params = [NormalizationParams(background=float(rng.normal()), vmin=-float(rng.uniform(0.1, 2)),
+                                  vmax=float(rng.uniform(1, 100)), stretch=stretch,
+                                  stretch_param={"asinh": 0.1, "log": 1000.0}.get(stretch)) for _ in range(4)]
+    x = rng.uniform(-1.3, 1.3, (40, 1, 64, 64)).astype(np.float32)  # 163,840 values: several passes
+    x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+
+    def formula(values: np.ndarray, p: NormalizationParams) -> np.ndarray:
+        stretched = np.clip((np.asarray(values, dtype=np.float64) + 1.0) / 2.0, 0.0, 1.0)
+        unit = p.stretch_transform().inverse(stretched, clip=True)
+        return np.asarray(unit * (p.vmax - p.vmin) + p.vmin + p.background, dtype=np.float32)
+
+    assert denormalize(x[:, 0], params[1]).tobytes() == formula(x[:, 0], params[1]).tobytes()
+    parents = rng.integers(-1, 4, 40)
+    expected = np.stack([formula(x[i, 0], params[int(parents[i])]) for i in range(40)])
+    got = model_to_physical(x, params, parents)
+    assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
+    assert channels_to_band(x).tobytes() == np.asarray(x.mean(axis=1, dtype=np.float64), np.float32).tobytes()

@@ -18,6 +18,7 @@ from made_fits import write_skies
 from ood_core.errors import ConfigurationError
 from ood_core.method.dihedral import TRANSFORM_NAMES, dihedral, shape_preserving
 from ood_core.method.novelty import (
+    InputTransforms,
     NoveltyRule,
     dihedral_distances,
     input_nearest_neighbour_distances,
@@ -136,3 +137,32 @@ def test_bad_calls_raise(skies: torch.Tensor) -> None:
         nearest_input_distance(skies[:2].reshape(2, -1), skies[:3].reshape(3, -1))
     with pytest.raises(ConfigurationError):
         nearest_input_distance(skies[:2], skies[:0])
+
+
+@pytest.mark.parametrize("shape", [(12, 1, 64, 64), (5, 3, 16, 16), (4, 1, 8, 12)])
+def test_prepared_inputs_find_the_nearest_input_bit_for_bit(shape: tuple[int, ...]) -> None:
+    """InputTransforms.nearest (bounded products, direct distances for the few pairs that can be nearest) gives what
+    nearest_input_distance gives: the same float64 bits, the same input and transform, ties included (a duplicated
+    input, an input symmetric under a flip, exact copies, near-copies, blends, NaN)."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(shape, generator=generator) * 2 - 1
+    inputs[1] = inputs[0]  # a tie across inputs
+    half = torch.rand(shape[1:], generator=generator)
+    inputs[2] = (half + half.flip(-1)) / 2  # a tie across transforms
+    kinds = 8 if shape[-1] == shape[-2] else 4
+    copies = torch.stack([dihedral(inputs[i % shape[0]], (i * 3 % kinds) * (8 // kinds)) for i in range(40)])
+    noise = torch.rand((300, *shape[1:]), generator=generator) * 2 - 1
+    near = copies + 1e-7 * torch.randn(copies.shape, generator=generator)
+    with_nan = noise[:5].clone()
+    with_nan[2, 0, 0, 0] = float("nan")
+    prepared = InputTransforms(inputs)
+    for samples in (noise, copies, near, 0.5 * noise[:40] + 0.5 * copies, torch.cat([noise, copies]), with_nan):
+        got, expected = prepared.nearest(samples), nearest_input_distance(samples, inputs)
+        for a, b in zip(got, expected, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert torch.equal(a, b) or ((a.isnan() == b.isnan()).all() and torch.equal(a[~a.isnan()], b[~b.isnan()]))
+    rule = NoveltyRule(factor=0.5)
+    a, b = rule.evaluate(noise, inputs), rule.prepared(inputs).evaluate(noise)
+    assert a.threshold == b.threshold and torch.equal(a.is_near_copy, b.is_near_copy)
+    assert torch.equal(a.distance, b.distance) and torch.equal(a.index, b.index)
+    assert torch.equal(a.transform, b.transform)

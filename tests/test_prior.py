@@ -17,6 +17,7 @@ from ood_core.method.prior import (
     fit_prior,
     generator_from_seed,
     prior_diagnostics,
+    reseed,
 )
 
 D_IMAGE = 3 * 64 * 64
@@ -112,7 +113,7 @@ def test_ppca_rejects_too_many_components(planted_low_rank: dict[str, torch.Tens
 @pytest.mark.parametrize("kind", ["scalar", "ppca"])
 def test_seeded_draws_regenerate(kind: str) -> None:
     latents = torch.randn(8, 3, 8, 8, generator=_gen(8))
-    prior = fit_prior(latents, kind)  # type: ignore[arg-type]
+    prior = fit_prior(latents, kind)
     seeds = [3, -5, 2**62, 3]
     rows = prior.sample_with_seeds(seeds)
     assert rows.shape == (4, 192) and rows.dtype == torch.float32
@@ -185,3 +186,17 @@ def test_separability_of_separated_and_identical_clouds() -> None:
     # Identical clouds: the means differ by sampling noise alone.
     assert mixed["mean_distance"] == pytest.approx(math.sqrt(D_IMAGE * (1 / n + 1 / m)), rel=0.05)
     json.dumps(mixed, allow_nan=False)
+
+
+@pytest.mark.parametrize("kind", ["scalar", "ppca"])
+def test_draws_of_one_reseeded_generator_give_the_samples_of_fresh_ones_bit_for_bit(kind: str) -> None:
+    """The sampler's draw loop: one generator reseeded per candidate, each candidate's draw stacked and finished
+    together (from_draws) gives row by row what sample(1, generator_from_seed(seed)) gives."""
+    latents = torch.randn(12, 1, 64, 64, generator=_gen(4)) + 1.0
+    prior = fit_prior(latents, kind)
+    seeds = [3, -7, 2**62, 12345]
+    generator = torch.Generator()
+    batched = prior.from_draws(torch.cat([prior.draw(reseed(generator, seed)) for seed in seeds]))
+    one_by_one = torch.cat([prior.sample(1, generator_from_seed(seed)) for seed in seeds])
+    assert batched.dtype == one_by_one.dtype and torch.equal(batched, one_by_one)
+    assert torch.equal(prior.sample_with_seeds(seeds), one_by_one)

@@ -202,12 +202,22 @@ def normalize(data: npt.ArrayLike, params: NormalizationParams) -> npt.NDArray[n
     return np.asarray(2.0 * stretched - 1.0, dtype=np.float32)
 
 
+_CHUNK_VALUES = 1 << 16
+"""Values per pass of :func:`denormalize` (its float64 temporaries stay in cache; elementwise, so the same bits)."""
+
+
 def denormalize(x: npt.ArrayLike, params: NormalizationParams) -> npt.NDArray[np.float32]:
     """Model space -> physical values; x outside [-1, 1] is clipped first (stretches live on [0, 1])."""
-    stretched = np.clip((np.asarray(x, dtype=np.float64) + 1.0) / 2.0, 0.0, 1.0)
-    unit = params.stretch_transform().inverse(stretched, clip=True)
-    physical = unit * (params.vmax - params.vmin) + params.vmin + params.background
-    return np.asarray(physical, dtype=np.float32)
+    values = np.asarray(x)
+    out = np.empty(values.shape, dtype=np.float32)
+    flat, flat_out = values.reshape(-1), out.reshape(-1)
+    inverse = params.stretch_transform().inverse
+    for start in range(0, flat.size, _CHUNK_VALUES):
+        part = slice(start, start + _CHUNK_VALUES)
+        stretched = np.clip((flat[part].astype(np.float64) + 1.0) / 2.0, 0.0, 1.0)
+        unit = inverse(stretched, clip=True)
+        flat_out[part] = unit * (params.vmax - params.vmin) + params.vmin + params.background
+    return out
 
 
 def clipped_fraction(data: npt.ArrayLike, params: NormalizationParams) -> float:
@@ -287,6 +297,8 @@ def channels_to_band(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
     values = np.asarray(x, dtype=np.float32)
     if values.ndim != 4:
         raise ConfigurationError(f"channels_to_band expects (N, C, H, W), got shape {values.shape}")
+    if values.shape[1] == 1:  # the mean of one value is that value, bit for bit
+        return values[:, 0].copy()
     return np.asarray(values.mean(axis=1, dtype=np.float64), dtype=np.float32)
 
 
@@ -434,8 +446,14 @@ def model_to_physical(
         return bands_to_physical(model_images, params)
     band = channels_to_band(np.asarray(model_images))
     if len(params) == 1:
-        return denormalize(band, params[0]).astype(np.float32)
+        return denormalize(band, params[0])
     if parents is None:
         raise ConfigurationError("per-image normalization needs each image's parent input")
     index = np.asarray(parents, dtype=np.int64)
-    return np.stack([denormalize(band[i], params[int(index[i])]) for i in range(band.shape[0])]).astype(np.float32)
+    if index.shape != (band.shape[0],):
+        raise ConfigurationError(f"need one parent per image: {index.shape[0]} for {band.shape[0]} images")
+    out = np.empty(band.shape, dtype=np.float32)
+    for owner in np.unique(index):  # each parameter set once over all of its images (elementwise: the same bits)
+        mine = index == owner
+        out[mine] = denormalize(band[mine], params[int(owner)])
+    return out

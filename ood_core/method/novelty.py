@@ -85,6 +85,89 @@ def input_nearest_neighbour_distances(inputs: Tensor) -> Tensor:
     return distances.min(dim=1).values
 
 
+_UNIT = 2.0**-53
+"""The unit roundoff of float64."""
+_PAIR_CHUNK = 64
+"""Samples per bounded product in :class:`InputTransforms` (a float64 chunk stays in cache)."""
+
+
+class InputTransforms:
+    """The inputs' flips/rotations, flattened in float64 with their squared norms, to find many samples' nearest.
+
+    :meth:`nearest` gives exactly what :func:`nearest_input_distance` gives, bit for bit, at a fraction of the cost:
+    a float64 matrix product bounds every (sample, transformed input) squared distance within a rigorous rounding
+    margin, and the direct distance (``torch.cdist`` without matrix products, as there) is computed only for the
+    pairs whose bound can reach the smallest, typically one per sample. Ties resolve as there: the lowest input,
+    then the lowest transform.
+    """
+
+    def __init__(self, inputs: Tensor) -> None:
+        if inputs.ndim < 3 or inputs.shape[0] < 1:
+            raise ConfigurationError(f"novelty needs inputs as images (n, [C,] H, W), got {tuple(inputs.shape)}")
+        self.inputs = inputs
+        self.transforms = shape_preserving(int(inputs.shape[-2]), int(inputs.shape[-1]))
+        # rows k-major: row t * n + j is input j under transform self.transforms[t]
+        self.flat = torch.cat([flatten_latents(dihedral(inputs, k)).to(torch.float64) for k in self.transforms])
+        self.norm = torch.linalg.vector_norm(self.flat, dim=1)
+        self.squared = self.norm**2
+
+    def nearest(self, samples: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per (S, ...) sample: RMS distance (S,) float64 to the nearest input up to flips/rotations, the input's
+        index and the transform's (as :func:`nearest_input_distance`)."""
+        if samples.ndim < 3 or samples.shape[1:] != self.inputs.shape[1:]:
+            raise ConfigurationError(
+                f"novelty needs samples and inputs as images of one shape (N, [C,] H, W), got "
+                f"{tuple(samples.shape)} and {tuple(self.inputs.shape)}"
+            )
+        flat = flatten_latents(samples).to(self.flat.device)
+        found = [self._nearest_in(flat[start : start + _PAIR_CHUNK]) for start in range(0, flat.shape[0], _PAIR_CHUNK)]
+        parts = [f for f in found if f is not None]
+        if not parts or len(parts) < len(found):
+            return nearest_input_distance(samples, self.inputs)  # none, or NaN / inf: the reference path, as before
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+
+    def _nearest_in(self, chunk32: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """:meth:`nearest` for a few samples (cache-sized); None when one is not finite."""
+        chunk = chunk32.to(torch.float64)
+        dim, n = int(chunk.shape[1]), int(self.inputs.shape[0])
+        chunk_norm = torch.linalg.vector_norm(chunk, dim=1)
+        if not bool(torch.isfinite(chunk_norm).all()):
+            return None
+        gamma = 4.0 * (dim + 8) * _UNIT  # generous: every rounding of the products and of cdist's direct sum
+        approx = (chunk_norm[:, None] ** 2 + self.squared[None, :]) - 2.0 * (chunk @ self.flat.T)
+        margin = gamma * (chunk_norm[:, None] + self.norm[None, :]) ** 2
+        best = (approx + margin).min(dim=1, keepdim=True).values
+        row, column = ((approx - margin) <= best * (1.0 + gamma) / (1.0 - gamma)).nonzero(as_tuple=True)
+        exact = torch.cdist(chunk.index_select(0, row)[:, None], self.flat.index_select(0, column)[:, None],
+                            compute_mode="donot_use_mm_for_euclid_dist")
+        distance = exact[:, 0, 0] / math.sqrt(dim)
+        which = torch.tensor(self.transforms, dtype=torch.int64, device=column.device)[column // n]
+        index = column % n
+        # per sample the smallest (distance, input, transform): stable sorts, the last key first
+        order = torch.argsort(which, stable=True)
+        for key in (index, distance, row):
+            order = order[torch.argsort(key[order], stable=True)]
+        first = torch.ones_like(order, dtype=torch.bool)
+        first[1:] = row[order][1:] != row[order][:-1]
+        chosen = order[first]
+        return distance[chosen], index[chosen], which[chosen]
+
+
+@dataclass(frozen=True, eq=False)
+class NoveltyCheck:
+    """A :class:`NoveltyRule` with its inputs prepared once (threshold, transforms) for many batches of samples."""
+
+    rule: NoveltyRule
+    inputs: InputTransforms
+    threshold: float
+
+    def evaluate(self, samples: Tensor) -> NoveltyResult:
+        """What ``rule.evaluate(samples, inputs)`` gives, bit for bit."""
+        distance, index, transform = self.inputs.nearest(samples)
+        return NoveltyResult(distance, index, is_near_copy=distance < self.threshold, threshold=self.threshold,
+                             transform=transform)
+
+
 @dataclass(frozen=True, eq=False)
 class NoveltyResult:
     """Per sample (S,): nearest-input distance, nearest input index, near-copy flag, the index of the input's
@@ -120,6 +203,10 @@ class NoveltyRule:
 
     def threshold(self, inputs: Tensor) -> float:
         return self.factor * float(input_nearest_neighbour_distances(inputs).median())
+
+    def prepared(self, inputs: Tensor) -> NoveltyCheck:
+        """This rule for many batches of samples against the same inputs (:class:`NoveltyCheck`)."""
+        return NoveltyCheck(self, InputTransforms(inputs), self.threshold(inputs))
 
     def evaluate(self, samples: Tensor, inputs: Tensor) -> NoveltyResult:
         threshold = self.threshold(inputs)

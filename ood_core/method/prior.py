@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -50,9 +51,18 @@ def flatten_latents(latents: Tensor) -> Tensor:
 
 def generator_from_seed(seed: int) -> torch.Generator:
     """A CPU torch.Generator for one int64 seed (negative seeds are read as their two's complement)."""
-    generator = torch.Generator()
+    return reseed(torch.Generator(), seed)
+
+
+def reseed(generator: torch.Generator, seed: int) -> torch.Generator:
+    """``generator`` in the state :func:`generator_from_seed` gives a new one (one generator for many seeds)."""
     generator.manual_seed(int(seed) & _UINT64_MASK)  # bijective on int64, unlike torch's own remapping
     return generator
+
+
+def _on(tensor: Tensor, device: torch.device) -> Tensor:
+    """``tensor`` on ``device`` (itself when already there)."""
+    return tensor if tensor.device == device else tensor.to(device)
 
 
 @runtime_checkable
@@ -82,6 +92,15 @@ class LatentPrior(Protocol):
 
     def sample_with_seeds(self, seeds: Sequence[int]) -> Tensor:
         """(len(seeds), D): row i is ``sample(1, generator_from_seed(seeds[i]))``."""
+        ...
+
+    def draw(self, generator: torch.Generator) -> Tensor:
+        """(1, ...) what one draw takes from ``generator``; :meth:`from_draws` of such rows stacked gives, row by
+        row, ``sample(1, generator)`` bit for bit (the per-draw part is as small as that allows)."""
+        ...
+
+    def from_draws(self, draws: Tensor) -> Tensor:
+        """(B, D) samples from B stacked :meth:`draw` rows."""
         ...
 
     def log_density(self, z: Tensor) -> Tensor:
@@ -150,8 +169,13 @@ class ScalarGaussianPrior:
         return math.sqrt(self.variance)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        noise = _gaussian_noise((n, self.dim), generator).to(self.mean.device)
-        return self.mean + self.sigma * noise
+        return self.from_draws(_gaussian_noise((n, self.dim), generator))
+
+    def draw(self, generator: torch.Generator) -> Tensor:
+        return _gaussian_noise((1, self.dim), generator)
+
+    def from_draws(self, draws: Tensor) -> Tensor:
+        return self.mean + self.sigma * _on(draws, self.mean.device)  # elementwise: batched, the same bits
 
     def sample_with_seeds(self, seeds: Sequence[int]) -> Tensor:
         return _sample_rows_from_seeds(self, seeds)
@@ -259,14 +283,24 @@ class PPCAPrior:
     def sigma(self) -> float:
         return math.sqrt(self.total_variance / self.dim)
 
+    @cached_property
+    def _scales(self) -> Tensor:
+        return self.component_variances.sqrt().to(self.mean.device, torch.float32)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         # One draw per row in a fixed order: k component coefficients, then D residual coordinates.
-        coefficients = _gaussian_noise((n, self.n_components), generator).to(self.mean.device)
-        noise = _gaussian_noise((n, self.dim), generator).to(self.mean.device)
-        scales = self.component_variances.sqrt().to(self.mean.device, torch.float32)
-        in_span = (coefficients * scales) @ self.components
+        coefficients = _on(_gaussian_noise((n, self.n_components), generator), self.mean.device)
+        noise = _on(_gaussian_noise((n, self.dim), generator), self.mean.device)
+        in_span = (coefficients * self._scales) @ self.components
         off_span = noise - (noise @ self.components.T) @ self.components
         return self.mean + in_span + math.sqrt(self.residual_variance) * off_span
+
+    def draw(self, generator: torch.Generator) -> Tensor:
+        # whole samples: the matrix products of one row are not those of a batch, bit for bit
+        return self.sample(1, generator)
+
+    def from_draws(self, draws: Tensor) -> Tensor:
+        return _on(draws, self.mean.device)
 
     def sample_with_seeds(self, seeds: Sequence[int]) -> Tensor:
         return _sample_rows_from_seeds(self, seeds)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ood_core.errors import ConfigurationError
-from ood_core.method.prior import LatentPrior, flatten_latents, generator_from_seed
+from ood_core.method.prior import LatentPrior, flatten_latents, reseed
 
 CRITERION_NAMES = ("mean_distance_to_reference", "mean_angle_to_ood_deg", "mean_pair_angle_at_candidate_deg")
 
@@ -506,17 +506,18 @@ class GeometricSampler:
         lams: list[float] = []
         draws: list[Tensor] = []  # prior draws, on the CPU (the prior's own generator per candidate)
         seconds: list[int] = []  # the other OOD latent of slerp_ood_ood
+        generator = torch.Generator()
         for seed in seeds:
-            generator = generator_from_seed(seed)  # fixed draw order: parent, lam, then the other end
+            reseed(generator, seed)  # as generator_from_seed(seed); fixed draw order: parent, lam, then the other end
             if strategy == "prior":
                 parents.append(-1)
-                draws.append(self.prior.sample(1, generator)[0])
+                draws.append(self.prior.draw(generator)[0])
                 continue
             parent = int(torch.randint(n, (1,), generator=generator).item())
             uniform = float(torch.rand((1,), generator=generator, dtype=torch.float64).item())
             lam = low + (high - low) * uniform
             if strategy == "slerp_ood_prior":
-                draws.append(self.prior.sample(1, generator)[0])
+                draws.append(self.prior.draw(generator)[0])
             else:
                 second = int(torch.randint(n - 1, (1,), generator=generator).item())
                 seconds.append(second + (second >= parent))
@@ -529,7 +530,7 @@ class GeometricSampler:
         if strategy == "slerp_ood_ood":
             others = self._ood[torch.tensor(seconds, dtype=torch.long, device=device)]
         else:
-            others = torch.stack(draws).to(device)  # one copy per candidate batch
+            others = self.prior.from_draws(torch.stack(draws)).to(device)  # one copy per candidate batch
         if strategy == "prior":
             return others, parent_index
         starts = self._ood[parent_index.to(device, torch.long)]

@@ -45,6 +45,7 @@ from ood_core.pipeline.config import (
     settled,
     slerp_range_of,
 )
+from ood_core.pipeline.pipelined import run_pipelined, run_serial
 from ood_core.store.runs import RunWriter
 from ood_core.store.shards import ShardWriter, assign_regions, merge_regions
 
@@ -56,6 +57,11 @@ that many near-copies the slot stays empty."""
 
 FIRST_LOOK = 4
 """Candidates of a slot screened in its first look for an acceptable one (then 8, 16, ...)."""
+
+SCREENING_THREADS = 2
+"""Threads that screen the first look of the coming blocks in a pipelined sample stage, each block in turn: the
+candidate draws (one generator each, about 4 per denoised sample) are the largest host cost; with two, the screening
+keeps up with the network thread (bench/bench_sample_stage.py)."""
 
 ProgressHook = Callable[[str, int, int], None]
 
@@ -161,6 +167,7 @@ class SampleContext:
         self.norm_params = [NormalizationParams.from_dict(p) for p in record["normalization"]["params"]]
         self.per_band = bool(record["normalization"].get("per_band", False))
         self.rule = NoveltyRule(factor=params.novelty_factor)
+        self.novelty = self.rule.prepared(self.images)
         self.eta, self.seed = params.eta, params.seed
         self.plan = SlotPlan.of(params, recorded_batch_size(source))
         model.reserve_batch(self.plan.block)
@@ -279,23 +286,29 @@ def _next_choices(ctx: SampleContext, block: _Block, pending: list[int]) -> dict
             seeds.extend(slot_candidate_seed(ctx.seed, slot, first + k) for k in range(spans[slot][1] - spans[slot][0]))
         screened = ctx.sampler.screen(seeds)
         accepted = screened.accepted.cpu().numpy()
-        still = []
+        still, hit_slots, hits = [], [], []
         for slot in searching:
             begin, end = spans[slot]
-            hits = np.flatnonzero(accepted[begin:end])
+            found = np.flatnonzero(accepted[begin:end])
             first = block.attempts.get(slot, 0)
-            if hits.size == 0:
+            if found.size == 0:
                 block.attempts[slot] = first + end - begin
                 block.counters.tried += end - begin
                 if block.attempts[slot] < ctx.plan.tries:
                     still.append(slot)
                 continue
-            hit = begin + int(hits[0])
-            block.attempts[slot] = first + int(hits[0]) + 1
-            block.counters.tried += int(hits[0]) + 1
+            block.attempts[slot] = first + int(found[0]) + 1
+            block.counters.tried += int(found[0]) + 1
             block.counters.accepted += 1
-            chosen[slot] = _Choice(block.attempts[slot] - 1, seeds[hit], screened.latents[hit],
-                                   screened.criteria[hit], int(screened.parents[hit]))
+            hit_slots.append(slot)
+            hits.append(begin + int(found[0]))
+        if hits:  # the chosen candidates taken out together (one gather each, not one indexing per slot)
+            where = torch.tensor(hits, dtype=torch.long)
+            latents = screened.latents[where.to(screened.latents.device)].unbind(0)
+            criteria = screened.criteria[where.to(screened.criteria.device)].unbind(0)
+            parents = screened.parents[where].tolist()
+            for i, (slot, hit) in enumerate(zip(hit_slots, hits, strict=True)):
+                chosen[slot] = _Choice(block.attempts[slot] - 1, seeds[hit], latents[i], criteria[i], parents[i])
         searching, look = still, 2 * look
     return chosen
 
@@ -305,37 +318,66 @@ def _denoise(model: FrozenDiffusionModel, ctx: SampleContext, block: _Block, cho
     slots = sorted(chosen)
     latents = torch.stack([chosen[s].latent for s in slots]).reshape(-1, *ctx.images.shape[1:]).float()
     seeds = [chosen[s].seed for s in slots]
-    samples = ddim.ddim_generate(model, latents, ctx.grid, eta=ctx.eta, seeds=seeds, batch_size=ctx.plan.block)
-    novelty = ctx.rule.evaluate(samples, ctx.images)
-    latents_host = latents.cpu().numpy()
-    criteria = torch.stack([chosen[s].criteria for s in slots]).cpu().numpy()
+    samples = _to_host(ddim.ddim_generate(model, latents, ctx.grid, eta=ctx.eta, seeds=seeds,
+                                          batch_size=ctx.plan.block, output="device"))
+    novelty = ctx.novelty.evaluate(samples)
+    latents_host = _to_host(latents).numpy()
+    criteria = _to_host(torch.stack([chosen[s].criteria for s in slots])).numpy()
+    samples_host = samples.numpy()
+    near_copy, distance, nearest = (novelty.is_near_copy.tolist(), novelty.distance.tolist(),
+                                    novelty.index.tolist())
     for i, slot in enumerate(slots):
-        if bool(novelty.is_near_copy[i]):
+        if near_copy[i]:
             block.counters.near_copies += 1
             block.near[slot] = block.near.get(slot, 0) + 1
             continue
         block.rows[slot] = {
-            "samples": samples[i].numpy(), "sample_latents": latents_host[i], "sample_seed": seeds[i],
+            "samples": samples_host[i], "sample_latents": latents_host[i], "sample_seed": seeds[i],
             "sample_parent": chosen[slot].parent, "sample_criteria": criteria[i],
-            "sample_nearest_input_distance": float(novelty.distance[i]), "nearest": int(novelty.index[i]),
-            "slot": slot,
+            "sample_nearest_input_distance": distance[i], "nearest": nearest[i], "slot": slot,
         }
 
 
-def fill_block(ctx: SampleContext, model: FrozenDiffusionModel, index: int) -> tuple[dict[str, Any], Counters]:
-    """The samples of block ``index`` (filled slots in slot order, as sample-array batches) and its counters."""
+def _to_host(values: torch.Tensor) -> torch.Tensor:
+    """``values`` on the host: on CUDA through a pinned buffer (a direct DMA copy; the buffer lives as long as the
+    block's rows that view it, then returns to torch's pinned-memory cache), on the CPU as they are."""
+    if values.device.type != "cuda":
+        return values
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    torch.cuda.current_stream(values.device).synchronize()
+    return host
+
+
+def first_look(ctx: SampleContext, index: int) -> tuple[_Block, dict[int, _Choice]]:
+    """Block ``index`` with its slots' first accepted candidates (the screening that needs no denoised sample)."""
     block = _Block(list(ctx.plan.slots(index)))
+    return block, _next_choices(ctx, block, list(block.slots))
+
+
+def finish_block(ctx: SampleContext, model: FrozenDiffusionModel, block: _Block,
+                 chosen: dict[int, _Choice]) -> tuple[list[dict[str, Any]], Counters]:
+    """Denoise the first look's choices, then screen and denoise again the slots left without a sample (a miss, a
+    near-copy) until each has one or is out of tries; the filled rows in slot order and the block's counters."""
     pending = list(block.slots)
-    while pending:
-        chosen = _next_choices(ctx, block, pending)
+    while True:
         if chosen:
             _denoise(model, ctx, block, chosen)
         pending = [s for s in pending if s in chosen and s not in block.rows and block.near.get(s, 0)
                    < ACCEPTED_PER_SAMPLE]
+        if not pending:
+            break
+        chosen = _next_choices(ctx, block, pending)
     empty = [s for s in block.slots if s not in block.rows]
     block.counters.failed_slots = len(empty)
     block.counters.budget_exhausted = sum(1 for s in empty if block.attempts.get(s, 0) >= ctx.plan.tries)
-    return _batch(ctx, [block.rows[s] for s in block.slots if s in block.rows]), block.counters
+    return [block.rows[s] for s in block.slots if s in block.rows], block.counters
+
+
+def fill_block(ctx: SampleContext, model: FrozenDiffusionModel, index: int) -> tuple[dict[str, Any], Counters]:
+    """The samples of block ``index`` (filled slots in slot order, as sample-array batches) and its counters."""
+    rows, counters = finish_block(ctx, model, *first_look(ctx, index))
+    return _batch(ctx, rows), counters
 
 
 def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -361,18 +403,47 @@ def _batch(ctx: SampleContext, rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run_blocks(ctx: SampleContext, model: FrozenDiffusionModel, append: Append, blocks: range,
                checkpoint: dict[str, Any] | None, progress: ProgressHook | None = None,
-               written: int = 0) -> Counters:
-    """Fill ``blocks`` in order into ``sink`` (each block one batch, committed with a checkpoint), starting at the
-    checkpoint's next block; returns the counters of every block of the range (the checkpoint's included)."""
+               written: int = 0, *, pipelined: bool | None = None,
+               screening_threads: int = SCREENING_THREADS) -> Counters:
+    """Fill ``blocks`` in order into ``append`` (each block one batch, committed with a checkpoint), starting at the
+    checkpoint's next block; returns the counters of every block of the range (the checkpoint's included).
+
+    ``pipelined``: the first look of block k + 1 is screened, and block k - 1 converted and appended, in threads
+    while block k is denoised (:mod:`ood_core.pipeline.pipelined`); the same samples, counters and checkpoints as
+    the serial order (``False``), bit for bit. None (default): pipelined when the network runs on CUDA, where the
+    host's work would otherwise keep the GPU waiting; serial on the CPU, where the network's own threads keep every
+    core busy and more threads only compete with them. ``screening_threads`` screen blocks in turn."""
     counters = Counters.from_dict((checkpoint or {}).get("counters"))
     start = int((checkpoint or {}).get("next_block", blocks.start))
-    for index in range(max(start, blocks.start), blocks.stop):
-        batch, block_counters = fill_block(ctx, model, index)
+
+    def look(index: int) -> tuple[_Block, dict[int, _Choice]]:
+        return first_look(ctx, index)
+
+    def fill(index: int, looked: tuple[_Block, dict[int, _Choice]]) -> tuple[list[dict[str, Any]], Counters]:
+        return finish_block(ctx, model, *looked)
+
+    def write(index: int, filled: tuple[list[dict[str, Any]], Counters]) -> None:
+        rows, block_counters = filled
+        batch = _batch(ctx, rows)
         counters.add(block_counters)
         written = append(batch, {"next_block": index + 1, "counters": counters.to_dict()})
         if progress is not None:
             progress("sample", written, ctx.plan.samples)
+
+    indices = range(max(start, blocks.start), blocks.stop)
+    if model.device.type == "cuda" if pipelined is None else pipelined:
+        run_pipelined(indices, look, fill, write, device=model.device, preparers=screening_threads, adopt=_adopt)
+    else:
+        run_serial(indices, look, fill, write)
     return counters
+
+
+def _adopt(looked: tuple[_Block, dict[int, _Choice]]) -> None:
+    """The chosen candidates' device tensors, made on the screening thread's stream, are used on this one's."""
+    stream = torch.cuda.current_stream()
+    for choice in looked[1].values():
+        choice.latent.record_stream(stream)
+        choice.criteria.record_stream(stream)
 
 
 # --------------------------------------------------------------------------------------------- shards
