@@ -1,6 +1,7 @@
 """Issue 23's table: does the C2ST tell real images from fakes on every dev source?
 
-For every source of ``../shared/data/fits/cutouts_128`` all cutouts go through the pipeline's ingest with the
+For every source of ``$OOD_DEV_DATA/cutouts_128``
+(the dev set, docs/DESIGN.md section 9) all cutouts go through the pipeline's ingest with the
 shipped one-channel model's resolution (read, block-average to 64x64, one asinh normalization per source) and
 back to physical units. The cutouts are split as a run's calibration splits its shots (``split_shots``: a third
 held out, chosen by the seed): the kept ones are "the shots", the others the held-out real cutouts. Rows, each a

@@ -1,6 +1,7 @@
 """Issue 11's comparison table: the calibrated method against today's defaults and the baselines, per dev source.
 
-For every source of ``../shared/data/fits/cutouts_128`` (files ``<source>_y..._x....fits``, in name order) the
+For every source of ``$OOD_DEV_DATA/cutouts_128``
+(the dev set, docs/DESIGN.md section 9) (files ``<source>_y..._x....fits``, in name order) the
 first ``shots`` files are the run's inputs and the rest the unseen reference (shots = n - max(3, n // 3), at
 most 10: 6-9 shots and 3-5 references; a source with fewer than 9 files gets fewer than 6 shots, so its run is
 not calibrated and the table says so). Three runs of the same size and seed:

@@ -1,6 +1,7 @@
 """Base models side by side on every dev source: OOD sample fidelity and reconstruction, same seed and settings.
 
-For each source of ``../shared/data/fits/cutouts_128`` the split is ``bench/calibration_table.py``'s (the first
+For each source of ``$OOD_DEV_DATA/cutouts_128``
+(the dev set, docs/DESIGN.md section 9) the split is ``bench/calibration_table.py``'s (the first
 shots are the run's inputs, the rest the unseen reference). Every model runs the pipeline with the same fixed
 settings (the pipeline's defaults without calibration: t0 600, slerp toward a prior draw at 0.3-0.7, scalar
 prior; ``--t0/--strategy/--prior`` change them for every model alike) and ``evaluate_run`` scores its samples

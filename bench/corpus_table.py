@@ -1,7 +1,9 @@
 """The hardening corpus of issue 13: each kind of bad input, damaged store and hostile file, built in a temporary
 folder and put through the real code; prints the table (kind, expected, observed) in Markdown.
 
-    PYTHONPATH=. python bench/corpus_table.py [--fits-dir ../shared/data/fits]
+    PYTHONPATH=. python bench/corpus_table.py [--fits-dir DIR]
+
+``--fits-dir`` defaults to ``$OOD_DEV_DATA``, the dev set of docs/DESIGN.md section 9.
 
 Inputs go through the run's ingest path (expand, validate, deduplicate: ``ood_core.pipeline.read_inputs``)
 with the shipped model's resolution (64); stores are written with ``RunWriter`` and damaged on disk. Nothing
@@ -280,7 +282,8 @@ def hostile_rows(tmp: Path) -> list[Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--fits-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/fits")
+    dev_set = Path(__file__).resolve().parents[1] / os.environ.get("OOD_DEV_DATA", "../shared/data/fits")
+    parser.add_argument("--fits-dir", type=Path, default=dev_set)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)

@@ -1,6 +1,7 @@
 """Issue 11 item 5: the same run with matching background noise on and off, evaluated against unseen cutouts.
 
-For each source of ``../shared/data/fits/cutouts_128`` the first ``--shots`` files (name order) are the run's inputs
+For each source of ``$OOD_DEV_DATA/cutouts_128``
+(the dev set, docs/DESIGN.md section 9) the first ``--shots`` files (name order) are the run's inputs
 and the rest the reference. Two runs of the same size, seed and settings (``--t0``, prior ppca, strategy
 slerp_ood_prior given): one leaves ``noise`` to the calibration (which scores every setting with and without noise
 and chooses), the other gives the opposite value with ``--no-calibrate``. Each is evaluated (``evaluate_run``,

@@ -99,7 +99,8 @@ replicated into three channels did, without the two redundant dimensions per pix
   source weights sha256 `{src_sha}` (`derivation.json`)
 - **Schedule**: the same DDPM schedule as `{src}` (`scheduler/scheduler_config.json`)
 - **Regenerate**: `python -m ood_core.base_model.collapse models/{src} models/{name} --card
-  ../shared/data/fits/cutouts_128` (byte-identical weights; this card's reconstruction table is re-measured)
+  $OOD_DEV_DATA/cutouts_128` (the dev set, docs/DESIGN.md section 9; byte-identical weights; this card's
+  reconstruction table is re-measured)
 
 ## Its own samples (DDIM, 50 steps from N(0, I))
 
@@ -114,10 +115,10 @@ run (DDIM samples of the frozen model from N(0, I)) are drawn from this same sat
 
 ## Reconstruction of real, out-of-domain FITS cutouts, beside `{src}`
 
-The first 4 (sorted) 128x128 cutouts of each dev source in `../shared/data/fits/cutouts_128`, normalized
-per source (asinh), block-averaged to {res}x{res}, inverted with deterministic DDIM to t0 = {t0} in K = {k}
-steps and generated back (eta = 0); median PSNR in model space ([-1, 1], data range 2). `{src}` reads the
-same images replicated into 3 channels.
+The first 4 (sorted) 128x128 cutouts of each dev source in `cutouts_128` of the dev set (docs/DESIGN.md
+section 9), normalized per source (asinh), block-averaged to {res}x{res}, inverted with deterministic DDIM to
+t0 = {t0} in K = {k} steps and generated back (eta = 0); median PSNR in model space ([-1, 1], data range 2).
+`{src}` reads the same images replicated into 3 channels.
 
 | source | {name} median PSNR (dB) | {src} median PSNR (dB) |
 |---|---|---|

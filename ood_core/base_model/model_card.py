@@ -258,7 +258,7 @@ PSNR in model space ([-1, 1], data range 2).
 {table}
 
 Reproduce: `.venv/bin/python -m ood_core.base_model.model_card models/{model_dir.name}
-../shared/data/fits/cutouts_128`.
+$OOD_DEV_DATA/cutouts_128` (the dev set: docs/DESIGN.md section 9).
 """
     (model_dir / "README.md").write_text(text)
     return card
