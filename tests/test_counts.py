@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter
 
@@ -25,6 +26,9 @@ from ood_core.evaluation.counts import (
     is_counts_data,
     significance_map,
 )
+from ood_core.evaluation.loading import ImageSet
+from ood_core.evaluation.report import format_table
+from ood_core.evaluation.scoring import score_sets, table_rows
 from ood_core.io.fits import read_fits_image
 
 
@@ -156,3 +160,27 @@ CASES = [
 @pytest.mark.parametrize("name, passes", CASES, ids=[c[0] for c in CASES])
 def test_counts_metrics_tell_counts_maps_from_lookalikes(compared, name, passes) -> None:
     assert passes(compared[name]), compared[name]
+
+
+def _image_set(name: str, maps: np.ndarray) -> ImageSet:
+    model = torch.asinh(torch.from_numpy(maps).float())[:, None] / 3.0 - 1.0  # any fixed map to model space
+    return ImageSet(name, model, maps.astype(np.float32))
+
+
+def test_evaluation_scores_counts_runs_with_the_counts_metrics_and_table_columns() -> None:
+    config = CountsSkyConfig(size=64, pixel_scale_deg=0.08)
+    reference = _image_set("reference", np.stack([make_counts_map(config, s).counts for s in range(6)]))
+    method = _image_set("method", np.stack([make_counts_map(config, s).expected for s in range(10, 16)]))
+    inputs = _image_set("inputs", np.stack([make_counts_map(config, s).counts for s in range(20, 26)]))
+    scores = score_sets({"method": method, "inputs": inputs}, reference, inputs.model, reference.model, 2.0)
+    assert scores.reference["counts"] is True
+    assert scores.per_set["method"]["counts_not_integer"] == 1.0 and scores.per_set["inputs"]["counts_not_integer"] == 0
+    rows = table_rows(scores.per_set)
+    assert all("counts_sources_w1" in row for row in rows)
+    table = format_table({"table": rows, "sets": scores.per_set})
+    assert "Li&Ma src" in table.splitlines()[0] and "not counts" in table.splitlines()[0]
+    # Not counts (a fractional reference): the counts metrics and columns stay out.
+    fractional = _image_set("reference", reference.physical.astype(np.float64) + 0.5)
+    plain = score_sets({"inputs": inputs}, fractional, inputs.model, reference.model, 2.0)
+    assert plain.reference["counts"] is False and "counts_pmf_tv" not in plain.per_set["inputs"]
+    assert "Li&Ma" not in format_table({"table": table_rows(plain.per_set), "sets": plain.per_set})

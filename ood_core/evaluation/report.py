@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ood_core.evaluation import plots, sheets
+from ood_core.evaluation.counts import COUNTS_METRIC_DOCS
 from ood_core.evaluation.loading import ImageSet
 from ood_core.evaluation.metrics import METRIC_DOCS, MINKOWSKI_QUANTILES
-from ood_core.evaluation.scoring import TABLE_COLUMNS, Scores
+from ood_core.evaluation.scoring import Scores, table_columns
 from ood_core.store.provenance import json_safe, strict_json_dumps
 
 
@@ -55,11 +56,12 @@ def write_json(result: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def format_table(result: dict[str, Any], *, markdown: bool = True) -> str:
     """The summary table of an ``evaluate_run`` result (markdown, or fixed-width text)."""
-    headers = ["set", "n", *[short for _, short in TABLE_COLUMNS]]
+    columns = table_columns(result.get("sets", {}))
+    headers = ["set", "n", *[short for _, short in columns]]
     lines = []
     for row in result["table"]:
         cells = [str(row["set"]), str(row["n"])]
-        for key, _ in TABLE_COLUMNS:
+        for key, _ in columns:
             value = row.get(key)
             cells.append("-" if value is None else f"{value:.3g}")
         lines.append(cells)
@@ -112,6 +114,7 @@ def evaluation_markdown(result: dict[str, Any], embedded: Mapping[str, str]) -> 
         "| metric | meaning |",
         "|---|---|",
         *[f"| {name} | {doc} |" for name, doc in METRIC_DOCS.items()],
+        *([f"| {name} | {doc} |" for name, doc in COUNTS_METRIC_DOCS.items()] if reference.get("statistics", {}).get("counts") else []),
         "",
         "## Plots",
         "",

@@ -2,7 +2,9 @@
 
 Image statistics run on physical units, at Minkowski thresholds shared by all sets (quantiles of the
 reference pixels); geometry (novelty, domain separation, fidelity, coverage) in model space. The result is
-one dict of numbers per set, a summary of the reference itself, and the summary table's rows.
+one dict of numbers per set, a summary of the reference itself, and the summary table's rows. When the reference
+images are photon counts (non-negative whole numbers), every set also gets the counts metrics of
+``ood_core.evaluation.counts`` and the table their columns.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ood_core.evaluation import metrics
+from ood_core.evaluation import counts, metrics
 from ood_core.evaluation.c2st import c2st
 from ood_core.evaluation.loading import ImageSet
 from ood_core.evaluation.texture import Standardization
@@ -41,6 +43,22 @@ TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("coverage_distance", "cov"),
 )
 """Columns of the summary table: (metric key, short header)."""
+
+COUNTS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("counts_not_integer", "not counts"),
+    ("counts_pmf_tv", "P(n) TV"),
+    ("counts_total_dex", "total dex"),
+    ("counts_profile_dex", "profile dex"),
+    ("counts_sources_mean", "Li&Ma src"),
+    ("counts_sources_w1", "Li&Ma W1"),
+)
+"""Further columns when the reference is counts maps (``counts.COUNTS_METRIC_DOCS``)."""
+
+
+def table_columns(per_set: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """TABLE_COLUMNS, and COUNTS_COLUMNS when the sets were scored as counts maps."""
+    scored_as_counts = any("counts_pmf_tv" in values for values in per_set.values())
+    return TABLE_COLUMNS + COUNTS_COLUMNS if scored_as_counts else TABLE_COLUMNS
 
 
 @dataclass
@@ -124,15 +142,31 @@ def score_sets(
     ref_stats = metrics.set_statistics(reference.physical, thresholds)
     statistics: dict[str, metrics.SetStatistics] = {"reference": ref_stats}
     per_set: dict[str, dict[str, Any]] = {}
+    counts_ref = counts_reference(reference)
     for name, image_set in sets.items():
         statistics[name] = metrics.set_statistics(image_set.physical, thresholds)
         per_set[name] = _set_values(image_set, statistics[name], ref_stats, reference, inputs, anchor,
                                     novelty_factor)
-    return Scores(per_set, reference_summary(ref_stats), statistics, thresholds,
-                  novelty_summary(inputs, novelty_factor))
+        if counts_ref is not None:
+            per_set[name].update(counts.compare_counts(counts.counts_statistics(_maps(image_set)), counts_ref))
+    summary = reference_summary(ref_stats)
+    summary["counts"] = counts_ref is not None
+    return Scores(per_set, summary, statistics, thresholds, novelty_summary(inputs, novelty_factor))
+
+
+def _maps(image_set: ImageSet) -> np.ndarray[Any, np.dtype[np.float64]]:
+    stack = np.asarray(image_set.physical, dtype=np.float64)
+    return stack.reshape(-1, stack.shape[-2], stack.shape[-1])
+
+
+def counts_reference(reference: ImageSet) -> counts.CountsStatistics | None:
+    """The reference's counts statistics when its images are photon counts, else None."""
+    maps = _maps(reference)
+    return counts.counts_statistics(maps) if counts.is_counts_data(maps) else None
 
 
 def table_rows(per_set: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per set: its name, size and the headline metrics of ``TABLE_COLUMNS``."""
-    return [{"set": name, "n": values.get("n")} | {key: values.get(key) for key, _ in TABLE_COLUMNS}
+    columns = table_columns(per_set)
+    return [{"set": name, "n": values.get("n")} | {key: values.get(key) for key, _ in columns}
             for name, values in per_set.items()]
