@@ -120,7 +120,7 @@ def _kind(unit: u.UnitBase) -> tuple[UnitKind, str]:
     if any(power > 0 and _is(base, u.K) for base, power in factors):
         return "surface_brightness", "a brightness temperature"
     if any(power > 0 and any(_is(base, c) for c in _COUNT_LIKE) for base, power in factors):
-        return "per_pixel", "a count (or count rate) in each pixel"
+        return "per_pixel", "a count or count rate in each pixel"
     if any(_is(unit, flux) for flux in _FLUXES):
         return "per_pixel", "a flux with no per-area factor: the flux in each pixel"
     return "unknown", "neither per pixel nor per unit area"
