@@ -55,10 +55,11 @@ def test_version_module_entry_and_run_flags(capsys: pytest.CaptureFixture[str]) 
     assert "INPUT" in text and "glob" in text and "--quiet" in text and "--verbose" in text
     args = build_parser().parse_args(["run", "a.fits", "--store", "s.zarr", "--strategy", "slerp_ood_ood",
                                       "--reference-count", "8", "--novelty-factor", "0.3", "--normalization",
-                                      "per_image", "--stretch", "sqrt", "--dtype", "bfloat16", "-q"])
+                                      "per_image", "--stretch", "sqrt", "--dtype", "bfloat16", "--resampling", "sum",
+                                      "-q"])
     params = __import__("ood_cli.main", fromlist=["_parameters"])._parameters(args, ["a.fits"], "s.zarr")
     assert (params.strategy, params.reference_count, params.novelty_factor, params.normalization, params.stretch,
-            params.dtype) == ("slerp_ood_ood", 8, 0.3, "per_image", "sqrt", "bfloat16")
+            params.dtype, params.resampling) == ("slerp_ood_ood", 8, 0.3, "per_image", "sqrt", "bfloat16", "sum")
     assert args.quiet and not args.verbose
     assert (params.calibrate, params.t0, params.prior) == (None, None, None)  # left to the calibration
     for flag, expected in (("--calibrate", True), ("--no-calibrate", False)):
