@@ -263,11 +263,11 @@ def _open_hint(store: str, run_id: str) -> None:
 
 
 def _execute_pipeline(params: Any, verbosity: Verbosity = "normal", resume: str | None = None) -> int:
-    from ood_core.errors import NoUsableInputError
+    from ood_core.errors import MixedUnitsError, NoUsableInputError
 
     try:
         result = _run_flow(params, verbosity, resume)
-    except NoUsableInputError as exc:
+    except (NoUsableInputError, MixedUnitsError) as exc:
         _err(str(exc))
         _err("nothing was written")
         return EXIT_USAGE

@@ -154,6 +154,17 @@ def test_run_with_nothing_usable_exits_2_naming_each_file(tmp_path: Path) -> Non
     assert not (tmp_path / "store.zarr").exists() or list_runs(str(tmp_path / "store.zarr")) == []
 
 
+def test_run_on_mixed_units_exits_2_naming_files_units_and_the_flag(tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    counts = write_skies(inputs, 2, size=128, prefix="counts")  # the demo skies' unit: adu (summed)
+    bright = write_skies(inputs, 2, size=128, prefix="bright", unit="MJy/sr")  # averaged
+    done = _ood("run", str(inputs), "--store", str(tmp_path / "store.zarr"), *SMALL, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE, done.stderr[-3000:]
+    assert all(p.name in done.stderr for p in [*counts, *bright]) and "(adu)" in done.stderr
+    assert "(MJy/sr)" in done.stderr and "--resampling sum" in done.stderr
+    assert not (tmp_path / "store.zarr").exists() or list_runs(str(tmp_path / "store.zarr")) == []
+
+
 def test_demo_runs_end_to_end_and_says_where_the_store_is(tmp_path: Path) -> None:
     done = _ood("demo", "--out", str(tmp_path / "demo"), "--images", "6", *SMALL, cwd=tmp_path)
     assert done.returncode == EXIT_OK, done.stdout[-3000:] + done.stderr[-3000:]

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from astropy.nddata import block_reduce
 
-from ood_core.errors import ConfigurationError
+from ood_core.errors import ConfigurationError, MixedUnitsError
 from ood_core.io.units import UnitClass, classify_bunit
 
 ResamplingRule = Literal["mean", "sum"]
@@ -82,7 +82,7 @@ def choose_resampling(
     """The rule for inputs given as (path, BUNIT) pairs: forced by ``setting`` "sum"/"mean", else by the units.
 
     Under "auto", inputs that mix per-pixel units with surface-brightness (or unknown, hence averaged) units are
-    refused with a :class:`ConfigurationError` naming the files and their units.
+    refused with a :class:`MixedUnitsError` (a ConfigurationError) naming the files and their units.
     """
     if setting not in get_args(ResamplingSetting):
         raise ConfigurationError(f"unknown resampling {setting!r}; choose auto, sum or mean")
@@ -96,7 +96,7 @@ def choose_resampling(
     for path, unit_class in named:
         by_rule.setdefault(RULE_OF_KIND[unit_class.kind], []).append((path, unit_class))
     if len(by_rule) > 1:
-        raise ConfigurationError(
+        raise MixedUnitsError(
             f"the {what} mix per-pixel units, whose blocks are summed: {_listing(by_rule['sum'])}, with surface "
             f"brightness or unknown units, whose blocks are averaged: {_listing(by_rule['mean'])}. Run them "
             f"separately, fix their BUNIT, or force one rule for all with --resampling sum or --resampling mean")
