@@ -97,13 +97,19 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
                         help="one normalization for all inputs, or one per image (default per_run)")
     parser.add_argument("--stretch", choices=["asinh", "linear", "sqrt", "log"],
                         help="intensity stretch before the model (default asinh)")
+    parser.add_argument("--resampling", choices=["auto", "sum", "mean"],
+                        help="how blocks of input pixels become model pixels: auto decides by BUNIT (per-pixel "
+                             "units such as counts, ADU, nanomaggies summed; surface brightness such as MJy/sr, "
+                             "Jy/beam averaged; missing or unknown averaged), sum or mean forces one rule "
+                             "(default auto)")
     _output_arguments(parser)
     if not demo:
         parser.add_argument("--tile", type=int, help="cut large inputs into square tiles of this size first")
         parser.add_argument("--hdu", type=int, help="HDU index to read (default: first image HDU)")
 
 
-PIPELINE_FLAGS = ("strategy", "noise", "calibrate", "reference_count", "novelty_factor", "normalization", "stretch")
+PIPELINE_FLAGS = ("strategy", "noise", "calibrate", "reference_count", "novelty_factor", "normalization", "stretch",
+                  "resampling")
 
 
 def _output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,6 +188,8 @@ def _summary(result: dict[str, Any]) -> None:
     _say(f"inputs     {result['n_inputs']} used, {len(result['quarantined'])} quarantined")
     for q in result["quarantined"]:
         _say(f"           quarantined {q.get('path')}: {q.get('reason')}")
+    for rule in (result.get("summary") or {}).get("resampling") or []:
+        _say(f"resampling block {rule.get('rule')}: {rule.get('reason')}")
     _say(f"t0         {result['t0']}")
     _say(f"recon      median PSNR {result['median_psnr_db']:.2f} dB")
     _say(f"samples    {result['n_samples']} (acceptance rate {result['acceptance_rate']:.3f})")
@@ -255,11 +263,11 @@ def _open_hint(store: str, run_id: str) -> None:
 
 
 def _execute_pipeline(params: Any, verbosity: Verbosity = "normal", resume: str | None = None) -> int:
-    from ood_core.errors import NoUsableInputError
+    from ood_core.errors import MixedUnitsError, NoUsableInputError
 
     try:
         result = _run_flow(params, verbosity, resume)
-    except NoUsableInputError as exc:
+    except (NoUsableInputError, MixedUnitsError) as exc:
         _err(str(exc))
         _err("nothing was written")
         return EXIT_USAGE
@@ -278,7 +286,7 @@ def _execute_pipeline(params: Any, verbosity: Verbosity = "normal", resume: str 
 
 _RUN_OPTIONS = ("model", "samples", "seed", "t0", "steps", "eta", "prior", "candidate_budget", "resolution",
                 "batch_size", "device", "dtype", "shards", "dask_address", "strategy", "noise", "reference_count",
-                "novelty_factor", "normalization", "stretch", "tile", "hdu")
+                "novelty_factor", "normalization", "stretch", "resampling", "tile", "hdu")
 
 
 def _resumable(store: str, run_id: str) -> Any:

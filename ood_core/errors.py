@@ -14,6 +14,11 @@ class ConfigurationError(OODError):
     """A parameter or model folder is unusable; the message says how to fix the call."""
 
 
+class MixedUnitsError(ConfigurationError):
+    """Inputs whose units ask for different resampling rules (summed and averaged blocks); raised at ingest,
+    before anything is written. The message names the files, their units and the ``--resampling`` fix."""
+
+
 class InvalidInputError(OODError):
     """An input file cannot be used; carries the path and a reason a person understands."""
 

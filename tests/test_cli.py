@@ -55,10 +55,11 @@ def test_version_module_entry_and_run_flags(capsys: pytest.CaptureFixture[str]) 
     assert "INPUT" in text and "glob" in text and "--quiet" in text and "--verbose" in text
     args = build_parser().parse_args(["run", "a.fits", "--store", "s.zarr", "--strategy", "slerp_ood_ood",
                                       "--reference-count", "8", "--novelty-factor", "0.3", "--normalization",
-                                      "per_image", "--stretch", "sqrt", "--dtype", "bfloat16", "-q"])
+                                      "per_image", "--stretch", "sqrt", "--dtype", "bfloat16", "--resampling", "sum",
+                                      "-q"])
     params = __import__("ood_cli.main", fromlist=["_parameters"])._parameters(args, ["a.fits"], "s.zarr")
     assert (params.strategy, params.reference_count, params.novelty_factor, params.normalization, params.stretch,
-            params.dtype) == ("slerp_ood_ood", 8, 0.3, "per_image", "sqrt", "bfloat16")
+            params.dtype, params.resampling) == ("slerp_ood_ood", 8, 0.3, "per_image", "sqrt", "bfloat16", "sum")
     assert args.quiet and not args.verbose
     assert (params.calibrate, params.t0, params.prior) == (None, None, None)  # left to the calibration
     for flag, expected in (("--calibrate", True), ("--no-calibrate", False)):
@@ -150,6 +151,17 @@ def test_run_with_nothing_usable_exits_2_naming_each_file(tmp_path: Path) -> Non
     done = _ood("run", str(bad), "--store", str(tmp_path / "store.zarr"), *SMALL, cwd=tmp_path)
     assert done.returncode == EXIT_USAGE, done.stderr[-3000:]
     assert "empty.fits" in done.stderr and "notes.fits" in done.stderr
+    assert not (tmp_path / "store.zarr").exists() or list_runs(str(tmp_path / "store.zarr")) == []
+
+
+def test_run_on_mixed_units_exits_2_naming_files_units_and_the_flag(tmp_path: Path) -> None:
+    inputs = tmp_path / "inputs"
+    counts = write_skies(inputs, 2, size=128, prefix="counts")  # the demo skies' unit: adu (summed)
+    bright = write_skies(inputs, 2, size=128, prefix="bright", unit="MJy/sr")  # averaged
+    done = _ood("run", str(inputs), "--store", str(tmp_path / "store.zarr"), *SMALL, cwd=tmp_path)
+    assert done.returncode == EXIT_USAGE, done.stderr[-3000:]
+    assert all(p.name in done.stderr for p in [*counts, *bright]) and "(adu)" in done.stderr
+    assert "(MJy/sr)" in done.stderr and "--resampling sum" in done.stderr
     assert not (tmp_path / "store.zarr").exists() or list_runs(str(tmp_path / "store.zarr")) == []
 
 

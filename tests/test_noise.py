@@ -81,16 +81,16 @@ def test_level_of_real_cutouts_matches_independent_estimates(fits_dir: Path) -> 
 
 def test_level_is_the_noise_the_skies_were_made_with(made: list[str], tmp_path: Path) -> None:
     """White Gaussian noise of a known std on noiseless skies: the level is that std (within 5 %). The demo's CCD
-    skies (128 px, block-averaged to the model's 64): the level is the sky's Poisson and read noise over the 2 x 2
-    binning (within 10 %; the sources' own Poisson noise adds a little), and the pixel-difference MAD estimate
-    (/sqrt 2) agrees (within 15 %). A set plus white noise of a known sigma: the level is sqrt(own^2 + sigma^2)
-    (within 5 %; with correlated noise within 20 %, as on GLIMPSE)."""
+    skies (128 px in adu, block-summed to the model's 64): the level is the sky's Poisson and read noise of the sum
+    of 2 x 2 pixels, twice a pixel's (within 10 %; the sources' own Poisson noise adds a little), and the
+    pixel-difference MAD estimate (/sqrt 2) agrees (within 15 %). A set plus white noise of a known sigma: the level
+    is sqrt(own^2 + sigma^2) (within 5 %; with correlated noise within 20 %, as on GLIMPSE)."""
     white = physical_inputs(write_sky_set(tmp_path / "white", 6, config=SURVEY64, noise=NOISE))
     assert fit_noise_model(white).level == pytest.approx(NOISE, rel=0.05), fit_noise_model(white).levels
     ccd = physical_inputs(write_sky_set(tmp_path / "ccd", 6))
     model = fit_noise_model(ccd)
     sky = np.sqrt(PLAIN.sky_level_adu * PLAIN.gain_e_per_adu + PLAIN.read_noise_e**2) / PLAIN.gain_e_per_adu
-    assert model.level == pytest.approx(sky / 2, rel=0.1), (model.level, sky / 2)
+    assert model.level == pytest.approx(sky * 2, rel=0.1), (model.level, sky * 2)
     independent = np.median([mad_std(np.diff(image, axis=1)) / np.sqrt(2) for image in ccd])
     assert model.level == pytest.approx(independent, rel=0.15), (model.level, independent)
     for images, factor, tolerance in ((white, 1, 0.05), (ccd, 3, 0.05), (physical_inputs(made[:6]), 3, 0.2)):

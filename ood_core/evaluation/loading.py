@@ -164,7 +164,7 @@ def _reference_params(plane: npt.NDArray[np.float32], run_params: list[Normaliza
     first = run_params[0]
     return fit_normalization([plane], stretch=first.stretch, stretch_param=first.stretch_param,
                              lower_percentile=first.lower_percentile, upper_percentile=first.upper_percentile,
-                             sigma=first.sigma, units=first.units, mode="per_image")
+                             sigma=first.sigma, units=first.units, mode="per_image", resampling=first.resampling)
 
 
 def load_reference(
@@ -187,7 +187,8 @@ def load_reference(
     run_params = run_normalization(provenance)
     model_planes, physical = [], []
     for image in kept:
-        plane = resize_to_resolution(image.data, image.mask, resolution, path=image.path)[0]
+        plane = resize_to_resolution(image.data, image.mask, resolution, path=image.path,
+                                     rule=run_params[0].resampling)[0]  # summed or averaged as the run's inputs
         params = _reference_params(plane, run_params)
         normalized = normalize(plane, params)
         model_planes.append(normalized)

@@ -121,6 +121,7 @@ def _headline(result: dict[str, Any], record: dict[str, Any]) -> list[str]:
         f"- **run id**: `{result['run_id']}` (status {record.get('status')})",
         f"- **inputs used**: {result.get('n_inputs', len(record.get('inputs') or []))}, "
         f"**quarantined**: {len(record.get('quarantined') or [])}",
+        *resampling_lines(record),
         f"- **t0 / steps**: {inversion.get('t0')} / {inversion.get('steps')}",
         f"- **reconstruction PSNR**: median {_fmt(inversion.get('median_psnr_db'), 2)} dB "
         f"(min {_fmt(inversion.get('min_psnr_db'), 2)}, max {_fmt(inversion.get('max_psnr_db'), 2)})",
@@ -131,6 +132,13 @@ def _headline(result: dict[str, Any], record: dict[str, Any]) -> list[str]:
         f"- **input set key**: `{record.get('input_set_key')}`",
         *realism_lines(record),
     ]
+
+
+def resampling_lines(record: dict[str, Any]) -> list[str]:
+    """How input blocks became model pixels (provenance ``normalization.resampling``: one rule, or one per band)."""
+    rules = (record.get("normalization") or {}).get("resampling") or []
+    band = [f" (band {k})" if len(rules) > 1 else "" for k in range(len(rules))]
+    return [f"- **resampling**{b}: block {r.get('rule')}, {r.get('reason')}" for b, r in zip(band, rules, strict=True)]
 
 
 def realism_lines(record: dict[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Reading FITS: validation with quarantine reasons, HDU choice, cubes, tiling into cutouts, band groups."""
+"""Reading FITS: validation with quarantine reasons, HDU choice, cubes, tiling into cutouts, band groups, what a
+BUNIT says about resampling."""
 
 from ood_core.errors import QuarantinedInput
 from ood_core.io.bands import BandGroup, band_names, read_band_group, tile_band_group
@@ -12,13 +13,16 @@ from ood_core.io.fits import (
     unmatched_inputs,
     usable_size,
 )
+from ood_core.io.units import UnitClass, classify_bunit
 
 __all__ = [
     "FITS_SUFFIXES",
     "BandGroup",
     "FitsImage",
     "QuarantinedInput",
+    "UnitClass",
     "band_names",
+    "classify_bunit",
     "expand_inputs",
     "read_band_group",
     "read_fits_batch",

@@ -62,6 +62,7 @@ from ood_core.method.prior import (
     leave_one_out_separability,
     prior_diagnostics,
 )
+from ood_core.method.resampling import Resampling, block_resample, choose_resampling
 from ood_core.method.sampler import (
     CRITERION_NAMES,
     DEFAULT_MARGIN,
@@ -109,6 +110,7 @@ __all__ = [
     "PPCAPrior",
     "PrecisionDecision",
     "Reconstruction",
+    "Resampling",
     "SamplerConfig",
     "SamplerReport",
     "ScalarGaussianPrior",
@@ -116,8 +118,10 @@ __all__ = [
     "StepProgress",
     "auto_batch_size",
     "bands_to_channels",
+    "block_resample",
     "candidate_seed",
     "channels_to_band",
+    "choose_resampling",
     "clipped_fraction",
     "compute_criteria",
     "ddim_generate",

@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -44,6 +43,13 @@ from astropy.visualization import (
 from ood_core.errors import ConfigurationError, ImageTooSmallError
 from ood_core.io.bands import BandGroup
 from ood_core.io.fits import FitsImage
+from ood_core.method.resampling import (
+    Resampling,
+    ResamplingRule,
+    ResamplingSetting,
+    block_resample,
+    choose_resampling,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,10 @@ class NormalizationParams:
     """Clipping threshold of the background estimate, in standard deviations."""
     clipped_fraction: float = 0.0
     """Fraction of the fitted valid pixels outside [vmin, vmax] (not recoverable by the inverse)."""
+    resampling: ResamplingRule = "mean"
+    """How the fitted values were made from input blocks (:mod:`ood_core.method.resampling`): block sums
+    ("sum", per-pixel units) or means ("mean"); ``denormalize`` gives values of the same kind, in ``units`` per
+    model pixel. Records of runs from before the rule was recorded read as "mean"."""
 
     def __post_init__(self) -> None:
         if not self.vmax > self.vmin:
@@ -128,6 +138,7 @@ def fit_normalization(
     sigma: float = 3.0,
     units: str = "",
     mode: NormalizationMode = "per_run",
+    resampling: ResamplingRule = "mean",
 ) -> NormalizationParams:
     """Fit one normalization jointly on all valid (finite) pixels of ``images``.
 
@@ -167,6 +178,7 @@ def fit_normalization(
         upper_percentile=float(upper_percentile),
         sigma=float(sigma),
         clipped_fraction=clipped,
+        resampling=resampling,
     )
 
 
@@ -179,6 +191,7 @@ def fit_per_image(
     upper_percentile: float = DEFAULT_UPPER_PERCENTILE,
     sigma: float = 3.0,
     units: Sequence[str] | None = None,
+    resampling: ResamplingRule = "mean",
 ) -> list[NormalizationParams]:
     """One normalization per image (``mode="per_image"``); ``units`` gives each image's BUNIT."""
     unit_list = list(units) if units is not None else [""] * len(images)
@@ -187,7 +200,7 @@ def fit_per_image(
     return [
         fit_normalization(
             [image], stretch=stretch, stretch_param=stretch_param, lower_percentile=lower_percentile,
-            upper_percentile=upper_percentile, sigma=sigma, units=unit, mode="per_image",
+            upper_percentile=upper_percentile, sigma=sigma, units=unit, mode="per_image", resampling=resampling,
         )
         for image, unit in zip(images, unit_list, strict=True)
     ]
@@ -246,14 +259,16 @@ def resize_to_resolution(
     resolution: int,
     *,
     path: str = "<array>",
+    rule: ResamplingRule = "mean",
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """Bring an image to ``resolution`` x ``resolution`` by centre-cropping and block averaging.
+    """Bring an image to ``resolution`` x ``resolution`` by centre-cropping and block averaging or summing.
 
     Non-square images are centre-cropped to a square, then to the largest multiple of ``resolution``;
-    the square is then block-averaged with a NaN-aware mean (``astropy.nddata.block_reduce``), which
-    conserves the mean surface brightness (flux per unit area; total flux scales by the block area). A
-    block is masked only when every pixel in it is invalid. Never upsamples: raises
-    :class:`ImageTooSmallError` when the image is smaller than ``resolution``.
+    the square is then reduced block by block (``astropy.nddata.block_reduce``) by ``rule``: "mean", a
+    NaN-aware mean, conserves surface brightness (flux per unit area); "sum", the NaN-aware mean times the
+    block area, conserves the total flux of per-pixel quantities (counts); see
+    :mod:`ood_core.method.resampling`. A block is masked only when every pixel in it is invalid. Never
+    upsamples: raises :class:`ImageTooSmallError` when the image is smaller than ``resolution``.
     """
     values = np.asarray(data, dtype=np.float32)
     given_mask = np.asarray(mask, dtype=bool)
@@ -273,9 +288,7 @@ def resize_to_resolution(
     if factor == 1:
         out = np.where(crop_mask, np.float32(np.nan), crop).astype(np.float32)
         return out, crop_mask.copy()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice" for fully masked blocks
-        reduced = block_reduce(np.where(crop_mask, np.nan, crop.astype(np.float64)), factor, func=np.nanmean)
+    reduced = block_resample(np.where(crop_mask, np.nan, crop.astype(np.float64)), factor, rule)
     reduced_mask = np.asarray(block_reduce(crop_mask, factor, func=np.all), dtype=bool)
     out = np.asarray(reduced, dtype=np.float32)
     out[reduced_mask] = np.nan
@@ -317,9 +330,12 @@ class NormalizedBatch:
     params: list[NormalizationParams]
     """One shared entry (per_run) or one per image (per_image)."""
     sources: list[dict[str, Any]]
-    """Per image: ``FitsImage.metadata()`` plus the crop and block factor used to resize it."""
+    """Per image: ``FitsImage.metadata()`` plus the crop, the block factor and the resampling record
+    (``{"rule", "factor", "reason", "setting"}``; band groups: a list of them, one per band) used to resize it."""
     per_band: bool = False
     """True for band groups: ``params`` holds one per-run entry per band (channel), not one per image."""
+    resampling: list[Resampling] = field(default_factory=list)
+    """The resampling rule of the batch: one entry, or one per band for band groups."""
 
     def params_for(self, index: int) -> NormalizationParams:
         """The normalization that applies to input ``index`` (single-band batches)."""
@@ -346,6 +362,23 @@ def _cd_matrix_deg(image: FitsImage) -> list[list[float]] | None:
     return [[float(v) for v in row] for row in matrix]
 
 
+def _bunit(image: FitsImage) -> str:
+    return str(image.header.get("BUNIT", "")).strip()
+
+
+def choose_rule(images: Sequence[FitsImage], setting: ResamplingSetting, *, what: str = "inputs") -> Resampling:
+    """The resampling rule of ``images`` (one band) under ``setting``, logged with its reason."""
+    chosen = choose_resampling([(im.path, _bunit(im)) for im in images], setting, what=what)
+    log.info("resampling of the %s: block %s (%s)", what, chosen.rule, chosen.reason)
+    return chosen
+
+
+def _source(image: FitsImage, resolution: int, resampling: Resampling) -> dict[str, Any]:
+    y0, x0, side = square_crop_box(image.shape, resolution)
+    return {**image.metadata(), "crop": {"y0": y0, "x0": x0, "side": side}, "block": side // resolution,
+            "resampling": resampling.record(side // resolution), "cd_matrix_deg": _cd_matrix_deg(image)}
+
+
 def prepare_batch(
     images: Sequence[FitsImage],
     *,
@@ -356,47 +389,45 @@ def prepare_batch(
     stretch_param: float | None = None,
     lower_percentile: float = DEFAULT_LOWER_PERCENTILE,
     upper_percentile: float = DEFAULT_UPPER_PERCENTILE,
+    resampling: ResamplingSetting = "auto",
 ) -> NormalizedBatch:
-    """Resize each image to the model resolution, fit on the resized pixels, map to [-1, 1] channels."""
+    """Resize each image to the model resolution (blocks summed or averaged by the units, or as ``resampling``
+    forces: :mod:`ood_core.method.resampling`), fit on the resized pixels, map to [-1, 1] channels."""
     if not images:
         raise ConfigurationError("prepare_batch needs at least one image")
     if mode not in get_args(NormalizationMode):
         raise ConfigurationError(f"unknown normalization mode {mode!r}; choose per_run or per_image")
-    resized = [resize_to_resolution(im.data, im.mask, resolution, path=im.path) for im in images]
+    chosen = choose_rule(images, resampling)
+    resized = [resize_to_resolution(im.data, im.mask, resolution, path=im.path, rule=chosen.rule) for im in images]
     planes = [data for data, _ in resized]
     fit_options: dict[str, Any] = {
         "stretch": stretch, "stretch_param": stretch_param,
-        "lower_percentile": lower_percentile, "upper_percentile": upper_percentile,
+        "lower_percentile": lower_percentile, "upper_percentile": upper_percentile, "resampling": chosen.rule,
     }
     if mode == "per_run":
         params = [fit_normalization(planes, units=_common_units(images), mode="per_run", **fit_options)]
     else:
-        units = [str(im.header.get("BUNIT", "")).strip() for im in images]
-        params = fit_per_image(planes, units=units, **fit_options)
+        params = fit_per_image(planes, units=[_bunit(im) for im in images], **fit_options)
     normalized = np.stack(
         [normalize(plane, params[0] if mode == "per_run" else params[i]) for i, plane in enumerate(planes)]
     )
-    sources = []
-    for image in images:
-        y0, x0, side = square_crop_box(image.shape, resolution)
-        sources.append({**image.metadata(), "crop": {"y0": y0, "x0": x0, "side": side},
-                        "block": side // resolution, "cd_matrix_deg": _cd_matrix_deg(image)})
     return NormalizedBatch(
         images=bands_to_channels(normalized, channels),
         mask=np.stack([mask for _, mask in resized]),
         params=params,
-        sources=sources,
+        sources=[_source(image, resolution, chosen) for image in images],
+        resampling=[chosen],
     )
 
 
-def _group_source(group: BandGroup, resolution: int) -> dict[str, Any]:
-    """Provenance of one band group: the first band's metadata, the group's path and hash, the band map."""
+def _group_source(group: BandGroup, resolution: int, rules: Sequence[Resampling]) -> dict[str, Any]:
+    """Provenance of one band group: the first band's metadata, the group's path and hash, the band map, the
+    resampling of each band (a list in channel order)."""
     first = group.bands[0]
-    y0, x0, side = square_crop_box(first.shape, resolution)
     digest = hashlib.sha256("+".join(band.sha256 for band in group.bands).encode()).hexdigest()
-    return {**first.metadata(), "path": group.path, "sha256": digest, "bands": group.band_map(),
-            "crop": {"y0": y0, "x0": x0, "side": side}, "block": side // resolution,
-            "cd_matrix_deg": _cd_matrix_deg(first)}
+    source = _source(first, resolution, rules[0])
+    return {**source, "path": group.path, "sha256": digest, "bands": group.band_map(),
+            "resampling": [rule.record(source["block"]) for rule in rules]}
 
 
 def prepare_band_batch(
@@ -407,25 +438,33 @@ def prepare_band_batch(
     stretch_param: float | None = None,
     lower_percentile: float = DEFAULT_LOWER_PERCENTILE,
     upper_percentile: float = DEFAULT_UPPER_PERCENTILE,
+    resampling: ResamplingSetting = "auto",
 ) -> NormalizedBatch:
-    """Band groups -> (N, B, H, W) model images: band k in channel k, each band normalized on its own over all
-    the groups (one per-run fit per band), mask = invalid in any band."""
+    """Band groups -> (N, B, H, W) model images: band k in channel k, each band resampled by its own units
+    (summed or averaged, or as ``resampling`` forces) and normalized on its own over all the groups (one
+    per-run fit per band), mask = invalid in any band."""
     if not groups:
         raise ConfigurationError("prepare_band_batch needs at least one band group")
     count = len(groups[0].bands)
     if any(len(group.bands) != count for group in groups):
         raise ConfigurationError(f"every band group needs the same number of bands ({count})")
-    resized = [[resize_to_resolution(b.data, b.mask, resolution, path=b.path) for b in g.bands] for g in groups]
+    names = groups[0].names
+    rules = [choose_rule([g.bands[k] for g in groups], resampling, what=f"files of band {k} ({names[k]})")
+             for k in range(count)]
+    resized = [[resize_to_resolution(b.data, b.mask, resolution, path=b.path, rule=rules[k].rule)
+                for k, b in enumerate(g.bands)] for g in groups]
     params = [
         fit_normalization([planes[k][0] for planes in resized], units=_common_units([g.bands[k] for g in groups]),
                           mode="per_run", stretch=stretch, stretch_param=stretch_param,
-                          lower_percentile=lower_percentile, upper_percentile=upper_percentile)
+                          lower_percentile=lower_percentile, upper_percentile=upper_percentile,
+                          resampling=rules[k].rule)
         for k in range(count)
     ]
     images = np.stack([np.stack([normalize(planes[k][0], params[k]) for k in range(count)]) for planes in resized])
     mask = np.stack([np.logical_or.reduce([planes[k][1] for k in range(count)]) for planes in resized])
     return NormalizedBatch(images=images.astype(np.float32), mask=mask, params=params,
-                           sources=[_group_source(g, resolution) for g in groups], per_band=True)
+                           sources=[_group_source(g, resolution, rules) for g in groups], per_band=True,
+                           resampling=rules)
 
 
 def bands_to_physical(model_images: npt.ArrayLike, params: Sequence[NormalizationParams]) -> npt.NDArray[np.float32]:

@@ -131,6 +131,11 @@ class RunSettings(BaseModel):
     )
     normalization: Literal["per_run", "per_image"] = Field(default="per_run", description="normalization mode")
     stretch: Literal["asinh", "linear", "sqrt", "log"] = Field(default="asinh", description="intensity stretch")
+    resampling: Literal["auto", "sum", "mean"] = Field(
+        default="auto",
+        description="how input pixel blocks become model pixels: auto (by BUNIT: per-pixel units such as counts, "
+                    "ADU or nanomaggies summed, surface brightness such as MJy/sr or Jy/beam averaged, a missing or "
+                    "unknown unit averaged), or sum or mean for every input")
     tile: int | None = Field(default=None, ge=8, le=8192, json_schema_extra=_optional_without_null,
                              description="cut inputs into square tiles of this size first (empty: no tiling)")
     hdu: int | None = Field(default=None, ge=0, json_schema_extra=_optional_without_null,

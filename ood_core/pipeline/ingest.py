@@ -102,7 +102,7 @@ def _ingest_band_groups(params: PipelineParameters, resolution: int, bands: dict
     groups, quarantined = read_band_inputs(params, resolution)
     if len(groups) < MIN_USABLE_INPUTS:
         raise NoUsableInputError(quarantined, usable=len(groups), needed=MIN_USABLE_INPUTS)
-    batch = prepare_band_batch(groups, resolution=resolution, stretch=params.stretch)
+    batch = prepare_band_batch(groups, resolution=resolution, stretch=params.stretch, resampling=params.resampling)
     names = groups[0].names
     bands = {**bands, "names": names, "band_map": "per input: inputs[i]['bands'] (channel, name, file, FILTER)"}
     return IngestResult([g.bands[0] for g in groups], quarantined, batch, bands, groups)
@@ -120,9 +120,8 @@ def ingest(params: PipelineParameters, resolution: int, channels: int) -> Ingest
     images, quarantined = read_inputs(params, resolution)
     if len(images) < MIN_USABLE_INPUTS:
         raise NoUsableInputError(quarantined, usable=len(images), needed=MIN_USABLE_INPUTS)
-    batch = prepare_batch(
-        images, resolution=resolution, channels=channels, mode=params.normalization, stretch=params.stretch
-    )
+    batch = prepare_batch(images, resolution=resolution, channels=channels, mode=params.normalization,
+                          stretch=params.stretch, resampling=params.resampling)
     return IngestResult(images, quarantined, batch, bands)
 
 

@@ -12,7 +12,7 @@ OODT0       inversion bandwidth t0          OODSTEPS  DDIM steps K
 OODETA      DDIM eta of generation          OODPRIOR  prior kind (scalar, ppca)
 OODSTRAT    candidate strategy              OODRATE   acceptance rate of the run
 OODVERS     ood-synth version               OODSCHEM  store schema version
-OODBLOCK    block-average factor of the inputs (model pixel = OODBLOCK x OODBLOCK input pixels)
+OODBLOCK    block factor of the inputs (model pixel = OODBLOCK x OODBLOCK input pixels, summed or averaged)
 OODPIXSC    pixel scale of the sample, arcsec per pixel (the inputs' scale x OODBLOCK)
 OODBANDS    band-group runs: number of bands (planes of the cube, NAXIS3)
 BANDn       band-group runs: name of plane n (1-based; channel n-1)
@@ -183,11 +183,26 @@ def run_header(
                         and isinstance(_get(item, "crop", "side"), int)})
         if sizes:
             how = ", ".join(f"{side} -> {side // block} px ({block}x)" for side, block in sizes)
-            _history(header, f"inputs were centre-cropped and block-averaged (NaN-aware mean) to the model "
+            _history(header, f"inputs were centre-cropped and {block_rule(record)[1]} to the model "
                              f"resolution before inversion: {how}")
     for position, name in enumerate(criterion_names):
         _history(header, f"criterion {criterion_keyword(name, position)} = {name}")
     return header
+
+
+BLOCK_RULES = {
+    "sum": ("summed", "block-summed (NaN-aware: the valid pixels' mean x the block area)"),
+    "mean": ("averaged", "block-averaged (NaN-aware mean)"),
+    "both": ("summed or averaged", "block-summed or -averaged by band (provenance normalization.resampling)"),
+}
+"""Words for how a run made model pixels from input blocks: (OODBLOCK comment, HISTORY)."""
+
+
+def block_rule(record: Mapping[str, Any]) -> tuple[str, str]:
+    """How the run made model pixels from input blocks (provenance ``normalization.resampling``), in words
+    (:data:`BLOCK_RULES`); runs from before the rule was recorded averaged."""
+    rules = {r.get("rule") for r in _get(record, "normalization", "resampling") or [] if isinstance(r, Mapping)}
+    return BLOCK_RULES["sum" if rules == {"sum"} else "both" if "sum" in rules else "mean"]
 
 
 def _input_geometry(record: Mapping[str, Any], index: int) -> tuple[int | None, np.ndarray | None]:
@@ -207,7 +222,7 @@ def _input_geometry(record: Mapping[str, Any], index: int) -> tuple[int | None, 
 def set_pixel_scale(header: fits.Header, record: Mapping[str, Any], parent: int, shape: tuple[int, int]) -> None:
     """Block factor, and the pixel scale of the sample (parent input's CD x block), without a sky position."""
     block, matrix = _input_geometry(record, parent if parent >= 0 else 0)
-    _set(header, "OODBLOCK", block, "inputs block-averaged by this factor per axis")
+    _set(header, "OODBLOCK", block, f"inputs {block_rule(record)[0]} in blocks of this many pixels per axis")
     if matrix is None:
         return
     scaled = matrix * (block or 1)
