@@ -93,6 +93,7 @@ def evaluation_markdown(result: dict[str, Any], embedded: Mapping[str, str]) -> 
     """The evaluation summary: table, what each metric means, the plots (``embedded``: name -> base64 PNG)."""
     reference = result.get("reference", {})
     novelty = result.get("novelty", {})
+    counts_run = bool(reference.get("statistics", {}).get("counts"))
     lines = [
         f"# Evaluation of run `{result.get('run_id')}`",
         "",
@@ -114,7 +115,7 @@ def evaluation_markdown(result: dict[str, Any], embedded: Mapping[str, str]) -> 
         "| metric | meaning |",
         "|---|---|",
         *[f"| {name} | {doc} |" for name, doc in METRIC_DOCS.items()],
-        *([f"| {name} | {doc} |" for name, doc in COUNTS_METRIC_DOCS.items()] if reference.get("statistics", {}).get("counts") else []),
+        *([f"| {name} | {doc} |" for name, doc in COUNTS_METRIC_DOCS.items()] if counts_run else []),
         "",
         "## Plots",
         "",
