@@ -17,6 +17,7 @@ import numpy.typing as npt
 import torch
 
 from ood_core.errors import ConfigurationError
+from ood_core.evaluation.counts import is_counts_data
 from ood_core.evaluation.metrics import nearest_indices
 from ood_core.io.fits import FitsImage, expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs, usable_size
 from ood_core.method.normalization import (
@@ -39,6 +40,8 @@ class ImageSet:
     model: torch.Tensor
     physical: npt.NDArray[np.float32]
     info: dict[str, Any] = field(default_factory=dict)
+    counts: npt.NDArray[np.float64] | None = None
+    """(N, H, W) photon counts as read (resized by the run's rule, not clipped) when the images are counts."""
 
 
 @dataclass
@@ -185,14 +188,17 @@ def load_reference(
             f"quarantined: {len(quarantined)}); pass real images of the domain that were not inputs"
         )
     run_params = run_normalization(provenance)
-    model_planes, physical = [], []
+    model_planes, physical, planes = [], [], []
     for image in kept:
         plane = resize_to_resolution(image.data, image.mask, resolution, path=image.path,
                                      rule=run_params[0].resampling)[0]  # summed or averaged as the run's inputs
+        planes.append(plane)
         params = _reference_params(plane, run_params)
         normalized = normalize(plane, params)
         model_planes.append(normalized)
         physical.append(denormalize(normalized, params))
     model = torch.from_numpy(bands_to_channels(np.stack(model_planes), channels))
-    image_set = ImageSet("reference", model, np.stack(physical).astype(np.float32), {"source": "real FITS"})
+    raw = np.stack(planes).astype(np.float64)
+    image_set = ImageSet("reference", model, np.stack(physical).astype(np.float32), {"source": "real FITS"},
+                         counts=raw if is_counts_data(raw) else None)
     return ReferenceSet(image_set, [im.metadata() for im in kept], excluded, quarantined)

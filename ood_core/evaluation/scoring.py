@@ -155,12 +155,14 @@ def score_sets(
 
 
 def _maps(image_set: ImageSet) -> np.ndarray[Any, np.dtype[np.float64]]:
-    stack = np.asarray(image_set.physical, dtype=np.float64)
+    """The set's counts as read when it has them, else its physical images, as (N, H, W)."""
+    stack = np.asarray(image_set.physical if image_set.counts is None else image_set.counts, dtype=np.float64)
     return stack.reshape(-1, stack.shape[-2], stack.shape[-1])
 
 
 def counts_reference(reference: ImageSet) -> counts.CountsStatistics | None:
-    """The reference's counts statistics when its images are photon counts, else None."""
+    """The reference's counts statistics when its images are photon counts (as read, or as physical images), else
+    None."""
     maps = _maps(reference)
     return counts.counts_statistics(maps) if counts.is_counts_data(maps) else None
 
