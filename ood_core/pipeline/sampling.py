@@ -12,7 +12,7 @@ that runs it or on what that process ran before, so the samples are the same bit
 every block or N shards split them.
 
 **Shards.** A shard is a range of consecutive blocks (a range of seeds) and writes its own region of the run's
-pre-sized sample arrays (:mod:`ood_core.store.shards`); the regions are moved together once every shard is done.
+pre-sized sample arrays (:mod:`ood_core.store.regions`); the regions are moved together once every shard is done.
 One shard is the whole run and writes through the run's own writer. A block's samples are committed with a
 checkpoint (next block, counters), so an interrupted shard resumes at its first unfinished block.
 """
@@ -46,8 +46,8 @@ from ood_core.pipeline.config import (
     slerp_range_of,
 )
 from ood_core.pipeline.pipelined import run_pipelined, run_serial
-from ood_core.store.runs import RunWriter
-from ood_core.store.shards import ShardWriter, assign_regions, merge_regions
+from ood_core.store.regions import RegionWriter, assign_regions, merge_regions
+from ood_core.store.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,10 @@ class RunSource(Protocol):
 
 Append = Callable[[dict[str, Any], dict[str, Any]], int]
 """append(batch, checkpoint) -> rows appended so far: where a block's samples go (the run's writer for one
-shard, a ShardWriter for one of several)."""
+shard, a RegionWriter for one of several)."""
 
 
-def appender_of(writer: RunWriter | ShardWriter) -> Append:
+def appender_of(writer: RunWriter | RegionWriter) -> Append:
     """The :data:`Append` of a writer: fresh arrays handed over uncopied, each batch with its checkpoint."""
 
     def append(batch: dict[str, Any], checkpoint: dict[str, Any]) -> int:
@@ -463,7 +463,7 @@ def prepare_shards(params: PipelineParameters, writer: RunWriter) -> list[tuple[
     return regions
 
 
-def run_shard(params: PipelineParameters, model: FrozenDiffusionModel, shard: ShardWriter,
+def run_shard(params: PipelineParameters, model: FrozenDiffusionModel, shard: RegionWriter,
               progress: ProgressHook | None = None) -> dict[str, Any]:
     """Fill one shard of a run whose arrays went to shards (resuming after its committed blocks)."""
     index = shard.index

@@ -29,8 +29,9 @@ from ood_core.pipeline.stages import (
     finish_run,
     finish_sample,
 )
-from ood_core.store.runs import RunWriter, StoreError
-from ood_core.store.shards import ShardWriter
+from ood_core.store.errors import StoreError
+from ood_core.store.regions import RegionWriter
+from ood_core.store.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def execute_shard(
 ) -> dict[str, Any]:
     """One shard of a sharded sample stage in this process (a Dask task of the pipeline flow), from its last
     committed block."""
-    shard = ShardWriter(params.store, run_id, index)
+    shard = RegionWriter(params.store, run_id, index)
     return sampling.run_shard(params, stage_model(params, shard), shard, progress)
 
 

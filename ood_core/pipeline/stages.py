@@ -35,9 +35,10 @@ from ood_core.method.seeds import child_seed
 from ood_core.pipeline import sampling
 from ood_core.pipeline.config import DEFAULT_PRIOR, DEFAULT_T0, PipelineParameters, settled
 from ood_core.pipeline.ingest import IngestResult, input_set_key
+from ood_core.store.errors import StoreError
 from ood_core.store.provenance import environment_info, utc_now_iso
-from ood_core.store.runs import RunWriter, StoreError
-from ood_core.store.shards import ShardWriter
+from ood_core.store.regions import RegionWriter
+from ood_core.store.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ def stage_sample(
     if params.shards > 1 or writer.sample_regions:
         sampling.prepare_shards(params, writer)
         for index in range(len(writer.sample_regions)):
-            sampling.run_shard(params, model, ShardWriter(params.store, writer.run_id, index), progress)
+            sampling.run_shard(params, model, RegionWriter(params.store, writer.run_id, index), progress)
         return finish_sample(params, model, writer)
     with _stage(writer, "sample"):
         sampling.match_recorded_threads(writer, model)
