@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -64,6 +64,9 @@ candidate draws (one generator each, about 4 per denoised sample) are the larges
 keeps up with the network thread (bench/bench_sample_stage.py)."""
 
 ProgressHook = Callable[[str, int, int], None]
+"""progress(stage, done, total): called during long stages; stage is one of bandwidth_scan, invert (per network
+evaluation), reference (in-domain latents, per network evaluation), prior_fit (fit and diagnostics), sample
+(committed samples, at the start and after each batch)."""
 
 
 class RunSource(Protocol):
@@ -89,15 +92,16 @@ def appender_of(writer: RunWriter | RegionWriter) -> Append:
     return append
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
+def flat_latents(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) latents as (N, D) rows, the form the prior and the geometry take."""
     return x.reshape(x.shape[0], -1)
 
 
 def prior_from(source: RunSource, kind: PriorKind) -> tuple[LatentPrior, torch.Tensor, torch.Tensor]:
     """The OOD prior refitted from the stored latents (deterministic, milliseconds), with the flattened OOD and
     reference latents."""
-    ood_flat = _flat(torch.from_numpy(source.read("input_latents")))
-    return fit_prior(ood_flat, kind), ood_flat, _flat(torch.from_numpy(source.read("reference_latents")))
+    ood_flat = flat_latents(torch.from_numpy(source.read("input_latents")))
+    return fit_prior(ood_flat, kind), ood_flat, flat_latents(torch.from_numpy(source.read("reference_latents")))
 
 
 def match_recorded_threads(source: RunSource, model: FrozenDiffusionModel) -> None:
@@ -232,22 +236,26 @@ class Counters:
     tried: int = 0
     accepted: int = 0
     near_copies: int = 0
+    """Denoised samples the novelty rule dropped as near-copies of an input."""
     failed_slots: int = 0
+    """Slots left empty."""
     budget_exhausted: int = 0
+    """Empty slots that used up their tries."""
 
     def add(self, other: Counters) -> None:
-        for name in ("tried", "accepted", "near_copies", "failed_slots", "budget_exhausted"):
+        for name in _COUNTER_NAMES:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_dict(self) -> dict[str, int]:
-        return {"tried": self.tried, "accepted": self.accepted, "near_copies": self.near_copies,
-                "failed_slots": self.failed_slots, "budget_exhausted": self.budget_exhausted}
+        return {name: int(getattr(self, name)) for name in _COUNTER_NAMES}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> Counters:
         values = values or {}
-        return cls(**{k: int(values.get(k, 0)) for k in ("tried", "accepted", "near_copies", "failed_slots",
-                                                          "budget_exhausted")})
+        return cls(**{name: int(values.get(name, 0)) for name in _COUNTER_NAMES})
+
+
+_COUNTER_NAMES = tuple(f.name for f in fields(Counters))
 
 
 @dataclass
