@@ -49,7 +49,7 @@ import torch
 from astropy.io import fits
 
 from ood_core.base_model.demo_skies import SkyConfig, make_sky
-from ood_core.method import ddim, sampler
+from ood_core.method import acceptance, ddim, sampler
 from ood_core.method.model import FrozenDiffusionModel, load_model
 from ood_core.method.novelty import NoveltyCheck
 from ood_core.pipeline import prepare_run, sample_stage, stages
@@ -146,7 +146,7 @@ def instrument(clock: Clock) -> list[Callable[[], None]]:
         clock.wrap(StandIn, "predict_noise", "network"),
         clock.wrap(ddim, "ddim_generate", "ddim_generate"),
         clock.wrap(sampler, "slerp", "slerp"),
-        clock.wrap(sampler.CriteriaGeometry, "criteria", "criteria"),
+        clock.wrap(acceptance.CriteriaGeometry, "criteria", "criteria"),
         clock.wrap(sampler.GeometricSampler, "screen", "screen"),
         clock.wrap(NoveltyCheck, "evaluate", "novelty"),
         clock.wrap(sample_stage, "first_look", "first_look"),

@@ -22,8 +22,8 @@ from ood_core.base_model.patches import BatchedPatchSampler
 from ood_core.base_model.training import TrainConfig, read_checkpoint, train_base_model
 from ood_core.base_model.training_data import natural_images
 from ood_core.method import ddim
+from ood_core.method.acceptance import CriteriaGeometry
 from ood_core.method.model import FrozenDiffusionModel, auto_batch_size, cached_model, load_model
-from ood_core.method.sampler import CriteriaGeometry
 from ood_core.pipeline import PipelineParameters, prepare_run, run_in_process, sample_stage, stages
 from ood_core.pipeline.sequence import stage_model
 from ood_core.store import RunWriter, open_run

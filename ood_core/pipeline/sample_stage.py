@@ -35,7 +35,7 @@ from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.noise import NoiseModel, add_noise_to_stack, fit_noise_model
 from ood_core.method.normalization import NormalizationParams, bands_to_channels, model_to_physical, normalize
 from ood_core.method.novelty import NoveltyRule
-from ood_core.method.prior import LatentPrior, PriorKind, fit_prior
+from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, flatten_latents
 from ood_core.method.sampler import GeometricSampler, SamplerConfig, slot_candidate_seed
 from ood_core.method.seeds import child_seed
 from ood_core.pipeline.config import (
@@ -92,16 +92,11 @@ def appender_of(writer: RunWriter | RegionWriter) -> Append:
     return append
 
 
-def flat_latents(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) latents as (N, D) rows, the form the prior and the geometry take."""
-    return x.reshape(x.shape[0], -1)
-
-
 def prior_from(source: RunSource, kind: PriorKind) -> tuple[LatentPrior, torch.Tensor, torch.Tensor]:
     """The OOD prior refitted from the stored latents (deterministic, milliseconds), with the flattened OOD and
     reference latents."""
-    ood_flat = flat_latents(torch.from_numpy(source.read("input_latents")))
-    return fit_prior(ood_flat, kind), ood_flat, flat_latents(torch.from_numpy(source.read("reference_latents")))
+    ood_flat = flatten_latents(torch.from_numpy(source.read("input_latents")))
+    return fit_prior(ood_flat, kind), ood_flat, flatten_latents(torch.from_numpy(source.read("reference_latents")))
 
 
 def match_recorded_threads(source: RunSource, model: FrozenDiffusionModel) -> None:

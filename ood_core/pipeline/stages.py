@@ -26,16 +26,16 @@ import torch
 
 from ood_core.errors import QuarantinedInput
 from ood_core.method import ddim
+from ood_core.method.acceptance import CRITERION_NAMES
 from ood_core.method.model import FrozenDiffusionModel, auto_batch_size
 from ood_core.method.normalization import NormalizationParams, model_to_physical
 from ood_core.method.precision import guarded_reconstruction
-from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, prior_diagnostics
-from ood_core.method.sampler import CRITERION_NAMES
+from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, flatten_latents, prior_diagnostics
 from ood_core.method.seeds import child_seed
 from ood_core.pipeline import sample_stage
 from ood_core.pipeline.config import DEFAULT_PRIOR, DEFAULT_T0, PipelineParameters, settled
 from ood_core.pipeline.ingest import IngestResult, input_set_key
-from ood_core.pipeline.sample_stage import ProgressHook, flat_latents
+from ood_core.pipeline.sample_stage import ProgressHook
 from ood_core.store.errors import StoreError
 from ood_core.store.provenance import environment_info, utc_now_iso
 from ood_core.store.regions import RegionWriter
@@ -201,11 +201,11 @@ def stage_prior(
         writer.write_reference_latents(reference.numpy())
         if progress is not None:
             progress("prior_fit", 0, 2)
-        ood_flat = flat_latents(_tensor(writer, "input_latents"))
+        ood_flat = flatten_latents(_tensor(writer, "input_latents"))
         prior = fit_prior(ood_flat, settled(params, writer.provenance).prior or DEFAULT_PRIOR)
         if progress is not None:
             progress("prior_fit", 1, 2)
-        diagnostics = prior_diagnostics(ood_flat, prior, reference_latents=flat_latents(reference))
+        diagnostics = prior_diagnostics(ood_flat, prior, reference_latents=flatten_latents(reference))
         if progress is not None:
             progress("prior_fit", 2, 2)
         writer.update_provenance(prior={

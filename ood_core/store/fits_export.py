@@ -51,7 +51,7 @@ from ood_core.store.errors import ExportExistsError
 from ood_core.store.provenance import utc_now
 from ood_core.store.readers import latest_complete_run_id, open_run
 
-#: FITS keywords of the sampler's criteria (names from ``ood_core.method.sampler.CRITERION_NAMES``).
+#: FITS keywords of the sampler's criteria (names from ``ood_core.method.acceptance.CRITERION_NAMES``).
 CRITERION_KEYWORDS: dict[str, str] = {
     "mean_distance_to_reference": "OODCDREF",
     "mean_angle_to_ood_deg": "OODCAOOD",
