@@ -44,19 +44,15 @@ from ood_core.evaluation.metrics import (
     PowerSpectrum,
     SetStatistics,
     SourceDetection,
-    asymmetry,
     background_level,
     compare_statistics,
-    concentration,
     curve_distance,
     detect_image_sources,
     domain_features,
     domain_separation,
     excursion_functionals,
-    gini,
     image_morphology,
     isotropic_power_spectrum,
-    m20,
     minkowski_curves,
     minkowski_thresholds,
     nearest_distances,
@@ -67,6 +63,7 @@ from ood_core.evaluation.metrics import (
     spectrum_distance,
     wasserstein_1,
 )
+from ood_core.evaluation.morphology import asymmetry, concentration, gini, m20
 from ood_core.evaluation.plots import (
     c2st_accuracies,
     minkowski_panels,
