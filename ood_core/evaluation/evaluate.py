@@ -7,7 +7,7 @@
 2. baselines (``baselines.REGISTRY``): each named baseline's images through the run's frozen model
    (checked by its weights' sha256), mapped to physical units with the run's normalization;
 3. scoring (``scoring``): every metric of ``ood_core.evaluation.metrics`` for each set against the reference;
-4. report (``report``): PNG figures and ``evaluation.json`` (strict JSON).
+4. report (``evaluation_report``): PNG figures and ``evaluation.json`` (strict JSON).
 
 Rows of the table: ``method`` (the run's samples), each baseline, and ``inputs`` (the real few-shot inputs
 themselves: the floor a metric reaches with real images of the domain, given the small sets).
@@ -26,9 +26,9 @@ import numpy as np
 
 from ood_core.errors import ConfigurationError
 from ood_core.evaluation import baselines as bl
+from ood_core.evaluation.evaluation_report import write_json, write_plots
 from ood_core.evaluation.loading import ImageSet, ReferenceSet, RunData, load_reference, load_run
 from ood_core.evaluation.metrics import METRIC_DOCS, MINKOWSKI_QUANTILES
-from ood_core.evaluation.report import write_json, write_plots
 from ood_core.evaluation.scoring import Scores, score_sets, table_rows
 from ood_core.method.model import FrozenDiffusionModel, load_model
 from ood_core.method.seeds import child_seed
