@@ -79,12 +79,11 @@ def _all_sets(
 
 
 def _result(
-    run: RunData, store_url: str, model: FrozenDiffusionModel, reference: ReferenceSet, scores: Scores,
-    settings: dict[str, Any], baseline_info: dict[str, Any], plot_paths: dict[str, Path], timings: dict[str, float],
+    run: RunData, model: FrozenDiffusionModel, reference: ReferenceSet, scores: Scores, settings: dict[str, Any],
+    baseline_info: dict[str, Any], plot_paths: dict[str, Path], timings: dict[str, float],
 ) -> dict[str, Any]:
-    """The evaluation as one JSON-ready dict (the content of evaluation.json)."""
+    """The evaluation as one JSON-ready dict (the content of evaluation.json), less its first key, the store."""
     return {
-        "store": store_url,
         "run_id": run.run_id,
         "evaluated": utc_now_iso(),
         "units": run.units,
@@ -165,7 +164,8 @@ def evaluate_run(
     settings = {"baselines": names, "n_baseline_samples": n, "sample_steps": ctx.steps, "seed": seed,
                 "finetune_steps": finetune_steps, "finetune_batch_size": finetune_batch_size,
                 "finetune_learning_rate": finetune_learning_rate}
-    result = _result(run, store_url, model, reference, scores, settings, baseline_info, plot_paths, timings)
+    result = {"store": store_url,
+              **_result(run, model, reference, scores, settings, baseline_info, plot_paths, timings)}
     result["settings"]["in_domain_anchor_count"] = int(anchor.shape[0])
     loaded = write_json(result, out / "evaluation.json")
     say(f"wrote {loaded['json']}")
