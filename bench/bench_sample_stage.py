@@ -49,10 +49,10 @@ import torch
 from astropy.io import fits
 
 from ood_core.base_model.demo_skies import SkyConfig, make_sky
-from ood_core.method import ddim, sampler
+from ood_core.method import acceptance, ddim, sampler
 from ood_core.method.model import FrozenDiffusionModel, load_model
 from ood_core.method.novelty import NoveltyCheck
-from ood_core.pipeline import prepare_run, sampling, stages
+from ood_core.pipeline import prepare_run, sample_stage, stages
 from ood_core.pipeline.config import DEFAULT_STEPS, DEFAULT_T0, PipelineParameters, default_model_path
 from ood_core.store import RunWriter, list_runs
 from ood_core.store.appender import BackgroundAppender
@@ -146,12 +146,12 @@ def instrument(clock: Clock) -> list[Callable[[], None]]:
         clock.wrap(StandIn, "predict_noise", "network"),
         clock.wrap(ddim, "ddim_generate", "ddim_generate"),
         clock.wrap(sampler, "slerp", "slerp"),
-        clock.wrap(sampler.CriteriaGeometry, "criteria", "criteria"),
+        clock.wrap(acceptance.CriteriaGeometry, "criteria", "criteria"),
         clock.wrap(sampler.GeometricSampler, "screen", "screen"),
         clock.wrap(NoveltyCheck, "evaluate", "novelty"),
-        clock.wrap(sampling, "first_look", "first_look"),
-        clock.wrap(sampling, "finish_block", "finish_block"),
-        clock.wrap(sampling, "_batch", "convert"),
+        clock.wrap(sample_stage, "first_look", "first_look"),
+        clock.wrap(sample_stage, "finish_block", "finish_block"),
+        clock.wrap(sample_stage, "_batch", "convert"),
         clock.wrap(BackgroundAppender, "_add", "store_thread"),
         clock.wrap(BackgroundAppender, "_write_staged", "store_thread"),
         clock.wrap(BackgroundAppender, "_trim", "store_thread"),
@@ -167,10 +167,10 @@ def one_run(params: PipelineParameters, model: StandIn, work: Path, label: str, 
     (run,) = list_runs(str(store))
     copy = params.model_copy(update={"store": str(store)})
     writer = RunWriter.open(copy.store, run.run_id)
-    ctx = sampling.SampleContext(copy, writer, model)
+    ctx = sample_stage.SampleContext(copy, writer, model)
     clock = Clock()
     undo = instrument(clock)
-    append = sampling.appender_of(writer)
+    append = sample_stage.appender_of(writer)
 
     def timed_append(batch: dict[str, Any], checkpoint: dict[str, Any]) -> int:
         with clock.part("append_call"):
@@ -178,7 +178,7 @@ def one_run(params: PipelineParameters, model: StandIn, work: Path, label: str, 
 
     try:
         wall, cpu = time.perf_counter(), time.process_time()
-        counters = sampling.run_blocks(ctx, model, timed_append, range(ctx.plan.blocks), None, pipelined=pipelined)
+        counters = sample_stage.run_blocks(ctx, model, timed_append, range(ctx.plan.blocks), None, pipelined=pipelined)
         writer.flush()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:

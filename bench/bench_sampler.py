@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from ood_core.method.acceptance import CRITERION_NAMES, compute_criteria
 from ood_core.method.prior import fit_prior
-from ood_core.method.sampler import CRITERION_NAMES, GeometricSampler, SamplerConfig, compute_criteria, slerp
+from ood_core.method.sampler import GeometricSampler, SamplerConfig, slerp
 
 
 def synthetic_latents(n: int, m: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

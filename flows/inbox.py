@@ -19,7 +19,7 @@ from flows.naming import run_name
 from flows.pipeline import prepare_run_logging, run_or_fail
 from ood_core.method.model import cached_model
 from ood_core.pipeline import PipelineParameters, RunSettings, input_set_key, read_inputs
-from ood_core.store.runs import run_records
+from ood_core.store.readers import run_records
 
 
 class _InboxTarget(BaseModel):

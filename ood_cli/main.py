@@ -293,7 +293,7 @@ def _resumable(store: str, run_id: str) -> Any:
     """The recorded parameters of a stale "writing" run, or a UsageError saying why it cannot be resumed."""
     from ood_core.pipeline import PipelineParameters
     from ood_core.store import STALE_AFTER_S, list_runs
-    from ood_core.store.runs import run_records
+    from ood_core.store.readers import run_records
 
     info = next((r for r in list_runs(store) if r.run_id == run_id), None)
     if info is None:
@@ -399,7 +399,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_export_fits(args: argparse.Namespace) -> int:
-    from ood_core.store.fits_export import ExportExistsError, export_run_fits
+    from ood_core.store import ExportExistsError, export_run_fits
 
     try:
         paths = export_run_fits(args.store, args.outdir, args.run, overwrite=args.overwrite)

@@ -37,7 +37,8 @@ _WATCHDOG_PERIOD_S = 1.0
 # --------------------------------------------------------------------------- parent side
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -61,7 +62,7 @@ def _spawn(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, env=_server_env())
 
 
-def _wait_healthy(process: subprocess.Popen[bytes], url: str, timeout: float) -> bool | None:
+def wait_healthy(process: subprocess.Popen[Any], url: str, timeout: float) -> bool | None:
     """True when the server answers, False when it could not bind its port, None when it died or timed out."""
     import httpx
 
@@ -78,10 +79,11 @@ def _wait_healthy(process: subprocess.Popen[bytes], url: str, timeout: float) ->
     return None
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Terminate a server process, killed when it has not ended after ``timeout`` seconds."""
     process.terminate()
     try:
-        process.wait(timeout=10)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -90,13 +92,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def start_server(timeout: float) -> tuple[subprocess.Popen[bytes], str]:
     """Start the server child and wait until it answers; returns (process, API URL)."""
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         process = _spawn(port)
         url = f"http://127.0.0.1:{port}/api"
-        healthy = _wait_healthy(process, url, timeout)
+        healthy = wait_healthy(process, url, timeout)
         if healthy:
             return process, url
-        _stop(process)
+        stop_process(process)
         if healthy is None:
             raise RuntimeError(f"the temporary Prefect server did not answer on {url} within {timeout:.0f} s "
                                f"(exit status {process.returncode})")
@@ -123,17 +125,18 @@ def prefect_api(timeout: float = 180.0) -> Iterator[str | None]:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
     finally:
-        _drain_services()  # their clients name this server: a later command in this process gets fresh ones
+        drain_services()  # their clients name this server: a later command in this process gets fresh ones
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = previous
         refresh_global_settings_context()
-        _stop(process)
+        stop_process(process)
 
 
-def _drain_services() -> None:
-    """Stop Prefect's process-wide queue services (concurrency leases, events, logs) after flushing them."""
+def drain_services() -> None:
+    """Stop Prefect's process-wide queue services (concurrency leases, events, logs) after flushing them: they
+    are singletons holding clients of one server, and a later server must get fresh ones."""
     from prefect._internal.concurrency.services import _QueueServiceBase
 
     _QueueServiceBase.drain_all(timeout=30)

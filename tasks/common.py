@@ -15,7 +15,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
 
 from ood_core.errors import OODError
-from ood_core.pipeline.stages import ProgressHook
+from ood_core.pipeline.sample_stage import ProgressHook
 
 GPU_TAG = "gpu"
 """Tag of the tasks that run the network; `prefect concurrency-limit create gpu 1` holds one per GPU."""

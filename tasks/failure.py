@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from ood_core.errors import ConfigurationError, InvalidInputError, NoUsableInputError, OODError
 from ood_core.pipeline.config import MIN_USABLE_INPUTS, PipelineParameters
-from ood_core.store.runs import StoreError
+from ood_core.store.errors import StoreError
 from tasks.common import run_logger
 
 EXPECTED_FAILURES: tuple[type[Exception], ...] = (OODError, ValidationError, ParameterTypeError)

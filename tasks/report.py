@@ -10,7 +10,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ood_core.evaluation.run_report import calibration_rows, criteria_rows, run_summary_markdown
+from ood_core.evaluation.run_summary import calibration_rows, criteria_rows, run_summary_markdown
 from ood_core.evaluation.sheets import run_contact_sheet
 from ood_core.store import open_run
 from tasks.artifacts import artifact_key, artifact_path, png_base64

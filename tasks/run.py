@@ -12,7 +12,7 @@ from ood_core.calibration import calibrate
 from ood_core.method.model import cached_model
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.pipeline.sequence import prepare_run
-from ood_core.store.runs import run_records
+from ood_core.store.readers import run_records
 from tasks.common import retry_on_io_error, run_logger
 
 

@@ -5,24 +5,17 @@ test_ui (with the UI, whose PREFECT_UI_API_URL must name the same port)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ood_cli.prefect_server import drain_services, free_port, stop_process, wait_healthy
+
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).parent / "prefect")
 SERVER_START_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:
@@ -60,35 +53,16 @@ def running_server(home: Path, *, ui: bool = False) -> Iterator[Server]:
     proc = subprocess.Popen([*command, *([] if ui else ["--no-ui"])], cwd=home, env=srv.env, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            try:
-                with urllib.request.urlopen(f"{srv.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        if not wait_healthy(proc, srv.url, SERVER_START_TIMEOUT):
+            raise AssertionError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
         # Services an earlier test left behind (e.g. a concurrency-lease service whose client still names the
         # temporary server of an in-process `ood` command, gone since) must not serve this server's runs.
-        from prefect._internal.concurrency.services import _QueueServiceBase
-
-        _QueueServiceBase.drain_all(timeout=30)
+        drain_services()
         with temporary_settings(updates={PREFECT_API_URL: srv.url, PREFECT_HOME: home}):
             try:
                 yield srv
             finally:
-                # Prefect's in-process services (concurrency leases, event and log shippers) are singletons
-                # holding clients for this server; stop them so later tests' servers get fresh ones.
-                from prefect._internal.concurrency.services import _QueueServiceBase
-
-                _QueueServiceBase.drain_all(timeout=30)
+                drain_services()  # so later tests' servers get fresh in-process services
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=20)
         log.close()

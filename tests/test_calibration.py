@@ -16,7 +16,7 @@ from ood_core.calibration import Plan, Setting, calibrate, run_calibration, spli
 from ood_core.calibration.scores import rank_sum, verdict
 from ood_core.evaluation.c2st import C2STResult
 from ood_core.evaluation.realism import realism_record
-from ood_core.evaluation.run_report import calibration_rows, run_summary_markdown
+from ood_core.evaluation.run_summary import calibration_rows, run_summary_markdown
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.pipeline import PipelineParameters, ingest, run_in_process
 from ood_core.pipeline.config import settled

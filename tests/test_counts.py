@@ -26,8 +26,8 @@ from ood_core.evaluation.counts import (
     is_counts_data,
     significance_map,
 )
+from ood_core.evaluation.evaluation_report import format_table
 from ood_core.evaluation.loading import ImageSet
-from ood_core.evaluation.report import format_table
 from ood_core.evaluation.scoring import score_sets, table_rows
 from ood_core.io.fits import read_fits_image
 

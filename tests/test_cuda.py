@@ -22,9 +22,9 @@ from ood_core.base_model.patches import BatchedPatchSampler
 from ood_core.base_model.training import TrainConfig, read_checkpoint, train_base_model
 from ood_core.base_model.training_data import natural_images
 from ood_core.method import ddim
+from ood_core.method.acceptance import CriteriaGeometry
 from ood_core.method.model import FrozenDiffusionModel, auto_batch_size, cached_model, load_model
-from ood_core.method.sampler import CriteriaGeometry
-from ood_core.pipeline import PipelineParameters, prepare_run, run_in_process, sampling, stages
+from ood_core.pipeline import PipelineParameters, prepare_run, run_in_process, sample_stage, stages
 from ood_core.pipeline.sequence import stage_model
 from ood_core.store import RunWriter, open_run
 
@@ -154,8 +154,8 @@ def test_the_pipelined_sample_stage_equals_the_serial_one_on_the_gpu(skies: list
         copy = params.model_copy(update={"store": str(store)})
         run = RunWriter.open(copy.store, run_id)
         model = stage_model(copy, run)
-        ctx = sampling.SampleContext(copy, run, model)
-        counters = sampling.run_blocks(ctx, model, sampling.appender_of(run), range(ctx.plan.blocks), None,
+        ctx = sample_stage.SampleContext(copy, run, model)
+        counters = sample_stage.run_blocks(ctx, model, sample_stage.appender_of(run), range(ctx.plan.blocks), None,
                                        pipelined=pipelined)
         run.flush()
         results.append(({name: run.read(name) for name in SAMPLE_NAMES}, counters.to_dict()))

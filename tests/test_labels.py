@@ -16,10 +16,10 @@ import zarr
 
 from ood_core.store import export_run_fits, open_run, validate_store
 from ood_core.store.cf import CRITERION_NAME
+from ood_core.store.consolidation import consolidate_store
 from ood_core.store.integrity import CHECKSUM_ATTR, digest_run
 from ood_core.store.labels import decode_labels, input_file_names, string_array
 from ood_core.store.netcdf import netcdf_ready
-from ood_core.store.runs import consolidate_store
 
 LEGACY_STORE = Path(__file__).resolve().parent / "data" / "legacy_run"
 

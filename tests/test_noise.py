@@ -15,7 +15,7 @@ from made_sets import PLAIN, SURVEY64, write_sky_set
 
 from ood_cli.main import _calibration_summary, _parameters, build_parser
 from ood_core.calibration import calibrate
-from ood_core.evaluation.run_report import calibration_rows
+from ood_core.evaluation.run_summary import calibration_rows
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.noise import (
     add_matching_noise,

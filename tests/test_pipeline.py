@@ -256,7 +256,7 @@ def test_input_set_key_ignores_paths_and_store_but_not_settings(tmp_path: Path) 
 def test_a_run_whose_screening_accepts_everything_or_nothing_says_so(
     tmp_path: Path, tried: int, accepted: int, given: dict[str, object], expected: str | None
 ) -> None:
-    from ood_core.pipeline.sampling import screening_warning
+    from ood_core.pipeline.sample_stage import screening_warning
 
     params = PipelineParameters(inputs=["x.fits"], store=str(tmp_path / "s.zarr"), **given)  # type: ignore[arg-type]
     warning = screening_warning(tried, accepted, params)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ood_core.evaluation import run_report
-from ood_core.evaluation.run_report import details_table, flatten, prior_verdict, run_summary_markdown
+from ood_core.evaluation import run_summary
+from ood_core.evaluation.run_summary import details_table, flatten, prior_verdict, run_summary_markdown
 from tasks.artifacts import artifact_key, artifact_path, png_base64
 
 
@@ -39,7 +39,7 @@ def test_separability_verdict_follows_the_stated_thresholds(accuracy: float | No
         assert "not measured" in first
     else:
         assert f"Separable from the model's own domain: {verdict}" in first
-        assert f"{accuracy:.2f}" in first and f">= {run_report.SEPARABLE_ACCURACY}" in first
+        assert f"{accuracy:.2f}" in first and f">= {run_summary.SEPARABLE_ACCURACY}" in first
         assert "chance 0.50" in first and "4 inverted inputs" in first and "4 latents" in first
 
 
@@ -49,7 +49,7 @@ def test_gaussian_verdict_follows_the_ks_threshold(ks: float, gaussian: bool) ->
     assert result.gaussian is gaussian
     second = result.sentences[1]
     assert f"Gaussian enough: {'yes' if gaussian else 'no'}" in second
-    assert f"D = {ks:.3f}" in second and f"D <= {run_report.GAUSSIAN_KS_MAX}" in second
+    assert f"D = {ks:.3f}" in second and f"D <= {run_summary.GAUSSIAN_KS_MAX}" in second
     assert "1.00 x what the prior expects" in second and "scalar prior" in second
     assert prior_verdict({}).gaussian is None
 

@@ -14,7 +14,7 @@ from astropy.nddata import block_reduce
 from made_fits import write_band_set, write_skies
 
 from ood_core.errors import ConfigurationError
-from ood_core.evaluation.run_report import resampling_lines
+from ood_core.evaluation.run_summary import resampling_lines
 from ood_core.io.bands import read_band_group, tile_band_group
 from ood_core.io.fits import FitsImage, read_fits_batch
 from ood_core.method.normalization import (

@@ -17,7 +17,7 @@ import torch
 from made_fits import write_skies
 
 from ood_core.method.model import FrozenDiffusionModel
-from ood_core.pipeline import prepare_run, sampling, stages
+from ood_core.pipeline import prepare_run, sample_stage, stages
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.pipeline.pipelined import run_pipelined, run_serial
 from ood_core.store import RunWriter, list_runs
@@ -155,10 +155,10 @@ def _copy_of(prepared: tuple[PipelineParameters, Path], name: str) -> tuple[Pipe
 
 
 def _sample_once(prepared: tuple[PipelineParameters, Path], model: FrozenDiffusionModel, name: str,
-                 pipelined: bool) -> tuple[dict[str, np.ndarray], sampling.Counters, dict[str, Any] | None]:
+                 pipelined: bool) -> tuple[dict[str, np.ndarray], sample_stage.Counters, dict[str, Any] | None]:
     params, writer = _copy_of(prepared, name)
-    ctx = sampling.SampleContext(params, writer, model)
-    counters = sampling.run_blocks(ctx, model, sampling.appender_of(writer), range(ctx.plan.blocks), None,
+    ctx = sample_stage.SampleContext(params, writer, model)
+    counters = sample_stage.run_blocks(ctx, model, sample_stage.appender_of(writer), range(ctx.plan.blocks), None,
                                    pipelined=pipelined)
     writer.flush()
     return {n: writer.read(n) for n in SAMPLE_NAMES}, counters, writer.sample_checkpoint
@@ -185,11 +185,11 @@ def test_an_error_in_block_k_leaves_later_blocks_unwritten_and_reaches_the_calle
     monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     params, writer = _copy_of(prepared_run, f"fail_{where}")
-    ctx = sampling.SampleContext(params, writer, model=mono_model)
+    ctx = sample_stage.SampleContext(params, writer, model=mono_model)
     failing_block = 2
     failing_slots = set(ctx.plan.slots(failing_block))
     appended: list[int] = []
-    append = sampling.appender_of(writer)
+    append = sample_stage.appender_of(writer)
 
     def boom(*args: Any) -> Any:
         raise RuntimeError(f"{where} failed")
@@ -200,18 +200,18 @@ def test_an_error_in_block_k_leaves_later_blocks_unwritten_and_reaches_the_calle
         appended.append(checkpoint["next_block"] - 1)
         return append(batch, checkpoint)
 
-    with_noise, first_look, finish_block = ctx.with_noise, sampling.first_look, sampling.finish_block
+    with_noise, first_look, finish_block = ctx.with_noise, sample_stage.first_look, sample_stage.finish_block
     if where == "convert":
         monkeypatch.setattr(ctx, "with_noise", lambda samples, parents, nearest, slots: (
             boom() if set(slots) <= failing_slots else with_noise(samples, parents, nearest, slots)))
     if where == "screen":
-        monkeypatch.setattr(sampling, "first_look", lambda c, index: (
+        monkeypatch.setattr(sample_stage, "first_look", lambda c, index: (
             boom() if index == failing_block else first_look(c, index)))
     if where == "denoise":
-        monkeypatch.setattr(sampling, "finish_block", lambda c, m, block, chosen: (
+        monkeypatch.setattr(sample_stage, "finish_block", lambda c, m, block, chosen: (
             boom() if set(block.slots) == failing_slots else finish_block(c, m, block, chosen)))
     with pytest.raises(RuntimeError, match=f"{where} failed"):
-        sampling.run_blocks(ctx, mono_model, guarded_append, range(ctx.plan.blocks), None, pipelined=True)
+        sample_stage.run_blocks(ctx, mono_model, guarded_append, range(ctx.plan.blocks), None, pipelined=True)
     writer.flush()
     assert appended == [0, 1]
     assert writer.sample_checkpoint is not None and writer.sample_checkpoint["next_block"] == failing_block

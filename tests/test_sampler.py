@@ -13,16 +13,9 @@ import pytest
 import torch
 
 from ood_core.errors import ConfigurationError
+from ood_core.method.acceptance import CRITERION_NAMES, compute_criteria, derive_acceptance_band
 from ood_core.method.prior import fit_prior
-from ood_core.method.sampler import (
-    CRITERION_NAMES,
-    GeometricSampler,
-    SamplerConfig,
-    candidate_seed,
-    compute_criteria,
-    derive_acceptance_band,
-    slerp,
-)
+from ood_core.method.sampler import GeometricSampler, SamplerConfig, candidate_seed, slerp
 
 D = 3 * 64 * 64
 N_OOD, N_REF = 12, 16

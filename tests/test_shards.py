@@ -1,4 +1,4 @@
-"""The sharded sample stage (issue 12): regions of pre-sized arrays, one ShardWriter each, merged at the end; the
+"""The sharded sample stage (issue 12): regions of pre-sized arrays, one RegionWriter each, merged at the end; the
 same samples bit for bit with 1 or N shards, in one process or as Prefect tasks on a 2-worker local Dask cluster;
 a worker killed mid-shard costs a retry of that shard only, and the run completes."""
 
@@ -19,14 +19,14 @@ from made_fits import write_skies
 
 from ood_core.pipeline import PipelineParameters, SlotPlan, run_in_process
 from ood_core.store import (
+    RegionWriter,
     RunWriter,
-    ShardWriter,
     StoreError,
     assign_regions,
     list_runs,
     merge_regions,
     open_run,
-    shard_states,
+    region_states,
     validate_store,
 )
 
@@ -86,13 +86,13 @@ def test_shards_fill_their_regions_and_the_merge_closes_the_gaps(tmp_path: Path)
         writer.append_samples(**_shard_batch(61, 1))
     batches = {0: _shard_batch(70, 4), 1: _shard_batch(71, 3), 2: _shard_batch(72, 1)}  # regions 1, 2 not full
     for index in (2, 0, 1):  # any order, each in its own writer
-        shard = ShardWriter(store, writer.run_id, index)
+        shard = RegionWriter(store, writer.run_id, index)
         shard.append_samples(**batches[index], checkpoint={"next_block": 9})
         with pytest.raises(ValueError, match="end of this writer's region"):
             shard.append_samples(**_shard_batch(73, 4))
         shard.complete()
     assert list_runs(store)[0].status == "writing" and list_runs(store)[0].n_samples == 0
-    states = shard_states(writer)
+    states = region_states(writer)
     assert [(s.rows, s.done, s.checkpoint) for s in states] == [(4, True, {"next_block": 9})] * 1 + [
         (3, True, {"next_block": 9}), (1, True, {"next_block": 9})]
     reopened = RunWriter.open(store, writer.run_id)  # does not trim the arrays the shards own
@@ -111,20 +111,20 @@ def test_a_reopened_shard_resumes_after_its_committed_rows_and_merge_waits_for_e
     store = str(tmp_path / "store.zarr")
     writer = proc.start_run(store, seed=62)
     assign_regions(writer, [(0, 4), (4, 8)], unit=4)
-    first = ShardWriter(store, writer.run_id, 1)
+    first = RegionWriter(store, writer.run_id, 1)
     first.append_samples(**_shard_batch(80, 2), checkpoint={"next_block": 1})
     first.flush()
     # an attempt killed after writing its next rows and before committing them
     group = zarr.open_group(store, path=f"runs/{writer.run_id}", mode="r+")
     for name, values in _shard_batch(81, 2).items():
         group[name][6:8] = values
-    again = ShardWriter(store, writer.run_id, 1)
+    again = RegionWriter(store, writer.run_id, 1)
     assert again.rows == 2 and again.checkpoint == {"next_block": 1} and not again.done
     again.append_samples(**_shard_batch(82, 2), checkpoint={"next_block": 2})
     again.complete()
     with pytest.raises(StoreError, match=r"shards \[0\] are not done"):
         merge_regions(RunWriter.open(store, writer.run_id))
-    zero = ShardWriter(store, writer.run_id, 0)
+    zero = RegionWriter(store, writer.run_id, 0)
     zero.complete()
     total, _ = merge_regions(RunWriter.open(store, writer.run_id))
     assert total == 4

@@ -15,7 +15,7 @@ from zarr.storage import MemoryStore
 
 from ood_core.store import RunWriter, open_run
 from ood_core.store.appender import BackgroundAppender
-from ood_core.store.runs import sample_array
+from ood_core.store.opening import sample_array
 from ood_core.store.whole_shards import shard_layout, staging_buffer, write_shard
 
 IMAGE_ARRAYS = ("samples", "samples_physical", "sample_latents")

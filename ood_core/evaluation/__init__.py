@@ -2,10 +2,10 @@
 
 Modules, in the order ``evaluate_run`` uses them: ``loading`` (run + reference images), ``baselines``
 (REGISTRY of what the method is judged against), ``metrics`` and ``scoring`` (numbers per set), ``plots``
-and ``sheets`` (figures, contact sheets), ``report`` (JSON, table, markdown); ``run_report`` is what a
-person reads about one run (summary, per-sample table, prior diagnostics in words). ``texture`` and ``c2st``:
-can a classifier tell a set from real images (the C2ST; ``c2st.c2st`` is not re-exported here, where it would
-hide its module); ``controls``: known fakes made from real images.
+and ``sheets`` (figures, contact sheets), ``evaluation_report`` (JSON, table, markdown), all driven by
+``evaluate``; ``run_summary`` is what a person reads about one run (summary, per-sample table, prior diagnostics
+in words). ``texture`` and ``c2st``: can a classifier tell a set from real images (the C2ST; ``c2st.c2st`` is not
+re-exported here, where it would hide its module); ``controls``: known fakes made from real images.
 """
 
 from ood_core.evaluation.baselines import (
@@ -26,6 +26,8 @@ from ood_core.evaluation.baselines import (
     unscreened_prior_samples,
 )
 from ood_core.evaluation.c2st import DISTINGUISHABLE_ACCURACY, C2STResult
+from ood_core.evaluation.evaluate import ANCHOR_STREAM, DEFAULT_BASELINES, evaluate_run
+from ood_core.evaluation.evaluation_report import evaluation_markdown, format_table, write_json, write_plots
 from ood_core.evaluation.loading import (
     ImageSet,
     ReferenceSet,
@@ -44,19 +46,15 @@ from ood_core.evaluation.metrics import (
     PowerSpectrum,
     SetStatistics,
     SourceDetection,
-    asymmetry,
     background_level,
     compare_statistics,
-    concentration,
     curve_distance,
     detect_image_sources,
     domain_features,
     domain_separation,
     excursion_functionals,
-    gini,
     image_morphology,
     isotropic_power_spectrum,
-    m20,
     minkowski_curves,
     minkowski_thresholds,
     nearest_distances,
@@ -67,6 +65,7 @@ from ood_core.evaluation.metrics import (
     spectrum_distance,
     wasserstein_1,
 )
+from ood_core.evaluation.morphology import asymmetry, concentration, gini, m20
 from ood_core.evaluation.plots import (
     c2st_accuracies,
     minkowski_panels,
@@ -76,9 +75,7 @@ from ood_core.evaluation.plots import (
     power_spectra,
     save_figure,
 )
-from ood_core.evaluation.report import evaluation_markdown, format_table, write_json, write_plots
-from ood_core.evaluation.run import ANCHOR_STREAM, DEFAULT_BASELINES, evaluate_run
-from ood_core.evaluation.run_report import (
+from ood_core.evaluation.run_summary import (
     PriorVerdict,
     criteria_rows,
     prior_verdict,

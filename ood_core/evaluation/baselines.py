@@ -9,7 +9,7 @@
   The frozen model itself is never modified.
 
 ``REGISTRY`` maps each name to a function ``(BaselineContext, n) -> BaselineDraw`` that makes n images of that
-baseline from what the run provides; ``ood_core.evaluation.run`` only looks names up in it.
+baseline from what the run provides; ``ood_core.evaluation.evaluate`` only looks names up in it.
 """
 
 from __future__ import annotations

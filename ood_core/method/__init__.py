@@ -1,5 +1,14 @@
 """The method: frozen model, normalization, DDIM inversion and generation, OOD prior, screening, novelty."""
 
+from ood_core.method.acceptance import (
+    CRITERION_NAMES,
+    DEFAULT_MARGIN,
+    DEFAULT_REFERENCE_GAP,
+    AcceptanceBand,
+    CriteriaGeometry,
+    compute_criteria,
+    derive_acceptance_band,
+)
 from ood_core.method.ddim import (
     BandwidthScan,
     Reconstruction,
@@ -64,20 +73,13 @@ from ood_core.method.prior import (
 )
 from ood_core.method.resampling import Resampling, block_resample, choose_resampling
 from ood_core.method.sampler import (
-    CRITERION_NAMES,
-    DEFAULT_MARGIN,
-    DEFAULT_REFERENCE_GAP,
     SLOT_STRIDE,
-    AcceptanceBand,
     AcceptedBatch,
-    CriteriaGeometry,
     GeometricSampler,
     SamplerConfig,
     SamplerReport,
     ScreenedCandidates,
     candidate_seed,
-    compute_criteria,
-    derive_acceptance_band,
     slerp,
     slot_candidate_seed,
 )

@@ -73,19 +73,37 @@ def ddim_invert(
 ) -> torch.Tensor:
     """Walk clean images (N, C, H, W) in [-1, 1] up the grid to their latents at t0 (eta = 0)."""
     steps = len(grid) - 1
-    out = torch.empty(images.shape, dtype=torch.float32, device=model.device)
-    chunks = _chunks(images.shape[0], batch_size)
-    done = 0
+    out, chunks = _output_and_chunks(model, images, batch_size)
+    step = _step_counter(progress, steps * len(chunks))
     for chunk in chunks:
         x = images[chunk].to(model.device, torch.float32)
         for k in range(steps):
             eps = model.predict_noise(x, grid[k])
             x = _ddim_move(x, eps, _alpha(model, grid, k), _alpha(model, grid, k + 1))
-            done += 1
-            if progress is not None:
-                progress(done, steps * len(chunks))
+            step()
         out[chunk] = x
     return _returned(out, output)
+
+
+def _output_and_chunks(
+    model: FrozenDiffusionModel, start: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, list[slice]]:
+    """The result tensor of a walk from ``start`` (float32 on the model's device) and the batches it walks."""
+    out = torch.empty(start.shape, dtype=torch.float32, device=model.device)
+    return out, _chunks(start.shape[0], batch_size)
+
+
+def _step_counter(progress: StepProgress | None, total: int) -> Callable[[], None]:
+    """A callable counting network evaluations, each reported to ``progress`` as (done, total)."""
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return step
 
 
 def _returned(out: torch.Tensor, output: Output) -> torch.Tensor:
@@ -123,9 +141,8 @@ def ddim_generate(
     if eta > 0 and (seeds is None or len(seeds) != latents.shape[0]):
         raise ConfigurationError("eta > 0 adds noise: pass one seed per latent so samples are reproducible")
     steps = len(grid) - 1
-    out = torch.empty(latents.shape, dtype=torch.float32, device=model.device)
-    chunks = _chunks(latents.shape[0], batch_size)
-    done = 0
+    out, chunks = _output_and_chunks(model, latents, batch_size)
+    step = _step_counter(progress, steps * len(chunks))
     for chunk in chunks:
         x = latents[chunk].to(model.device, torch.float32)
         generators = (
@@ -139,9 +156,7 @@ def ddim_generate(
             x = math.sqrt(a_s) * x0_hat + math.sqrt(max(1.0 - a_s - sigma**2, 0.0)) * eps
             if sigma > 0:
                 x = x + sigma * _to_device(_per_sample_noise(generators, x.shape[1:]), x.device)
-            done += 1
-            if progress is not None:
-                progress(done, steps * len(chunks))
+            step()
         out[chunk] = x.clamp(-1.0, 1.0) if clip else x
     return _returned(out, output)
 

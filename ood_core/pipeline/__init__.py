@@ -14,7 +14,7 @@ from ood_core.pipeline.config import (
     default_model_path,
 )
 from ood_core.pipeline.ingest import IngestResult, drop_duplicates, ingest, input_set_key, read_inputs
-from ood_core.pipeline.sampling import SlotPlan
+from ood_core.pipeline.sample_stage import ProgressHook, SlotPlan
 from ood_core.pipeline.sequence import (
     NETWORK_STAGES,
     SettingsChooser,
@@ -31,7 +31,6 @@ from ood_core.pipeline.sequence import (
 from ood_core.pipeline.stages import (
     ACCEPTED_PER_SAMPLE,
     STAGES,
-    ProgressHook,
     RunResult,
     create_run,
     finish_run,

@@ -16,21 +16,21 @@ from typing import Any
 
 from ood_core.errors import ConfigurationError
 from ood_core.method.model import FrozenDiffusionModel, cached_model
-from ood_core.pipeline import sampling
+from ood_core.pipeline import sample_stage
 from ood_core.pipeline.config import CHOOSABLE, DEFAULT_SLERP_RANGE, PipelineParameters, settled
 from ood_core.pipeline.ingest import IngestResult, ingest
-from ood_core.pipeline.sampling import RunSource
+from ood_core.pipeline.sample_stage import ProgressHook, RunSource
 from ood_core.pipeline.stages import (
     STAGE_FUNCTIONS,
     Judge,
-    ProgressHook,
     RunResult,
     create_run,
     finish_run,
     finish_sample,
 )
-from ood_core.store.runs import RunWriter, StoreError
-from ood_core.store.shards import ShardWriter
+from ood_core.store.errors import StoreError
+from ood_core.store.regions import RegionWriter
+from ood_core.store.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def prepare_sample_shards(params: PipelineParameters, run_id: str) -> int:
         return 0
     if "prior" not in writer.completed_stages():
         raise StoreError(f"run {run_id}: stage 'prior' must complete before 'sample'")
-    return len(sampling.prepare_shards(params, writer))
+    return len(sample_stage.prepare_shards(params, writer))
 
 
 def execute_shard(
@@ -103,8 +103,8 @@ def execute_shard(
 ) -> dict[str, Any]:
     """One shard of a sharded sample stage in this process (a Dask task of the pipeline flow), from its last
     committed block."""
-    shard = ShardWriter(params.store, run_id, index)
-    return sampling.run_shard(params, stage_model(params, shard), shard, progress)
+    shard = RegionWriter(params.store, run_id, index)
+    return sample_stage.run_shard(params, stage_model(params, shard), shard, progress)
 
 
 def finish_sample_shards(params: PipelineParameters, run_id: str) -> dict[str, Any]:

@@ -26,27 +26,24 @@ import torch
 
 from ood_core.errors import QuarantinedInput
 from ood_core.method import ddim
+from ood_core.method.acceptance import CRITERION_NAMES
 from ood_core.method.model import FrozenDiffusionModel, auto_batch_size
 from ood_core.method.normalization import NormalizationParams, model_to_physical
 from ood_core.method.precision import guarded_reconstruction
-from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, prior_diagnostics
-from ood_core.method.sampler import CRITERION_NAMES
+from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, flatten_latents, prior_diagnostics
 from ood_core.method.seeds import child_seed
-from ood_core.pipeline import sampling
+from ood_core.pipeline import sample_stage
 from ood_core.pipeline.config import DEFAULT_PRIOR, DEFAULT_T0, PipelineParameters, settled
 from ood_core.pipeline.ingest import IngestResult, input_set_key
+from ood_core.pipeline.sample_stage import ProgressHook
+from ood_core.store.errors import StoreError
 from ood_core.store.provenance import environment_info, utc_now_iso
-from ood_core.store.runs import RunWriter, StoreError
-from ood_core.store.shards import ShardWriter
+from ood_core.store.regions import RegionWriter
+from ood_core.store.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
-ProgressHook = Callable[[str, int, int], None]
-"""progress(stage, done, total): called during long stages; stage is one of bandwidth_scan, invert (per network
-evaluation), reference (in-domain latents, per network evaluation), prior_fit (fit and diagnostics), sample
-(committed samples, at the start and after each batch)."""
-
-ACCEPTED_PER_SAMPLE = sampling.ACCEPTED_PER_SAMPLE
+ACCEPTED_PER_SAMPLE = sample_stage.ACCEPTED_PER_SAMPLE
 
 
 @contextmanager
@@ -93,10 +90,6 @@ def batch_size(params: PipelineParameters, model: FrozenDiffusionModel, writer: 
 
 def _tensor(writer: RunWriter, name: str) -> torch.Tensor:
     return torch.from_numpy(writer.read(name))
-
-
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
 
 
 # --------------------------------------------------------------------------------------------- create
@@ -188,7 +181,7 @@ def stored_prior(writer: RunWriter, kind: PriorKind) -> tuple[LatentPrior, torch
     diagnostics are stored, not its D-sized parameters.
     """
     _require(writer, "prior", "reading the prior")
-    return sampling.prior_from(writer, kind)
+    return sample_stage.prior_from(writer, kind)
 
 
 def stage_prior(
@@ -208,11 +201,11 @@ def stage_prior(
         writer.write_reference_latents(reference.numpy())
         if progress is not None:
             progress("prior_fit", 0, 2)
-        ood_flat = _flat(_tensor(writer, "input_latents"))
+        ood_flat = flatten_latents(_tensor(writer, "input_latents"))
         prior = fit_prior(ood_flat, settled(params, writer.provenance).prior or DEFAULT_PRIOR)
         if progress is not None:
             progress("prior_fit", 1, 2)
-        diagnostics = prior_diagnostics(ood_flat, prior, reference_latents=_flat(reference))
+        diagnostics = prior_diagnostics(ood_flat, prior, reference_latents=flatten_latents(reference))
         if progress is not None:
             progress("prior_fit", 2, 2)
         writer.update_provenance(prior={
@@ -230,10 +223,10 @@ def stage_sample(
     params: PipelineParameters, model: FrozenDiffusionModel, writer: RunWriter, progress: ProgressHook | None = None
 ) -> dict[str, Any]:
     """Fill the run's sample slots (screen, denoise, drop near-copies) and stream them to the store; returns the
-    sampler record (:mod:`ood_core.pipeline.sampling` says how slots, blocks and shards work).
+    sampler record (:mod:`ood_core.pipeline.sample_stage` says how slots, blocks and shards work).
 
     One shard: here, through the run's writer, resuming after the last committed block. Several: here, one after
-    another (``run_in_process``); the pipeline flow runs :func:`sampling.run_shard` as Dask tasks instead and
+    another (``run_in_process``); the pipeline flow runs :func:`sample_stage.run_shard` as Dask tasks instead and
     calls :func:`finish_sample` when they are done.
     """
     _require(writer, "prior", "sample")
@@ -241,18 +234,18 @@ def stage_sample(
         return dict(writer.provenance["sampler"])
     batch_size(params, model, writer)
     if params.shards > 1 or writer.sample_regions:
-        sampling.prepare_shards(params, writer)
+        sample_stage.prepare_shards(params, writer)
         for index in range(len(writer.sample_regions)):
-            sampling.run_shard(params, model, ShardWriter(params.store, writer.run_id, index), progress)
+            sample_stage.run_shard(params, model, RegionWriter(params.store, writer.run_id, index), progress)
         return finish_sample(params, model, writer)
     with _stage(writer, "sample"):
-        sampling.match_recorded_threads(writer, model)
-        ctx = sampling.SampleContext(params, writer, model)
+        sample_stage.match_recorded_threads(writer, model)
+        ctx = sample_stage.SampleContext(params, writer, model)
         if writer.n_samples:
             log.info("run %s: resuming sampling after %d committed samples", writer.run_id, writer.n_samples)
         if progress is not None:
             progress("sample", writer.n_samples, params.samples)
-        counters = sampling.run_blocks(ctx, model, sampling.appender_of(writer), range(ctx.plan.blocks),
+        counters = sample_stage.run_blocks(ctx, model, sample_stage.appender_of(writer), range(ctx.plan.blocks),
                                        writer.sample_checkpoint, progress, writer.n_samples)
         writer.flush()
         _record_sampling(params, ctx, writer, counters, shards=1)
@@ -265,8 +258,8 @@ def finish_sample(params: PipelineParameters, model: FrozenDiffusionModel, write
     if "sample" in writer.completed_stages():
         return dict(writer.provenance["sampler"])
     shards = len(writer.sample_regions)
-    counters = sampling.merge_shards(writer)
-    _record_sampling(params, sampling.SampleContext(params, writer, model), writer, counters, shards=shards)
+    counters = sample_stage.merge_shards(writer)
+    _record_sampling(params, sample_stage.SampleContext(params, writer, model), writer, counters, shards=shards)
     started = (writer.provenance.get("sharding") or {}).get("started_unix")
     if isinstance(started, (int, float)):
         writer.record_timing("sample", time.time() - started)
@@ -282,13 +275,13 @@ def _noise_origin(params: PipelineParameters, provenance: dict[str, Any]) -> str
     return str(origin) if origin else "default"
 
 
-def _record_sampling(params: PipelineParameters, ctx: sampling.SampleContext, writer: RunWriter,
-                     counters: sampling.Counters, shards: int) -> None:
+def _record_sampling(params: PipelineParameters, ctx: sample_stage.SampleContext, writer: RunWriter,
+                     counters: sample_stage.Counters, shards: int) -> None:
     if writer.n_samples < params.samples:
         log.warning("run %s: %d of %d samples (%d slots found no candidate within their budget or made only "
                     "near-copies)", writer.run_id, writer.n_samples, params.samples, counters.failed_slots)
     writer.update_provenance(
-        sampler=sampling.sampler_record(params, ctx, counters, writer.n_samples, shards),
+        sampler=sample_stage.sampler_record(params, ctx, counters, writer.n_samples, shards),
         novelty={**ctx.rule.to_dict(), "threshold": float(ctx.rule.threshold(ctx.images)),
                  "near_copies_rejected": counters.near_copies},
         noise=ctx.noise_record(_noise_origin(params, writer.provenance)),
@@ -309,6 +302,7 @@ class RunResult:
     n_inputs: int
     n_samples: int
     quarantined: list[dict[str, str]]
+    """The input files set aside, as provenance records them (file and reason)."""
     median_psnr_db: float
     acceptance_rate: float
     t0: int

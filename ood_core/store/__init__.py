@@ -1,16 +1,41 @@
 """The sample store (DESIGN section 5): zarr run groups, provenance, contract checks, FITS export."""
 
-from ood_core.store.appender import BackgroundAppender, BackgroundWriteError
+from ood_core.store.appender import BackgroundAppender
+from ood_core.store.consolidation import consolidate_store
+from ood_core.store.contract import (
+    COORDINATE_ARRAYS,
+    INPUT_ARRAYS,
+    LIBRARY,
+    PROGRESS_ATTR,
+    RUN_ARRAYS,
+    RUN_ATTR,
+    RUNS_GROUP,
+    SAMPLE_ARRAYS,
+    SCHEMA_VERSION,
+    STATUSES,
+    STORE_ATTR,
+    ArraySpec,
+)
+from ood_core.store.errors import (
+    BackgroundWriteError,
+    ExportExistsError,
+    RunNotCompleteError,
+    RunNotFoundError,
+    StoreError,
+    StoreIntegrityError,
+    StoreNotFoundError,
+    StoreSchemaError,
+)
 from ood_core.store.fits_export import (
     CRITERION_KEYWORDS,
     SHA_PREFIX_LENGTH,
-    ExportExistsError,
     criterion_keyword,
     export_run_fits,
     run_header,
 )
 from ood_core.store.heartbeat import HEARTBEAT_INTERVAL_S, STALE_AFTER_S, heartbeat_now, stale_reason
 from ood_core.store.integrity import CHECKSUM_ATTR, digest_run, verify_run
+from ood_core.store.opening import check_store_location, open_store, zarr_store
 from ood_core.store.provenance import (
     PACKAGE_NAME,
     TRACKED_PACKAGES,
@@ -24,50 +49,24 @@ from ood_core.store.provenance import (
     utc_now,
     utc_now_iso,
 )
-from ood_core.store.runs import (
-    COORDINATE_ARRAYS,
-    INPUT_ARRAYS,
-    LIBRARY,
-    PROGRESS_ATTR,
-    RUN_ARRAYS,
-    RUN_ATTR,
-    RUNS_GROUP,
-    SAMPLE_ARRAYS,
-    SCHEMA_VERSION,
-    STATUSES,
-    STORE_ATTR,
-    ArraySpec,
-    RunInfo,
-    RunNotCompleteError,
-    RunNotFoundError,
-    RunWriter,
-    StoreError,
-    StoreIntegrityError,
-    check_store_location,
-    consolidate_store,
-    latest_complete_run_id,
-    list_runs,
-    open_run,
-    open_store,
-    zarr_store,
+from ood_core.store.readers import RunInfo, latest_complete_run_id, list_runs, open_run, run_records
+from ood_core.store.regions import (
+    REGIONS_GROUP,
+    RegionState,
+    RegionWriter,
+    assign_regions,
+    merge_regions,
+    region_states,
 )
 from ood_core.store.schema import (
     REQUIRED_PROVENANCE_KEYS,
     REQUIRED_PROVENANCE_KEYS_ANY_STATUS,
     RunCheck,
-    StoreSchemaError,
     audit_store,
     check_store,
     validate_store,
 )
-from ood_core.store.shards import (
-    SHARDS_GROUP,
-    ShardState,
-    ShardWriter,
-    assign_regions,
-    merge_regions,
-    shard_states,
-)
+from ood_core.store.writer import RunWriter
 
 __all__ = [
     "CHECKSUM_ATTR",
@@ -78,6 +77,7 @@ __all__ = [
     "LIBRARY",
     "PACKAGE_NAME",
     "PROGRESS_ATTR",
+    "REGIONS_GROUP",
     "REQUIRED_PROVENANCE_KEYS",
     "REQUIRED_PROVENANCE_KEYS_ANY_STATUS",
     "RUNS_GROUP",
@@ -85,7 +85,6 @@ __all__ = [
     "RUN_ATTR",
     "SAMPLE_ARRAYS",
     "SCHEMA_VERSION",
-    "SHARDS_GROUP",
     "SHA_PREFIX_LENGTH",
     "STALE_AFTER_S",
     "STATUSES",
@@ -95,15 +94,16 @@ __all__ = [
     "BackgroundAppender",
     "BackgroundWriteError",
     "ExportExistsError",
+    "RegionState",
+    "RegionWriter",
     "RunCheck",
     "RunInfo",
     "RunNotCompleteError",
     "RunNotFoundError",
     "RunWriter",
-    "ShardState",
-    "ShardWriter",
     "StoreError",
     "StoreIntegrityError",
+    "StoreNotFoundError",
     "StoreSchemaError",
     "assign_regions",
     "audit_store",
@@ -124,9 +124,10 @@ __all__ = [
     "open_run",
     "open_store",
     "package_version",
+    "region_states",
     "run_header",
+    "run_records",
     "sha256_file",
-    "shard_states",
     "stale_reason",
     "strict_json_dumps",
     "utc_now",

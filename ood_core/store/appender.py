@@ -21,8 +21,10 @@ count that every array holds.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,7 +34,10 @@ import numpy.typing as npt
 import zarr
 
 from ood_core.errors import OODError
+from ood_core.store.errors import BackgroundWriteError
 from ood_core.store.whole_shards import ShardLayout, shard_layout, staging_buffer, write_shard
+
+log = logging.getLogger(__name__)
 
 _LEAST_GROWTH_UNITS, _MOST_GROWTH_UNITS = 4, 16
 
@@ -50,11 +55,6 @@ class _Submitted:
     def __init__(self, batch: Batch, checkpoint: Checkpoint) -> None:
         self.batch = batch
         self.checkpoint = checkpoint
-
-
-class BackgroundWriteError(OODError):
-    """Writing samples in the background failed; the cause is the original error. Nothing past the last
-    commit was recorded, so the run can be resumed from its committed samples."""
 
 
 class _FlushRequest:
@@ -362,3 +362,33 @@ class _Staging:
         assert self.buffer is not None
         rows, self.rows = self.rows, 0
         return self.buffer[:rows]
+
+
+def storage_units(arrays: Mapping[str, zarr.Array[Any]]) -> dict[str, int]:
+    """Rows of each array's storage unit along the sample axis: its codec shard, else its chunk."""
+    return {name: int((arr.shards or arr.chunks)[0]) for name, arr in arrays.items()}
+
+
+_LIVE_APPENDERS: weakref.WeakValueDictionary[tuple[str, str], BackgroundAppender] = weakref.WeakValueDictionary()
+"""The background appender of each run (or region of one) written by this process (a reopened writer waits for
+the old one)."""
+
+
+def register_live_appender(store_url: str, key: str, appender: BackgroundAppender) -> None:
+    """Remember ``appender`` as the live writer of ``key`` (a run id, or a region's key) in ``store_url``."""
+    _LIVE_APPENDERS[(store_url, key)] = appender
+
+
+def settle_live_appender(store_url: str, key: str) -> None:
+    """Let an earlier writer of the same run (or region) in this process write out what it was handed, so a
+    reopened writer (a retried task) trims and continues from a committed count that nobody changes behind its
+    back."""
+    appender = _LIVE_APPENDERS.pop((store_url, key), None)
+    if appender is None:
+        return
+    try:
+        appender.flush()
+    except OODError as exc:
+        log.warning("run %s: the earlier writer's background append failed (%s); resuming from its last commit",
+                    key, exc)
+    appender.abandon()

@@ -46,10 +46,12 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from ood_core.store.contract import SCHEMA_VERSION
+from ood_core.store.errors import ExportExistsError
 from ood_core.store.provenance import utc_now
-from ood_core.store.runs import SCHEMA_VERSION, StoreError, latest_complete_run_id, open_run
+from ood_core.store.readers import latest_complete_run_id, open_run
 
-#: FITS keywords of the sampler's criteria (names from ``ood_core.method.sampler.CRITERION_NAMES``).
+#: FITS keywords of the sampler's criteria (names from ``ood_core.method.acceptance.CRITERION_NAMES``).
 CRITERION_KEYWORDS: dict[str, str] = {
     "mean_distance_to_reference": "OODCDREF",
     "mean_angle_to_ood_deg": "OODCAOOD",
@@ -58,16 +60,6 @@ CRITERION_KEYWORDS: dict[str, str] = {
 SHA_PREFIX_LENGTH = 16
 _HISTORY_WIDTH = 72  # characters of text a HISTORY card holds
 _CARD_WIDTH = 80
-
-
-class ExportExistsError(StoreError, FileExistsError):
-    """The output folder already holds files of this export; nothing was written. ``existing``: their paths."""
-
-    def __init__(self, outdir: str, existing: list[Path]) -> None:
-        self.outdir = outdir
-        self.existing = existing
-        super().__init__(f"{outdir}: {len(existing)} file(s) of this export exist already (e.g. "
-                         f"{existing[0].name}); pass overwrite=True to replace them")
 
 
 def absolute_store_url(store_url: str) -> str:

@@ -20,7 +20,8 @@ from typing import Any, Literal
 import xarray as xr
 
 from ood_core.store.cf import cf_dataset
-from ood_core.store.runs import RUN_ATTR, open_run
+from ood_core.store.contract import RUN_ATTR
+from ood_core.store.readers import open_run
 
 NETCDF_ENGINE: Literal["h5netcdf"] = "h5netcdf"
 """netCDF-4 (HDF5) writer: int64 seeds and strings need netCDF-4; the netCDF-3 writer (scipy) has neither."""

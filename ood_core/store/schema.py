@@ -15,11 +15,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from ood_core.errors import OODError
-from ood_core.store.heartbeat import STALE_AFTER_S
-from ood_core.store.integrity import has_checksums, verify_run
-from ood_core.store.provenance import strict_json_dumps
-from ood_core.store.runs import (
+from ood_core.store.contract import (
     INPUT_ARRAYS,
     LEGACY_DTYPES,
     PROGRESS_ATTR,
@@ -31,11 +27,14 @@ from ood_core.store.runs import (
     STATUSES,
     STORE_ATTR,
     ArraySpec,
-    StoreError,
     array_spec,
-    list_runs,
-    zarr_store,
 )
+from ood_core.store.errors import StoreError, StoreSchemaError
+from ood_core.store.heartbeat import STALE_AFTER_S
+from ood_core.store.integrity import has_checksums, verify_run
+from ood_core.store.opening import zarr_store
+from ood_core.store.provenance import strict_json_dumps
+from ood_core.store.readers import list_runs
 
 #: Provenance keys every complete run must carry (DESIGN section 6).
 REQUIRED_PROVENANCE_KEYS = (
@@ -44,15 +43,6 @@ REQUIRED_PROVENANCE_KEYS = (
 )
 #: Keys a run has from the moment it is created (still "writing", or "failed" part-way).
 REQUIRED_PROVENANCE_KEYS_ANY_STATUS = ("run_id", "status", "started")
-
-
-class StoreSchemaError(OODError):
-    """The store breaks its contract; ``problems`` lists each violation."""
-
-    def __init__(self, store_url: str, problems: list[str]) -> None:
-        super().__init__(f"{store_url} breaks the store contract:\n  " + "\n  ".join(problems))
-        self.store_url = store_url
-        self.problems = list(problems)
 
 
 def _dtype_matches(array: zarr.Array[Any], name: str, spec: ArraySpec) -> bool:

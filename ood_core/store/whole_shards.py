@@ -1,6 +1,6 @@
 """Whole shards of a sample array written as the bytes zarr would store, from one buffer, with no re-encoding.
 
-A sample array is sharded along the sample axis without compression (``runs._sample_chunking``): a shard of
+A sample array is sharded along the sample axis without compression (``contract.sample_chunking``): a shard of
 ``k`` inner chunks, each holding whole images, is stored as the images' raw little-endian bytes in order
 followed by the shard index (offset and length of every chunk, uint64, then the index's CRC-32C): the zarr v3
 sharding format. zarr's own write of such a shard copies the rows into each inner chunk, joins the chunks

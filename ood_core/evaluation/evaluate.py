@@ -7,7 +7,7 @@
 2. baselines (``baselines.REGISTRY``): each named baseline's images through the run's frozen model
    (checked by its weights' sha256), mapped to physical units with the run's normalization;
 3. scoring (``scoring``): every metric of ``ood_core.evaluation.metrics`` for each set against the reference;
-4. report (``report``): PNG figures and ``evaluation.json`` (strict JSON).
+4. report (``evaluation_report``): PNG figures and ``evaluation.json`` (strict JSON).
 
 Rows of the table: ``method`` (the run's samples), each baseline, and ``inputs`` (the real few-shot inputs
 themselves: the floor a metric reaches with real images of the domain, given the small sets).
@@ -26,9 +26,9 @@ import numpy as np
 
 from ood_core.errors import ConfigurationError
 from ood_core.evaluation import baselines as bl
+from ood_core.evaluation.evaluation_report import write_json, write_plots
 from ood_core.evaluation.loading import ImageSet, ReferenceSet, RunData, load_reference, load_run
 from ood_core.evaluation.metrics import METRIC_DOCS, MINKOWSKI_QUANTILES
-from ood_core.evaluation.report import write_json, write_plots
 from ood_core.evaluation.scoring import Scores, score_sets, table_rows
 from ood_core.method.model import FrozenDiffusionModel, load_model
 from ood_core.method.seeds import child_seed
@@ -79,12 +79,11 @@ def _all_sets(
 
 
 def _result(
-    run: RunData, store_url: str, model: FrozenDiffusionModel, reference: ReferenceSet, scores: Scores,
-    settings: dict[str, Any], baseline_info: dict[str, Any], plot_paths: dict[str, Path], timings: dict[str, float],
+    run: RunData, model: FrozenDiffusionModel, reference: ReferenceSet, scores: Scores, settings: dict[str, Any],
+    baseline_info: dict[str, Any], plot_paths: dict[str, Path], timings: dict[str, float],
 ) -> dict[str, Any]:
-    """The evaluation as one JSON-ready dict (the content of evaluation.json)."""
+    """The evaluation as one JSON-ready dict (the content of evaluation.json), less its first key, the store."""
     return {
-        "store": store_url,
         "run_id": run.run_id,
         "evaluated": utc_now_iso(),
         "units": run.units,
@@ -165,7 +164,8 @@ def evaluate_run(
     settings = {"baselines": names, "n_baseline_samples": n, "sample_steps": ctx.steps, "seed": seed,
                 "finetune_steps": finetune_steps, "finetune_batch_size": finetune_batch_size,
                 "finetune_learning_rate": finetune_learning_rate}
-    result = _result(run, store_url, model, reference, scores, settings, baseline_info, plot_paths, timings)
+    result = {"store": store_url,
+              **_result(run, model, reference, scores, settings, baseline_info, plot_paths, timings)}
     result["settings"]["in_domain_anchor_count"] = int(anchor.shape[0])
     loaded = write_json(result, out / "evaluation.json")
     say(f"wrote {loaded['json']}")

@@ -12,7 +12,7 @@ that runs it or on what that process ran before, so the samples are the same bit
 every block or N shards split them.
 
 **Shards.** A shard is a range of consecutive blocks (a range of seeds) and writes its own region of the run's
-pre-sized sample arrays (:mod:`ood_core.store.shards`); the regions are moved together once every shard is done.
+pre-sized sample arrays (:mod:`ood_core.store.regions`); the regions are moved together once every shard is done.
 One shard is the whole run and writes through the run's own writer. A block's samples are committed with a
 checkpoint (next block, counters), so an interrupted shard resumes at its first unfinished block.
 """
@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,7 +35,7 @@ from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.noise import NoiseModel, add_noise_to_stack, fit_noise_model
 from ood_core.method.normalization import NormalizationParams, bands_to_channels, model_to_physical, normalize
 from ood_core.method.novelty import NoveltyRule
-from ood_core.method.prior import LatentPrior, PriorKind, fit_prior
+from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, flatten_latents
 from ood_core.method.sampler import GeometricSampler, SamplerConfig, slot_candidate_seed
 from ood_core.method.seeds import child_seed
 from ood_core.pipeline.config import (
@@ -46,8 +46,8 @@ from ood_core.pipeline.config import (
     slerp_range_of,
 )
 from ood_core.pipeline.pipelined import run_pipelined, run_serial
-from ood_core.store.runs import RunWriter
-from ood_core.store.shards import ShardWriter, assign_regions, merge_regions
+from ood_core.store.regions import RegionWriter, assign_regions, merge_regions
+from ood_core.store.writer import RunWriter
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,9 @@ candidate draws (one generator each, about 4 per denoised sample) are the larges
 keeps up with the network thread (bench/bench_sample_stage.py)."""
 
 ProgressHook = Callable[[str, int, int], None]
+"""progress(stage, done, total): called during long stages; stage is one of bandwidth_scan, invert (per network
+evaluation), reference (in-domain latents, per network evaluation), prior_fit (fit and diagnostics), sample
+(committed samples, at the start and after each batch)."""
 
 
 class RunSource(Protocol):
@@ -77,10 +80,10 @@ class RunSource(Protocol):
 
 Append = Callable[[dict[str, Any], dict[str, Any]], int]
 """append(batch, checkpoint) -> rows appended so far: where a block's samples go (the run's writer for one
-shard, a ShardWriter for one of several)."""
+shard, a RegionWriter for one of several)."""
 
 
-def appender_of(writer: RunWriter | ShardWriter) -> Append:
+def appender_of(writer: RunWriter | RegionWriter) -> Append:
     """The :data:`Append` of a writer: fresh arrays handed over uncopied, each batch with its checkpoint."""
 
     def append(batch: dict[str, Any], checkpoint: dict[str, Any]) -> int:
@@ -89,15 +92,11 @@ def appender_of(writer: RunWriter | ShardWriter) -> Append:
     return append
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
-
-
 def prior_from(source: RunSource, kind: PriorKind) -> tuple[LatentPrior, torch.Tensor, torch.Tensor]:
     """The OOD prior refitted from the stored latents (deterministic, milliseconds), with the flattened OOD and
     reference latents."""
-    ood_flat = _flat(torch.from_numpy(source.read("input_latents")))
-    return fit_prior(ood_flat, kind), ood_flat, _flat(torch.from_numpy(source.read("reference_latents")))
+    ood_flat = flatten_latents(torch.from_numpy(source.read("input_latents")))
+    return fit_prior(ood_flat, kind), ood_flat, flatten_latents(torch.from_numpy(source.read("reference_latents")))
 
 
 def match_recorded_threads(source: RunSource, model: FrozenDiffusionModel) -> None:
@@ -232,22 +231,26 @@ class Counters:
     tried: int = 0
     accepted: int = 0
     near_copies: int = 0
+    """Denoised samples the novelty rule dropped as near-copies of an input."""
     failed_slots: int = 0
+    """Slots left empty."""
     budget_exhausted: int = 0
+    """Empty slots that used up their tries."""
 
     def add(self, other: Counters) -> None:
-        for name in ("tried", "accepted", "near_copies", "failed_slots", "budget_exhausted"):
+        for name in _COUNTER_NAMES:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_dict(self) -> dict[str, int]:
-        return {"tried": self.tried, "accepted": self.accepted, "near_copies": self.near_copies,
-                "failed_slots": self.failed_slots, "budget_exhausted": self.budget_exhausted}
+        return {name: int(getattr(self, name)) for name in _COUNTER_NAMES}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> Counters:
         values = values or {}
-        return cls(**{k: int(values.get(k, 0)) for k in ("tried", "accepted", "near_copies", "failed_slots",
-                                                          "budget_exhausted")})
+        return cls(**{name: int(values.get(name, 0)) for name in _COUNTER_NAMES})
+
+
+_COUNTER_NAMES = tuple(f.name for f in fields(Counters))
 
 
 @dataclass
@@ -463,7 +466,7 @@ def prepare_shards(params: PipelineParameters, writer: RunWriter) -> list[tuple[
     return regions
 
 
-def run_shard(params: PipelineParameters, model: FrozenDiffusionModel, shard: ShardWriter,
+def run_shard(params: PipelineParameters, model: FrozenDiffusionModel, shard: RegionWriter,
               progress: ProgressHook | None = None) -> dict[str, Any]:
     """Fill one shard of a run whose arrays went to shards (resuming after its committed blocks)."""
     index = shard.index

@@ -1,0 +1,214 @@
+"""Reading runs: :func:`list_runs` (one line a run, a damaged record listed "broken" beside the healthy runs),
+:func:`run_records`, :func:`latest_complete_run_id` and :func:`open_run`, a run as a lazy ``xarray.Dataset``
+whose checksums are verified. A run that is not "complete" is never read by accident."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import xarray as xr
+import zarr
+from zarr.abc.store import Store
+from zarr.core.sync import sync
+
+from ood_core.store.consolidation import consolidated_run_is_current
+from ood_core.store.contract import PROGRESS_ATTR, RUN_ATTR, RUNS_GROUP
+from ood_core.store.describe import with_netcdf_note
+from ood_core.store.errors import (
+    RunNotCompleteError,
+    RunNotFoundError,
+    StoreError,
+    StoreIntegrityError,
+    StoreNotFoundError,
+)
+from ood_core.store.heartbeat import STALE_AFTER_S, stale_reason
+from ood_core.store.integrity import verify_run
+from ood_core.store.labels import decode_labels, legacy_string_arrays
+from ood_core.store.opening import node_array, open_root_readonly, run_group, run_record, zarr_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One line of :func:`list_runs`."""
+
+    run_id: str
+    status: str
+    started: str | None
+    ended: str | None
+    n_inputs: int
+    n_samples: int
+    acceptance_rate: float | None
+    heartbeat: dict[str, Any] | None = None
+    """Last sign of life of a run's writer: {"time", "host", "pid"} (None for runs of older versions)."""
+    stale: bool = False
+    """A "writing" run whose writer is gone or silent for longer than the stale timeout."""
+    problem: str | None = None
+    """Why the run is stale, why it failed (its error), or (status "broken") why its record cannot be read."""
+
+    @property
+    def shown_status(self) -> str:
+        """The status a person should see: "stale" for a dead writing run."""
+        return "stale" if self.stale else self.status
+
+
+def _length(group: zarr.Group, name: str) -> int:
+    """First-axis length of an array, 0 while it does not exist yet (a run being created)."""
+    try:
+        return int(node_array(group, name).shape[0])
+    except (KeyError, FileNotFoundError, StoreError):
+        return 0
+
+
+def _run_info(group: zarr.Group, run_id: str, stale_after: float = STALE_AFTER_S) -> RunInfo:
+    record = run_record(group)
+    progress = group.attrs.get(PROGRESS_ATTR)
+    n_inputs = _length(group, "inputs")
+    if isinstance(progress, dict) and isinstance(progress.get("samples_committed"), int):
+        n_samples = int(progress["samples_committed"])
+    else:
+        n_samples = _length(group, "samples")
+    sampler = record.get("sampler")
+    rate = sampler.get("acceptance_rate") if isinstance(sampler, dict) else None
+    beat = record.get("heartbeat")
+    stale = stale_reason(record, stale_after=stale_after)
+    return RunInfo(
+        run_id=run_id,
+        status=str(record.get("status", "unknown")),
+        started=record.get("started"),
+        ended=record.get("ended"),
+        n_inputs=n_inputs,
+        n_samples=n_samples,
+        acceptance_rate=float(rate) if isinstance(rate, (int, float)) else None,
+        heartbeat=dict(beat) if isinstance(beat, dict) else None,
+        stale=stale is not None,
+        problem=stale or (str(record.get("error")) if record.get("status") == "failed" else None),
+    )
+
+
+def _run_names(root: zarr.Group) -> list[str]:
+    """Names under ``runs/`` as stored, without parsing any run's metadata (one bad record breaks nothing).
+
+    A folder holding nothing but unfinished writes (a process killed while creating the group) is no run.
+    """
+    prefix = f"{root.path}/{RUNS_GROUP}".lstrip("/")
+    names = sync(_list_dir(root.store, prefix))
+    candidates = sorted(n for n in names if n != "zarr.json" and not n.endswith(".partial") and "/" not in n)
+    return [n for n in candidates if sync(_holds_data(root.store, f"{prefix}/{n}/"))]
+
+
+async def _list_dir(store: Store, prefix: str) -> list[str]:
+    return [name async for name in store.list_dir(prefix)]
+
+
+async def _holds_data(store: Store, prefix: str) -> bool:
+    async for key in store.list_prefix(prefix):
+        if key.startswith(prefix) and not key.endswith(".partial"):
+            return True
+    return False
+
+
+def _safe_run_info(root: zarr.Group, name: str, stale_after: float) -> RunInfo:
+    """The run's line, or a "broken" line saying why its group or record cannot be read."""
+    try:
+        node = zarr.open_group(root.store, path=f"{root.path}/{RUNS_GROUP}/{name}".lstrip("/"), mode="r",
+                               zarr_format=3, use_consolidated=False)
+        if not isinstance(node.attrs.get(RUN_ATTR), dict):
+            raise StoreError(f"attrs[{RUN_ATTR!r}] is missing")
+        return _run_info(node, name, stale_after)
+    except Exception as exc:  # a damaged record must not hide the healthy runs beside it
+        reason = f"run record unreadable ({type(exc).__name__}: {exc})"
+        return RunInfo(name, "broken", None, None, 0, 0, None, problem=reason)
+def list_runs(
+    store_url: str,
+    *,
+    include_incomplete: bool = True,
+    stale_after: float = STALE_AFTER_S,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[RunInfo]:
+    """Every run in the store, oldest first (run ids sort by time).
+
+    A run whose group or record cannot be read is listed with status "broken" and the reason in ``problem``;
+    a "writing" run whose writer is gone, or silent for ``stale_after`` seconds, has ``stale`` set.
+    """
+    root = open_root_readonly(store_url, storage_options)
+    infos = [_safe_run_info(root, name, stale_after) for name in _run_names(root)]
+    if not include_incomplete:
+        infos = [info for info in infos if info.status == "complete"]
+    return infos
+
+
+def run_records(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The provenance record (``ood_run``) of every run, oldest first; empty when there is no store yet."""
+    try:
+        root = open_root_readonly(store_url, storage_options)
+    except StoreNotFoundError:
+        return []
+    records = []
+    for name in _run_names(root):
+        try:
+            group = zarr.open_group(root.store, path=f"{root.path}/{RUNS_GROUP}/{name}".lstrip("/"), mode="r",
+                                    zarr_format=3, use_consolidated=False)
+        except Exception as exc:  # an unreadable run has no record to offer; list_runs names it "broken"
+            log.warning("%s: run %s skipped, its record is unreadable (%s)", store_url, name, exc)
+            continue
+        records.append(run_record(group))
+    return records
+
+
+def latest_complete_run_id(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Id of the newest complete run; RunNotFoundError when there is none."""
+    complete = list_runs(store_url, include_incomplete=False, storage_options=storage_options)
+    if not complete:
+        raise RunNotFoundError(f"{store_url}: no complete run in this store")
+    return complete[-1].run_id
+
+
+def open_run(
+    store_url: str,
+    run_id: str | None = None,
+    *,
+    allow_incomplete: bool = False,
+    chunks: Any = "auto",
+    verify: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """A run as a lazy (dask) ``xarray.Dataset``; the latest complete run when ``run_id`` is None.
+
+    Provenance is in ``ds.attrs["ood_run"]``. A run that is not complete raises RunNotCompleteError unless
+    ``allow_incomplete``, in which case the sample dimension is cut to the committed samples.
+    ``chunks=None`` gives numpy-backed variables instead of dask.
+
+    A complete run is checked against the checksums recorded when it completed and StoreIntegrityError
+    names each damaged array. ``verify=True`` (default) reads every stored chunk once to hash it (bytes as
+    stored, no decompression); ``verify=False`` checks only the arrays' metadata, for very large runs.
+    """
+    if run_id is None:
+        run_id = latest_complete_run_id(store_url, storage_options=storage_options)
+    root = open_root_readonly(store_url, storage_options)
+    group = run_group(root, store_url, run_id)
+    info = _run_info(group, run_id)
+    if info.status != "complete" and not allow_incomplete:
+        raise RunNotCompleteError(
+            f"{store_url}: run {run_id} is {info.status!r}, not complete "
+            "(pass allow_incomplete=True to read it anyway)"
+        )
+    problems = verify_run(group, content=verify)  # metadata always (cheap), chunk contents when verify
+    if problems:
+        raise StoreIntegrityError(store_url, run_id, problems)
+    store = zarr_store(store_url, read_only=True, storage_options=storage_options)
+    consolidated = info.status == "complete" and consolidated_run_is_current(store, run_id, info.n_samples)
+    with legacy_string_arrays():  # runs of earlier versions hold string arrays zarr warns about
+        ds: xr.Dataset = xr.open_zarr(
+            store, group=f"{RUNS_GROUP}/{run_id}", consolidated=consolidated, chunks=chunks, zarr_format=3
+        )
+    if "sample" in ds.dims and ds.sizes["sample"] != info.n_samples:
+        ds = ds.isel(sample=slice(0, info.n_samples))
+    ds = decode_labels(ds)
+    ds.attrs = with_netcdf_note(ds.attrs)
+    return ds
+
