@@ -7,8 +7,9 @@ mixing range, prior family) reuses those latents, draws candidates through the r
 in-domain reference latents made at that t0), keeps the first ``per_setting`` accepted (the same candidate seeds for
 every setting: common random numbers), denoises them with ``steps`` DDIM steps, and scores them against the
 held-out shots in physical units (:mod:`ood_core.calibration.scores`: pixel W1, power spectrum, source counts and
-the C2ST accuracy, whether a classifier on texture and source features tells them from the held-out shots), each
-twice unless ``noise`` is given:
+the C2ST accuracy, whether a classifier on texture and source features tells them from the held-out shots; for
+photon counts, :attr:`NormalizedBatch.counts`, the counts-per-pixel distribution, total counts, radial profile and
+Li & Ma sources take the place of the first three), each twice unless ``noise`` is given:
 as denoised and with background noise matching the kept shots' added (:mod:`ood_core.method.noise`; no network
 evaluation). Settings are ranked by the sum
 of their ranks over the fidelity scores; a setting that makes any near-copy of a kept shot, or whose candidates all
@@ -154,7 +155,8 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
     started = time.perf_counter()
     kept, held = split
     images = torch.from_numpy(batch.images)
-    held_stats = scores.HeldOut.of(model_to_physical(batch.images[held], batch.params, np.array(held)))
+    held_stats = scores.HeldOut.of(model_to_physical(batch.images[held], batch.params, np.array(held)),
+                                   counts=batch.counts.counts)
     noise = fit_noise_model(model_to_physical(batch.images[kept], batch.params, np.array(kept)))
     rows: list[dict[str, Any]] = []
     made: dict[int, np.ndarray[Any, Any]] = {}
@@ -179,7 +181,7 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
                 row["scores"]["acceptance"] = acceptance
                 rows.append(row)
                 made[len(rows) - 1] = physical
-    record = choose(rows, params)
+    record = choose(rows, params, held_stats.names)
     augmented = scores.fidelity(scores.augmentation(model_to_physical(batch.images[kept], batch.params,
                                                                       np.array(kept)), plan.per_setting), held_stats)
     best = record["table"][record["best"]]["scores"]
@@ -191,7 +193,7 @@ def run_calibration(params: PipelineParameters, model: FrozenDiffusionModel, bat
                   screening=(f"the run's geometric screening against {plan.references} in-domain reference "
                              f"latents per t0" if plan.references else "unscreened: candidates as drawn"),
                   references=plan.references,
-                  augmentation=augmented, verdict=scores.verdict(best, augmented, realism),
+                  augmentation=augmented, verdict=scores.verdict(best, augmented, realism, held_stats.names),
                   noise={"level_kept_shots": noise.level, "seed_stream": "child_seed(seed, 'calibration/noise/<k>')",
                          "scored": list(noise_values(params))},
                   seconds=round(time.perf_counter() - started, 3))
@@ -238,8 +240,8 @@ def _candidates(params: PipelineParameters, latents: torch.Tensor, references: t
 def _empty(setting: Setting, acceptance: float) -> dict[str, Any]:
     """A setting whose candidates all fail the screening: it would make no samples (disqualified)."""
     nan = float("nan")
-    empty = dict.fromkeys((*scores.FIDELITY, "source_count_mean", "c2st_ci_low", "c2st_ci_high",
-                           "near_copy_fraction", "nearest_ratio"), nan)
+    empty = dict.fromkeys((*scores.FIDELITY, *scores.COUNTS_FIDELITY, "source_count_mean", "c2st_ci_low",
+                           "c2st_ci_high", "near_copy_fraction", "nearest_ratio"), nan)
     return {"setting": setting.to_dict(), "scores": {**empty, "acceptance": acceptance}}
 
 
@@ -270,9 +272,11 @@ def _noisy(params: PipelineParameters, batch: NormalizedBatch, physical: np.ndar
     return add_noise_to_stack(physical, noise, seeds, owners)[0]
 
 
-def choose(rows: list[dict[str, Any]], params: PipelineParameters) -> dict[str, Any]:
-    """Rank the rows, pick the best without near-copies (fewest near-copies when every row has some)."""
-    ranks = scores.rank_sum(rows)
+def choose(rows: list[dict[str, Any]], params: PipelineParameters,
+           names: tuple[str, ...] = scores.FIDELITY) -> dict[str, Any]:
+    """Rank the rows on the ``names`` scores, pick the best without near-copies (fewest near-copies when every row
+    has some)."""
+    ranks = scores.rank_sum(rows, names)
     for row, rank in zip(rows, ranks, strict=True):
         row["rank_sum"] = rank
         fraction = row["scores"]["near_copy_fraction"]
@@ -290,4 +294,4 @@ def choose(rows: list[dict[str, Any]], params: PipelineParameters) -> dict[str, 
         chosen["slerp_range"] = setting["slerp_range"]
     note = None if clean else "every setting made near-copies or nothing: the one with the fewest copies was taken"
     return {"table": rows, "best": best, "chosen": chosen, "given": sorted(given), "note": note,
-            "ranking": "sum of ranks over " + ", ".join(scores.FIDELITY) + "; near-copies disqualify"}
+            "ranking": "sum of ranks over " + ", ".join(names) + "; near-copies disqualify"}

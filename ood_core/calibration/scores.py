@@ -19,6 +19,7 @@ import numpy.typing as npt
 import torch
 
 from ood_core.evaluation.c2st import C2STResult, c2st
+from ood_core.evaluation.counts import CountsStatistics, compare_counts, counts_statistics
 from ood_core.evaluation.metrics import (
     PowerSpectrum,
     detect_image_sources,
@@ -30,10 +31,15 @@ from ood_core.method.novelty import NoveltyRule, input_nearest_neighbour_distanc
 
 FIDELITY = ("pixel_w1_rel", "spectrum_dex", "source_count_rel", "c2st_accuracy")
 """The scores a setting is ranked on (lower is better)."""
+COUNTS_FIDELITY = ("counts_pmf_tv", "counts_total_dex", "counts_profile_dex", "counts_source_rel", "c2st_accuracy")
+"""The scores of a photon-counts domain (:mod:`ood_core.evaluation.counts`: what a pixel W1 or peaks on raw pixels
+cannot say at under one count a pixel)."""
 RANK_FLOOR = {"c2st_accuracy": 0.5}
 """Scores ranked as this value when below it (a C2ST accuracy under 0.5 is chance)."""
 LABELS = {"pixel_w1_rel": "pixel distribution", "spectrum_dex": "power spectrum",
-          "source_count_rel": "source counts", "c2st_accuracy": "C2ST accuracy"}
+          "source_count_rel": "source counts", "c2st_accuracy": "C2ST accuracy",
+          "counts_pmf_tv": "counts per pixel", "counts_total_dex": "total counts",
+          "counts_profile_dex": "radial profile", "counts_source_rel": "Li & Ma sources"}
 
 COMPARABLE = 0.10
 """A verdict's tolerance: within 10 % of augmentation's score counts as comparable."""
@@ -47,11 +53,20 @@ class HeldOut:
     spectrum: PowerSpectrum
     count: float
     images: npt.NDArray[np.float64]
+    counts: CountsStatistics | None = None
+    """A photon-counts domain's statistics (None otherwise): the setting is then ranked on COUNTS_FIDELITY."""
 
     @classmethod
-    def of(cls, physical: npt.NDArray[Any]) -> HeldOut:
+    def of(cls, physical: npt.NDArray[Any], *, counts: bool = False) -> HeldOut:
+        """``counts``: the shots are photon counts (their normalized round trip is rounded back to whole counts)."""
         stack = images_2d(physical)
-        return cls(stack.ravel(), isotropic_power_spectrum(stack), mean_count(stack), stack)
+        stats = counts_statistics(np.clip(np.round(stack), 0.0, None)) if counts else None
+        return cls(stack.ravel(), isotropic_power_spectrum(stack), mean_count(stack), stack, stats)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The scores a setting is ranked on against these shots."""
+        return FIDELITY if self.counts is None else COUNTS_FIDELITY
 
 
 def images_2d(physical: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
@@ -72,6 +87,7 @@ def fidelity(physical: npt.NDArray[Any], held: HeldOut) -> dict[str, float]:
     count = mean_count(stack)
     test = c2st(held.images, stack, seed=0)
     return {
+        **({} if held.counts is None else counts_scores(stack, held.counts)),
         "pixel_w1_rel": wasserstein_1(finite, held.pixels) / spread if spread > 0 else float("nan"),
         "spectrum_dex": spectrum_distance(isotropic_power_spectrum(stack), held.spectrum),
         "source_count_rel": abs(count - held.count) / (held.count + 1.0),
@@ -80,6 +96,15 @@ def fidelity(physical: npt.NDArray[Any], held: HeldOut) -> dict[str, float]:
         "c2st_ci_low": test.ci_low,
         "c2st_ci_high": test.ci_high,
     }
+
+
+def counts_scores(stack: npt.NDArray[np.float64], held: CountsStatistics) -> dict[str, float]:
+    """The counts metrics of physical images against the held-out shots' (``counts_source_rel``: as
+    ``source_count_rel``, on Li & Ma sources)."""
+    ours = counts_statistics(stack)
+    scores = compare_counts(ours, held)
+    reference = float(np.mean(held.sources))
+    return {**scores, "counts_source_rel": abs(float(np.mean(ours.sources)) - reference) / (reference + 1.0)}
 
 
 def novelty(samples: torch.Tensor, kept: torch.Tensor, factor: float) -> dict[str, float]:
@@ -151,11 +176,13 @@ def realism(test: C2STResult | None, augmented: dict[str, float]) -> dict[str, A
             "augmentation_accuracy": reference, "line": line}
 
 
-def verdict(scores: dict[str, float], augmented: dict[str, float], test: C2STResult | None) -> dict[str, Any]:
+def verdict(scores: dict[str, float], augmented: dict[str, float], test: C2STResult | None,
+            names: tuple[str, ...] = FIDELITY) -> dict[str, Any]:
     """Distinguishable from real images or not (``test``, :func:`realism_test`: first, whatever the rest says), then
-    per fidelity score: better / comparable / worse than augmentation of the same shots; one line."""
+    per fidelity score (``names``: :attr:`HeldOut.names`): better / comparable / worse than augmentation of the same
+    shots; one line."""
     words: dict[str, str] = {}
-    for name in FIDELITY:
+    for name in names:
         ours, theirs = scores[name], augmented[name]
         if not (np.isfinite(ours) and np.isfinite(theirs)):
             words[name] = "not measured"
@@ -166,6 +193,6 @@ def verdict(scores: dict[str, float], augmented: dict[str, float], test: C2STRes
         else:
             words[name] = "comparable"
     real = realism(test, augmented)
-    line = "; ".join(f"{words[n]} on {LABELS[n]} ({scores[n]:.3g} vs {augmented[n]:.3g})" for n in FIDELITY)
+    line = "; ".join(f"{words[n]} on {LABELS[n]} ({scores[n]:.3g} vs {augmented[n]:.3g})" for n in names)
     return {"per_metric": words, "distinguishable": real["distinguishable"], "realism": real,
             "line": f"{real['line']}. vs held-out shots, against augmentation of the kept shots: {line}"}

@@ -30,6 +30,7 @@ from scipy.ndimage import convolve
 from scipy.stats import wasserstein_distance
 
 from ood_core.errors import ConfigurationError
+from ood_core.method.counts_domain import is_counts_data as is_counts_data  # defined where a run decides its domain
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -64,13 +65,6 @@ class SignificanceConfig:
             raise ConfigurationError(
                 f"significance geometry on={self.on_radius}, off={self.off_inner}-{self.off_outer}: need "
                 "0 < on radius < off inner radius < off outer radius")
-
-
-def is_counts_data(images: npt.ArrayLike) -> bool:
-    """True when every finite value is a non-negative whole number and at least one photon is there."""
-    values = np.asarray(images, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    return bool(finite.size and (finite >= 0).all() and (finite == np.round(finite)).all() and finite.sum() > 0)
 
 
 def _disc(radius: float, inner: float = -1.0) -> FloatArray:

@@ -43,6 +43,7 @@ from astropy.visualization import (
 from ood_core.errors import ConfigurationError, ImageTooSmallError
 from ood_core.io.bands import BandGroup
 from ood_core.io.fits import FitsImage
+from ood_core.method.counts_domain import NOT_CHECKED, CountsDomain, counts_domain
 from ood_core.method.resampling import (
     Resampling,
     ResamplingRule,
@@ -336,6 +337,8 @@ class NormalizedBatch:
     """True for band groups: ``params`` holds one per-run entry per band (channel), not one per image."""
     resampling: list[Resampling] = field(default_factory=list)
     """The resampling rule of the batch: one entry, or one per band for band groups."""
+    counts: CountsDomain = NOT_CHECKED
+    """Whether the inputs are photon counts (:mod:`ood_core.method.counts_domain`), decided on the resized planes."""
 
     def params_for(self, index: int) -> NormalizationParams:
         """The normalization that applies to input ``index`` (single-band batches)."""
@@ -417,6 +420,7 @@ def prepare_batch(
         params=params,
         sources=[_source(image, resolution, chosen) for image in images],
         resampling=[chosen],
+        counts=counts_domain(planes, [_bunit(im) for im in images]),
     )
 
 
