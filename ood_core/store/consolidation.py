@@ -18,6 +18,7 @@ from zarr.abc.store import Store
 
 from ood_core.store.contract import RUNS_GROUP, SAMPLE_ARRAYS
 from ood_core.store.errors import StoreError
+from ood_core.store.labels import legacy_string_arrays
 from ood_core.store.opening import node_array, run_record, zarr_store
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def consolidate_run(store: Store, run_id: str) -> None:
     """Write the consolidated metadata of one run group into its own ``zarr.json`` (nothing else is written)."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), legacy_string_arrays():  # runs of earlier versions hold string arrays
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         zarr.consolidate_metadata(store, path=f"{RUNS_GROUP}/{run_id}", zarr_format=3)
 
