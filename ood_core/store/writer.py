@@ -516,6 +516,9 @@ def _refuse_half_created(group: zarr.Group, store_url: str, run_id: str,
     progress = group.attrs.get(PROGRESS_ATTR)
     committed = int(progress.get("samples_committed", 0)) if isinstance(progress, dict) else 0
     n_inputs = int(node_array(group, "inputs").shape[0]) if "inputs" in present else 0
-    write_entry(zarr_store(store_url, storage_options=storage_options),
-                catalogue_entry(record, n_inputs=n_inputs, n_samples=committed))
+    try:
+        write_entry(zarr_store(store_url, storage_options=storage_options),
+                    catalogue_entry(record, n_inputs=n_inputs, n_samples=committed))
+    except Exception as exc:  # readers read a run without a current entry from its group
+        log.warning("%s: catalogue entry of run %s not written (%r)", store_url, run_id, exc)
     raise StoreError(f"{store_url}: run {run_id} cannot be resumed: {reason}; it is now marked failed")
