@@ -6,6 +6,7 @@ it holds each size N; at each size: the time to add one more run, to list the ru
 open one run (open_run of the first run, checksums verified) and the bytes the added run wrote outside its own nodes
 (``runs/<id>/`` and ``catalogue/<id>/``; counted at zarr's LocalStore), with the root zarr.json's size. Prints a
 table and each column's ratio to the smallest size, all measured in this one process.
+The same script measures the code before issue 30 (schema 1) with PYTHONPATH pointing at a checkout of it.
 Usage: .venv/bin/python bench/bench_store_growth.py [--sizes 10,100,1000] [--huge (adds 10000)] [--dir DIR]
 """
 
@@ -56,6 +57,7 @@ def measure(store: str, seed: int, first: str) -> dict[str, float]:
     t = time.perf_counter()
     list_runs(store)
     listing = time.perf_counter() - t
+    open_run(store, first or run_id).load()  # untimed: the first call of a process imports and warms up dask
     t = time.perf_counter()
     open_run(store, first or run_id).load()
     opening = time.perf_counter() - t
