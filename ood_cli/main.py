@@ -7,6 +7,7 @@ written; 1 the run failed (its group in the store is marked "failed").
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -350,12 +351,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- store commands
 
 
+def _since(text: str) -> dt.datetime:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(f"--since {text!r}: give an ISO date or time, e.g. 2026-12-01 or 2026-12-01T08:00") from exc
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _started_since(started: str | None, since: dt.datetime) -> bool:
+    try:
+        when = dt.datetime.fromisoformat(str(started))
+    except ValueError:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)) >= since
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     from ood_core.store import list_runs
 
-    runs = list_runs(args.store)
+    since = _since(args.since) if args.since else None
+    runs = list_runs(args.store, from_catalogue=not args.read_runs)  # the catalogue: no run group opened
+    if args.status:
+        runs = [r for r in runs if args.status in (r.status, r.shown_status)]
+    if since is not None:
+        runs = [r for r in runs if _started_since(r.started, since)]
     if not runs:
-        _say(f"{args.store}: no runs")
+        _say(f"{args.store}: no runs" + (" matching the filters" if args.status or since else ""))
         return EXIT_OK
     _say(f"{'run id':<32} {'status':<9} {'inputs':>6} {'samples':>7} {'acceptance':>10}")
     for r in runs:
@@ -374,6 +396,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if broken:
         _err(f"{len(broken)} run(s) with an unreadable record: {', '.join(broken)} (see `ood check {args.store}`)")
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ood_core.store.migration import migrate_store
+
+    report = migrate_store(args.store)
+    _say(f"{args.store}: schema version {report.from_version} -> {report.to_version}; {report.runs} run(s), "
+         f"{report.entries_written} catalogue entr{'y' if report.entries_written == 1 else 'ies'} written, "
+         f"{report.runs_consolidated} run group(s) consolidated; root zarr.json {report.root_bytes_before} -> "
+         f"{report.root_bytes_after} bytes")
     return EXIT_OK
 
 
@@ -535,7 +568,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="one line per run: id, status, inputs, samples, acceptance rate")
     runs.add_argument("store")
+    runs.add_argument("--status", choices=["writing", "stale", "complete", "failed", "broken"],
+                      help="only runs of this status")
+    runs.add_argument("--since", help="only runs started at or after this ISO date/time (UTC unless given)")
+    runs.add_argument("--read-runs", action="store_true",
+                      help="read every run group instead of the run catalogue (slower; finds unreadable records)")
     runs.set_defaults(func=cmd_runs)
+
+    migrate = sub.add_parser("migrate", help="bring a store of an earlier schema version to this one, losing nothing")
+    migrate.add_argument("store")
+    migrate.set_defaults(func=cmd_migrate)
 
     check = sub.add_parser("check", help="verify every run of a store against its checksums (exit 1 if damaged)")
     check.add_argument("store")

@@ -12,7 +12,7 @@ from ood_core.calibration import calibrate
 from ood_core.method.model import cached_model
 from ood_core.pipeline.config import PipelineParameters
 from ood_core.pipeline.sequence import prepare_run
-from ood_core.store.readers import run_records
+from ood_core.store.readers import run_entries
 from tasks.common import retry_on_io_error, run_logger
 
 
@@ -35,11 +35,9 @@ def prefect_origin() -> dict[str, Any]:
 
 def run_of_flow_run(store: str, flow_run_id: str) -> str | None:
     """Id of a "writing" run this flow run created before (a retried flow run resumes it), or None."""
-    for record in reversed(run_records(store)):
-        origin = record.get("prefect")
-        if (record.get("status") == "writing" and isinstance(origin, dict)
-                and origin.get("flow_run_id") == flow_run_id):
-            return str(record["run_id"])
+    for entry in reversed(run_entries(store)):  # the run catalogue; a writing run's entry is made from its record
+        if entry.get("status") == "writing" and entry.get("flow_run_id") == flow_run_id:
+            return str(entry["run_id"])
     return None
 
 

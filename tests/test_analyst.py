@@ -54,8 +54,9 @@ def test_plain_xarray_opens_the_run_consolidated_without_warning(finished: dict[
     group = f"runs/{finished['run_id']}"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "consolidated metadata missing" warning
-        ds = xr.open_zarr(finished["store"], group=group)
-    consolidated = xr.open_zarr(finished["store"], group=group, consolidated=True)
+        ds = xr.open_zarr(finished["store"], group=group, consolidated=False)
+        # store schema 2: the run group holds its own consolidated metadata (the root none, issue 30)
+        consolidated = xr.open_zarr(f"{finished['store']}/{group}", consolidated=True)
     assert set(consolidated.data_vars) == set(ds.data_vars) and set(consolidated.coords) == set(ds.coords)
     assert consolidated["reconstruction_psnr"].attrs["units"] == "1"  # the descriptions are in the copy too
 

@@ -84,7 +84,7 @@ def test_export_round_trips_data_and_headers(tmp_path: Path, skies: list[Path]) 
             assert header["OODT0"] == 600 and header["OODSTEPS"] == 30  # inversion wins over parameters
             assert header["OODETA"] == 0.25 and header["OODPRIOR"] == "ppca"
             assert header["OODSTRAT"] == "slerp_ood_prior" and header["OODRATE"] == 0.375
-            assert header["OODVERS"] == "0.1.0" and header["OODSCHEM"] == 1
+            assert header["OODVERS"] == "0.1.0" and header["OODSCHEM"] == 2  # store schema 2 (issue 30)
             history = [str(h) for h in header["HISTORY"]]
             assert SHA in history
             assert f"run {run_id}" in history

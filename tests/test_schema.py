@@ -112,7 +112,7 @@ def test_root_attribute_problems_are_named(tmp_path: Path) -> None:
     assert validate_store(bare) == ["root: attrs['ood_store'] is missing"]
     old = str(tmp_path / "old.zarr")
     zarr.create_group(old, attributes={"ood_store": {"schema_version": 0}})
-    assert validate_store(old) == ["root: schema_version 0, expected 1"]
+    assert validate_store(old) == ["root: schema_version 0, expected 2"]
     [problem] = validate_store(str(tmp_path / "nothing.zarr"))
     assert "no zarr v3 group" in problem
 

@@ -35,6 +35,7 @@ from ood_core.store.fits_export import (
 )
 from ood_core.store.heartbeat import HEARTBEAT_INTERVAL_S, STALE_AFTER_S, heartbeat_now, stale_reason
 from ood_core.store.integrity import CHECKSUM_ATTR, digest_run, verify_run
+from ood_core.store.migration import MigrationReport, migrate_store
 from ood_core.store.opening import check_store_location, open_store, zarr_store
 from ood_core.store.provenance import (
     PACKAGE_NAME,
@@ -49,7 +50,7 @@ from ood_core.store.provenance import (
     utc_now,
     utc_now_iso,
 )
-from ood_core.store.readers import RunInfo, latest_complete_run_id, list_runs, open_run, run_records
+from ood_core.store.readers import RunInfo, latest_complete_run_id, list_runs, open_run, run_entries, run_records
 from ood_core.store.regions import (
     REGIONS_GROUP,
     RegionState,
@@ -94,6 +95,7 @@ __all__ = [
     "BackgroundAppender",
     "BackgroundWriteError",
     "ExportExistsError",
+    "MigrationReport",
     "RegionState",
     "RegionWriter",
     "RunCheck",
@@ -120,11 +122,13 @@ __all__ = [
     "latest_complete_run_id",
     "list_runs",
     "merge_regions",
+    "migrate_store",
     "new_run_id",
     "open_run",
     "open_store",
     "package_version",
     "region_states",
+    "run_entries",
     "run_header",
     "run_records",
     "sha256_file",

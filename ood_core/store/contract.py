@@ -16,10 +16,17 @@ import numpy.typing as npt
 
 from ood_core.store.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: run catalogue (``catalogue/<run_id>``), consolidated metadata per run group, none at the root."""
+READABLE_SCHEMA_VERSIONS = (1, 2)
+"""Versions this library opens; a version-1 store is migrated to :data:`SCHEMA_VERSION` by its first write
+(:mod:`.migration`, ``ood migrate``)."""
 LIBRARY = "ood-synth"
 RUNS_GROUP = "runs"
+CATALOGUE_GROUP = "catalogue"
+CATALOGUE_ATTR = "ood_catalogue_entry"
 STATUSES = ("writing", "complete", "failed")
+FINAL_STATUSES = ("complete", "failed")
 STORE_ATTR = "ood_store"
 RUN_ATTR = "ood_run"
 PROGRESS_ATTR = "ood_progress"

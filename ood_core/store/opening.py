@@ -12,7 +12,15 @@ import zarr.errors
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
-from ood_core.store.contract import LIBRARY, RUN_ATTR, RUNS_GROUP, SCHEMA_VERSION, STORE_ATTR, check_run_id
+from ood_core.store.contract import (
+    LIBRARY,
+    READABLE_SCHEMA_VERSIONS,
+    RUN_ATTR,
+    RUNS_GROUP,
+    SCHEMA_VERSION,
+    STORE_ATTR,
+    check_run_id,
+)
 from ood_core.store.errors import RunNotFoundError, StoreError, StoreNotFoundError
 from ood_core.store.provenance import utc_now_iso
 from ood_core.store.recording import RecordingStore
@@ -37,10 +45,15 @@ def _check_root(root: zarr.Group, url: str) -> None:
     info = root.attrs.get(STORE_ATTR)
     if not isinstance(info, dict):
         raise StoreError(f"{url}: zarr group without attrs[{STORE_ATTR!r}], not an ood-synth store")
-    if info.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(
-            f"{url}: store schema_version {info.get('schema_version')!r}, this library reads {SCHEMA_VERSION}"
-        )
+    if info.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+        raise StoreError(f"{url}: store schema_version {info.get('schema_version')!r}, this library reads "
+                         f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}")
+
+
+def schema_version(root: zarr.Group) -> int:
+    """The schema version of an opened store (checked by :func:`open_store` / :func:`open_root_readonly`)."""
+    info = root.attrs.get(STORE_ATTR)
+    return int(info["schema_version"]) if isinstance(info, dict) else SCHEMA_VERSION
 
 
 def check_store_location(url: str) -> None:

@@ -14,8 +14,9 @@ import zarr
 from zarr.abc.store import Store
 from zarr.core.sync import sync
 
+from ood_core.store.catalogue import catalogue_entry, read_entries
 from ood_core.store.consolidation import consolidated_run_is_current
-from ood_core.store.contract import PROGRESS_ATTR, RUN_ATTR, RUNS_GROUP
+from ood_core.store.contract import FINAL_STATUSES, PROGRESS_ATTR, RUN_ATTR, RUNS_GROUP
 from ood_core.store.describe import with_netcdf_note
 from ood_core.store.errors import (
     RunNotCompleteError,
@@ -90,15 +91,17 @@ def _run_info(group: zarr.Group, run_id: str, stale_after: float = STALE_AFTER_S
     )
 
 
-def _run_names(root: zarr.Group) -> list[str]:
-    """Names under ``runs/`` as stored, without parsing any run's metadata (one bad record breaks nothing).
-
-    A folder holding nothing but unfinished writes (a process killed while creating the group) is no run.
-    """
+def _run_folders(root: zarr.Group) -> list[str]:
+    """Names under ``runs/`` as stored (one listing), without parsing any run's metadata."""
     prefix = f"{root.path}/{RUNS_GROUP}".lstrip("/")
     names = sync(_list_dir(root.store, prefix))
-    candidates = sorted(n for n in names if n != "zarr.json" and not n.endswith(".partial") and "/" not in n)
-    return [n for n in candidates if sync(_holds_data(root.store, f"{prefix}/{n}/"))]
+    return sorted(n for n in names if n != "zarr.json" and not n.endswith(".partial") and "/" not in n)
+
+
+def _is_run(root: zarr.Group, name: str) -> bool:
+    """A folder holding nothing but unfinished writes (a process killed while creating the group) is no run."""
+    prefix = f"{root.path}/{RUNS_GROUP}/{name}/".lstrip("/")
+    return bool(sync(_holds_data(root.store, prefix)))
 
 
 async def _list_dir(store: Store, prefix: str) -> list[str]:
@@ -112,47 +115,105 @@ async def _holds_data(store: Store, prefix: str) -> bool:
     return False
 
 
+def _open_run_readonly(root: zarr.Group, name: str) -> zarr.Group:
+    return zarr.open_group(root.store, path=f"{root.path}/{RUNS_GROUP}/{name}".lstrip("/"), mode="r",
+                           zarr_format=3, use_consolidated=False)
+
+
 def _safe_run_info(root: zarr.Group, name: str, stale_after: float) -> RunInfo:
     """The run's line, or a "broken" line saying why its group or record cannot be read."""
     try:
-        node = zarr.open_group(root.store, path=f"{root.path}/{RUNS_GROUP}/{name}".lstrip("/"), mode="r",
-                               zarr_format=3, use_consolidated=False)
+        node = _open_run_readonly(root, name)
         if not isinstance(node.attrs.get(RUN_ATTR), dict):
             raise StoreError(f"attrs[{RUN_ATTR!r}] is missing")
         return _run_info(node, name, stale_after)
     except Exception as exc:  # a damaged record must not hide the healthy runs beside it
         reason = f"run record unreadable ({type(exc).__name__}: {exc})"
         return RunInfo(name, "broken", None, None, 0, 0, None, problem=reason)
+
+
+def _entry_info(entry: Mapping[str, Any]) -> RunInfo:
+    """The line of a complete or failed run, from its catalogue entry."""
+    rate = entry.get("acceptance_rate")
+    return RunInfo(
+        run_id=str(entry["run_id"]), status=str(entry.get("status")), started=entry.get("started"),
+        ended=entry.get("ended"), n_inputs=int(entry.get("n_inputs") or 0), n_samples=int(entry.get("n_samples") or 0),
+        acceptance_rate=float(rate) if isinstance(rate, (int, float)) else None,
+        problem=str(entry.get("error")) if entry.get("status") == "failed" else None,
+    )
+
+
+def _catalogued(root: zarr.Group, from_catalogue: bool) -> list[tuple[str, dict[str, Any] | None]]:
+    """Every run, oldest first, with its catalogue entry when that entry is final (complete or failed: nothing
+    in the run changes any more) and None when the run itself must be read (writing, or no entry)."""
+    entries = read_entries(root.store) if from_catalogue else {}
+    runs: list[tuple[str, dict[str, Any] | None]] = []
+    for name in _run_folders(root):
+        entry = entries.get(name)
+        if entry is not None and entry.get("status") in FINAL_STATUSES:
+            runs.append((name, entry))
+        elif entry is not None or _is_run(root, name):
+            runs.append((name, None))
+    return runs
+
+
 def list_runs(
     store_url: str,
     *,
     include_incomplete: bool = True,
     stale_after: float = STALE_AFTER_S,
+    from_catalogue: bool = True,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[RunInfo]:
     """Every run in the store, oldest first (run ids sort by time).
 
+    Complete and failed runs are listed from the run catalogue (:mod:`.catalogue`: one small entry a run, no
+    run group opened); writing runs, and runs without an entry, from their groups. ``from_catalogue=False``
+    reads every run group (what :func:`~ood_core.store.schema.audit_store` does).
     A run whose group or record cannot be read is listed with status "broken" and the reason in ``problem``;
     a "writing" run whose writer is gone, or silent for ``stale_after`` seconds, has ``stale`` set.
     """
     root = open_root_readonly(store_url, storage_options)
-    infos = [_safe_run_info(root, name, stale_after) for name in _run_names(root)]
+    infos = [_entry_info(entry) if entry is not None else _safe_run_info(root, name, stale_after)
+             for name, entry in _catalogued(root, from_catalogue)]
     if not include_incomplete:
         infos = [info for info in infos if info.status == "complete"]
     return infos
 
 
+def run_entries(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The catalogue entry of every run (:func:`.catalogue.catalogue_entry`), oldest first; a run that is still
+    writing, or has no entry, gets one made from its record; an unreadable run is left out. Empty when there is
+    no store yet."""
+    try:
+        root = open_root_readonly(store_url, storage_options)
+    except StoreNotFoundError:
+        return []
+    out = []
+    for name, entry in _catalogued(root, True):
+        if entry is None:
+            try:
+                group = _open_run_readonly(root, name)
+                entry = catalogue_entry(run_record(group), n_inputs=_length(group, "inputs"),
+                                        n_samples=_run_info(group, name).n_samples)
+            except Exception as exc:  # an unreadable run has no entry to offer; list_runs names it "broken"
+                log.warning("%s: run %s skipped, its record is unreadable (%s)", store_url, name, exc)
+                continue
+        out.append(entry)
+    return out
+
+
 def run_records(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The provenance record (``ood_run``) of every run, oldest first; empty when there is no store yet."""
+    """The provenance record (``ood_run``) of every run, oldest first; empty when there is no store yet.
+    Reads every run group: to find runs by status, inputs or flow run, :func:`run_entries` reads the catalogue."""
     try:
         root = open_root_readonly(store_url, storage_options)
     except StoreNotFoundError:
         return []
     records = []
-    for name in _run_names(root):
+    for name in [n for n in _run_folders(root) if _is_run(root, n)]:
         try:
-            group = zarr.open_group(root.store, path=f"{root.path}/{RUNS_GROUP}/{name}".lstrip("/"), mode="r",
-                                    zarr_format=3, use_consolidated=False)
+            group = _open_run_readonly(root, name)
         except Exception as exc:  # an unreadable run has no record to offer; list_runs names it "broken"
             log.warning("%s: run %s skipped, its record is unreadable (%s)", store_url, name, exc)
             continue
@@ -203,9 +264,13 @@ def open_run(
     store = zarr_store(store_url, read_only=True, storage_options=storage_options)
     consolidated = info.status == "complete" and consolidated_run_is_current(store, run_id, info.n_samples)
     with legacy_string_arrays():  # runs of earlier versions hold string arrays zarr warns about
-        ds: xr.Dataset = xr.open_zarr(
-            store, group=f"{RUNS_GROUP}/{run_id}", consolidated=consolidated, chunks=chunks, zarr_format=3
-        )
+        if consolidated:  # the run group as a store of its own: its zarr.json holds the whole run
+            run_store = zarr_store(f"{store_url.rstrip('/')}/{RUNS_GROUP}/{run_id}", read_only=True,
+                                   storage_options=storage_options)
+            ds: xr.Dataset = xr.open_zarr(run_store, consolidated=True, chunks=chunks, zarr_format=3)
+        else:
+            ds = xr.open_zarr(store, group=f"{RUNS_GROUP}/{run_id}", consolidated=False, chunks=chunks,
+                              zarr_format=3)
     if "sample" in ds.dims and ds.sizes["sample"] != info.n_samples:
         ds = ds.isel(sample=slice(0, info.n_samples))
     ds = decode_labels(ds)

@@ -6,7 +6,8 @@ run, so a run that crashed (or was killed) is never read by accident. Appends ar
 (:mod:`ood_core.store.appender`) in whole codec shards of the sample axis (zarr v3 sharding codec, several
 samples per chunk and many chunks per shard); it writes every sample array first and then records the committed
 sample count in ``ood_progress``; a resumed writer trims anything beyond it. Completing a run writes the
-store's consolidated metadata (:mod:`.consolidation`).
+run group's consolidated metadata (:mod:`.consolidation`). The run's entry in the store's catalogue
+(:mod:`.catalogue`) is written when it is created, completes or fails: only its own entry, never the root.
 
 Integrity: the "complete" flip carries per-array checksums (``attrs["ood_checksums"]``, see
 :mod:`.integrity`) in the same metadata write. A writing run carries a heartbeat (:mod:`.heartbeat`) so a dead
@@ -15,6 +16,7 @@ one reads as stale. The sample arrays can also be handed to region writers (:mod
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,6 +32,7 @@ from ood_core.store.appender import (
     settle_live_appender,
     storage_units,
 )
+from ood_core.store.catalogue import catalogue_entry, write_entry
 from ood_core.store.consolidation import consolidate_store
 from ood_core.store.contract import (
     INPUT_ARRAYS,
@@ -38,6 +41,7 @@ from ood_core.store.contract import (
     RUN_ARRAYS,
     RUN_ATTR,
     SAMPLE_ARRAYS,
+    SCHEMA_VERSION,
     SampleLayout,
     as_dtype,
     check_run_id,
@@ -48,7 +52,18 @@ from ood_core.store.describe import describe_run, with_netcdf_note
 from ood_core.store.errors import StoreError
 from ood_core.store.heartbeat import RECORD_LOCK, heartbeat_now, start_heartbeat
 from ood_core.store.integrity import CHECKSUM_ATTR, digest_run
-from ood_core.store.opening import attr_dict, node_array, open_store, run_group, run_record, runs_group, sample_array
+from ood_core.store.migration import migrate_store
+from ood_core.store.opening import (
+    attr_dict,
+    node_array,
+    open_store,
+    run_group,
+    run_record,
+    runs_group,
+    sample_array,
+    schema_version,
+    zarr_store,
+)
 from ood_core.store.provenance import json_safe, new_run_id, utc_now_iso
 from ood_core.store.recording import RecordingStore
 from ood_core.store.run_arrays import (
@@ -58,6 +73,8 @@ from ood_core.store.run_arrays import (
     pack_regions,
     remake_sample_arrays,
 )
+
+log = logging.getLogger(__name__)
 
 
 class RunWriter:
@@ -134,7 +151,7 @@ class RunWriter:
         record.update(run_id=run_id, status="writing", started=started, ended=None, heartbeat=heartbeat_now())
         progress = {"inputs_written": False, "samples_committed": 0, "completed_stages": []}
 
-        root = open_store(store_url, storage_options=storage_options)
+        root = _open_for_writing(store_url, create=True, storage_options=storage_options)
         try:
             group = runs_group(root).create_group(
                 run_id, overwrite=False, attributes=with_netcdf_note({RUN_ATTR: record, PROGRESS_ATTR: progress})
@@ -144,7 +161,9 @@ class RunWriter:
 
         create_arrays(group, n_inputs, (channels, height, width), names, units,
                        SampleLayout(sample_chunk, shard, vector_chunk, expected_samples), physical_bands)
-        return cls(group, store_url, run_id, storage_options)
+        writer = cls(group, store_url, run_id, storage_options)
+        writer._write_entry()
+        return writer
 
     @classmethod
     def open(
@@ -152,12 +171,12 @@ class RunWriter:
     ) -> RunWriter:
         """Resume a "writing" run (e.g. after a crash): sample arrays are trimmed to the committed count."""
         settle_live_appender(store_url, run_id)  # an earlier writer of this run in this process finishes first
-        root = open_store(store_url, create=False, storage_options=storage_options)
+        root = _open_for_writing(store_url, create=False, storage_options=storage_options)
         group = run_group(root, store_url, run_id)
         status = run_record(group).get("status")
         if status != "writing":
             raise StoreError(f"run {run_id} has status {status!r}; only a 'writing' run can be resumed")
-        _refuse_half_created(group, store_url, run_id)
+        _refuse_half_created(group, store_url, run_id, storage_options)
         writer = cls(group, store_url, run_id, storage_options)
         if writer.sample_regions:  # region writers own the sample arrays until the regions are merged
             return writer
@@ -365,6 +384,7 @@ class RunWriter:
         self.close()
         self._release_records()
         consolidate_store(self.store_url, run_id=self.run_id, storage_options=self._storage_options)
+        self._write_entry()
 
     def fail(self, error: BaseException | str) -> None:
         """Mark the run "failed" with the error; readers skip it."""
@@ -377,6 +397,17 @@ class RunWriter:
         self._save(record={"status": "failed", "error": message, "ended": utc_now_iso()})
         self.close()
         self._release_records()
+        self._write_entry()
+
+    def _write_entry(self) -> None:
+        """This run's catalogue entry as its record says now (best effort: readers read a run without a current
+        entry from its group)."""
+        try:
+            entry = catalogue_entry(self._record, n_inputs=self.n_inputs, n_samples=self.committed_samples)
+            write_entry(zarr_store(self.store_url, storage_options=self._storage_options), entry)
+        except Exception as exc:  # the run is as it is either way; the catalogue only lists it
+            log.warning("%s: catalogue entry of run %s not written (%r); readers read the run itself",
+                        self.store_url, self.run_id, exc)
 
     def close(self) -> None:
         """Stop the heartbeat (a writer that is simply dropped stops it too, when collected)."""
@@ -462,7 +493,17 @@ class RunWriter:
         return total
 
 
-def _refuse_half_created(group: zarr.Group, store_url: str, run_id: str) -> None:
+def _open_for_writing(store_url: str, *, create: bool, storage_options: Mapping[str, Any] | None) -> zarr.Group:
+    """The root for a writer; a store of an earlier schema version is migrated first (:mod:`.migration`)."""
+    root = open_store(store_url, create=create, storage_options=storage_options)
+    if schema_version(root) < SCHEMA_VERSION:
+        migrate_store(store_url, storage_options=storage_options)
+        root = open_store(store_url, create=False, storage_options=storage_options)
+    return root
+
+
+def _refuse_half_created(group: zarr.Group, store_url: str, run_id: str,
+                         storage_options: Mapping[str, Any] | None = None) -> None:
     """A run killed while :meth:`RunWriter.create` made its arrays can never be completed: mark it failed."""
     present = {name for name, _ in group.arrays()}
     missing = [name for name in RUN_ARRAYS if name not in present]
@@ -472,4 +513,12 @@ def _refuse_half_created(group: zarr.Group, store_url: str, run_id: str) -> None
     with RECORD_LOCK:
         record = {**run_record(group), "status": "failed", "error": reason, "ended": utc_now_iso()}
         group.update_attributes({RUN_ATTR: record})
+    progress = group.attrs.get(PROGRESS_ATTR)
+    committed = int(progress.get("samples_committed", 0)) if isinstance(progress, dict) else 0
+    n_inputs = int(node_array(group, "inputs").shape[0]) if "inputs" in present else 0
+    try:
+        write_entry(zarr_store(store_url, storage_options=storage_options),
+                    catalogue_entry(record, n_inputs=n_inputs, n_samples=committed))
+    except Exception as exc:  # readers read a run without a current entry from its group
+        log.warning("%s: catalogue entry of run %s not written (%r)", store_url, run_id, exc)
     raise StoreError(f"{store_url}: run {run_id} cannot be resumed: {reason}; it is now marked failed")

@@ -6,8 +6,10 @@ Runs in the readers' virtual environment (`make readers`: tests/readers/requirem
                                                    (C order, little-endian), or the error tensorstore gave
     python read_zarr.py xarray STORE GROUP        the run through xarray.open_zarr on the zarr-python of that
                                                    environment (the oldest this project supports), consolidated
-                                                   and not: versions, warnings, sizes, per variable dtype, sha256
-                                                   of its values and attributes (one JSON object)
+                                                   and not (consolidated: the run group opened as a store
+                                                   of its own, schema 2): versions, warnings, sizes, per
+                                                   variable dtype, sha256 of its values and attributes (one
+                                                   JSON object)
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def _open(store: str, group: str, consolidated: bool) -> dict[str, Any]:
         warnings.simplefilter("always")
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the environment's own deprecations
         try:
-            ds = xr.open_zarr(store, group=group, consolidated=consolidated).load()
+            if consolidated:  # store schema 2: a run group holds its own consolidated metadata, the root none
+                ds = xr.open_zarr(str(Path(store) / group), consolidated=True).load()
+            else:
+                ds = xr.open_zarr(store, group=group, consolidated=False).load()
         except Exception as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
     variables = {
