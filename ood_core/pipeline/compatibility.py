@@ -84,9 +84,9 @@ def pixel_scale_warnings(images: Sequence[FitsImage]) -> list[str]:
     known = {path: s for path, s in scales.items() if s is not None}
     out = []
     if known and len(known) < len(scales):
-        out.append(f"pixel scales cannot be compared: no celestial WCS in "
-                   f"{_named([p for p, s in scales.items() if s is None])}, one in {_named(list(known))}; check that the inputs come from one "
-                   f"instrument, or run them separately")
+        bare = _named([p for p, s in scales.items() if s is None])
+        out.append(f"pixel scales cannot be compared: no celestial WCS in {bare}, one in {_named(list(known))}; "
+                   f"check that the inputs come from one instrument, or run them separately")
     if len(known) > 1 and max(known.values()) > (1 + PIXEL_SCALE_TOLERANCE) * min(known.values()):
         listed = ", ".join(f"{Path(p).name} {s:.3g}\"" for p, s in list(known.items())[:LISTED])
         out.append(f"pixel scales differ by more than {PIXEL_SCALE_TOLERANCE:.0%}: {listed} per pixel; the model "
