@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.naming import run_name
 from flows.pipeline import prepare_run_logging, run_or_fail
 from ood_core.method.model import cached_model
-from ood_core.pipeline import PipelineParameters, RunSettings, input_set_key, read_inputs
+from ood_core.pipeline import PipelineParameters, RunSettings, input_identity, input_set_key, read_inputs
 from ood_core.store.readers import run_entries
 
 
@@ -48,7 +48,7 @@ def processed_run(params: PipelineParameters) -> dict[str, Any]:
     """The input-set key of the usable inbox files, and the complete run that already processed them, if any."""
     model = cached_model(params.model, params.device, params.dtype)
     images, _ = read_inputs(params, model.resolution)
-    key = input_set_key([image.sha256 for image in images], params)
+    key = input_set_key([input_identity(image.sha256, image.plane) for image in images], params)
     # the store's run catalogue: one small entry a run, no run group opened
     done = [r for r in run_entries(params.store) if r.get("input_set_key") == key and r.get("status") == "complete"]
     return {"key": key, "run_id": str(done[-1]["run_id"]) if done else None, "usable": len(images)}

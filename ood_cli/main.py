@@ -105,7 +105,16 @@ def _pipeline_arguments(parser: argparse.ArgumentParser, *, demo: bool) -> None:
                              "(default auto)")
     _output_arguments(parser)
     if not demo:
-        parser.add_argument("--tile", type=int, help="cut large inputs into square tiles of this size first")
+        parser.add_argument("--tile", type=int,
+                            help="cut every input into square tiles of this size first (default: inputs that fit "
+                                 "the model within --max-block are used whole, larger frames are cut into tiles of "
+                                 "the model's size at their own pixel scale)")
+        parser.add_argument("--max-block", type=int,
+                            help="largest block averaging per axis that brings an input or a tile to the model's "
+                                 "size (default 2); raise it (e.g. 16) to reduce whole frames instead of tiling")
+        parser.add_argument("--max-tiles", type=int,
+                            help="most tiles kept over all tiled frames, shared evenly; more are thinned to a "
+                                 "seeded subset stratified by source content (default 24)")
         parser.add_argument("--hdu", type=int, help="HDU index to read (default: first image HDU)")
 
 
@@ -132,7 +141,7 @@ def _parameters(args: argparse.Namespace, inputs: list[str], store: str) -> Any:
     if getattr(args, "band_groups", None):
         fields["band_groups"] = [list(group) for group in args.band_groups]
     for name in ("model", "samples", "seed", "t0", "steps", "eta", "prior", "batch_size", "device", "dtype", "tile",
-                 "hdu", "candidate_budget", "shards", "dask_address", *PIPELINE_FLAGS):
+                 "max_block", "max_tiles", "hdu", "candidate_budget", "shards", "dask_address", *PIPELINE_FLAGS):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
@@ -189,6 +198,7 @@ def _summary(result: dict[str, Any]) -> None:
     _say(f"inputs     {result['n_inputs']} used, {len(result['quarantined'])} quarantined")
     for q in result["quarantined"]:
         _say(f"           quarantined {q.get('path')}: {q.get('reason')}")
+    _frames_summary(result.get("summary") or {})
     for rule in (result.get("summary") or {}).get("resampling") or []:
         _say(f"resampling block {rule.get('rule')}: {rule.get('reason')}")
     _say(f"t0         {result['t0']}")
@@ -204,6 +214,16 @@ def _summary(result: dict[str, Any]) -> None:
         _say("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     for path in result.get("pictures", []) or []:
         _say(f"picture    {path}")
+
+
+def _frames_summary(summary: dict[str, Any]) -> None:
+    """What was done to each input frame (whole or tiles, kept and dropped), then warnings on mixed inputs."""
+    from ood_core.evaluation.run_summary import frame_sentence
+
+    for frame in summary.get("frames") or []:
+        _say(f"frame      {frame_sentence(frame)}")
+    for line in summary.get("input_warnings") or []:
+        _err(f"warning: {line}")
 
 
 def _realism_summary(summary: dict[str, Any]) -> None:
@@ -287,7 +307,7 @@ def _execute_pipeline(params: Any, verbosity: Verbosity = "normal", resume: str 
 
 _RUN_OPTIONS = ("model", "samples", "seed", "t0", "steps", "eta", "prior", "candidate_budget", "resolution",
                 "batch_size", "device", "dtype", "shards", "dask_address", "strategy", "noise", "reference_count",
-                "novelty_factor", "normalization", "stretch", "resampling", "tile", "hdu")
+                "novelty_factor", "normalization", "stretch", "resampling", "tile", "max_block", "max_tiles", "hdu")
 
 
 def _resumable(store: str, run_id: str) -> Any:

@@ -46,7 +46,7 @@ def test_ood_run_bands_gives_three_channel_samples_whose_fits_name_their_bands(
 ) -> None:
     store = tmp_path / "store.zarr"
     # The PPCA prior: six tiles of alike demo skies give a scalar prior whose draws all fall outside the band
-    assert main(["run", "--bands", *gri, "--tile", "192", "--prior", "ppca", "--store", str(store),
+    assert main(["run", "--bands", *gri, "--tile", "192", "--max-block", "3", "--prior", "ppca", "--store", str(store),
                  *SMALL]) == EXIT_OK
     assert validate_store(str(store)) == []
     ds = open_run(str(store))

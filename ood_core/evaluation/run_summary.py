@@ -122,6 +122,7 @@ def _headline(result: dict[str, Any], record: dict[str, Any]) -> list[str]:
         f"- **inputs used**: {result.get('n_inputs', len(record.get('inputs') or []))}, "
         f"**quarantined**: {len(record.get('quarantined') or [])}",
         *resampling_lines(record),
+        *frame_lines(record),
         f"- **t0 / steps**: {inversion.get('t0')} / {inversion.get('steps')}",
         f"- **reconstruction PSNR**: median {_fmt(inversion.get('median_psnr_db'), 2)} dB "
         f"(min {_fmt(inversion.get('min_psnr_db'), 2)}, max {_fmt(inversion.get('max_psnr_db'), 2)})",
@@ -132,6 +133,24 @@ def _headline(result: dict[str, Any], record: dict[str, Any]) -> list[str]:
         f"- **input set key**: `{record.get('input_set_key')}`",
         *realism_lines(record),
     ]
+
+
+def frame_sentence(frame: dict[str, Any]) -> str:
+    """One input frame's geometry in words (a provenance ``frames`` record)."""
+    name = Path(str(frame.get("path"))).name
+    shape = "x".join(str(n) for n in frame.get("shape") or [])
+    if frame.get("geometry") != "tiles":
+        return f"`{name}` ({shape}): used whole, {frame.get('reason')}"
+    dropped = ", ".join(f"{n} {why}" for why, n in (frame.get("tiles_dropped") or {}).items() if n) or "none"
+    return (f"`{name}` ({shape}): {frame.get('kept')} of {frame.get('tiles_cut')} tiles kept; dropped: {dropped}; "
+            f"not selected: {frame.get('tiles_not_selected')}; {frame.get('reason')}")
+
+
+def frame_lines(record: dict[str, Any]) -> list[str]:
+    """What was done to each input frame (provenance ``frames``) and the warnings on inputs that may not belong
+    together (provenance ``input_warnings``), as markdown list items."""
+    lines = [f"- **frame**: {frame_sentence(frame)}" for frame in record.get("frames") or []]
+    return lines + [f"- **WARNING (inputs)**: {line}" for line in record.get("input_warnings") or []]
 
 
 def resampling_lines(record: dict[str, Any]) -> list[str]:
@@ -160,10 +179,12 @@ def realism_lines(record: dict[str, Any]) -> list[str]:
 
 
 def _inputs_and_quarantine(record: dict[str, Any]) -> list[str]:
-    lines = ["## Inputs", "", "| # | file | sha256 | shape | BUNIT | OBJECT |", "|---|---|---|---|---|---|"]
+    lines = ["## Inputs", "", "| # | file | sha256 | region | shape | block | BUNIT | OBJECT |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, src in enumerate(record.get("inputs") or []):
         lines.append(f"| {i} | `{Path(str(src.get('path'))).name}` | `{str(src.get('sha256'))[:12]}` | "
-                     f"{src.get('shape')} | {_fmt(src.get('BUNIT'))} | {_fmt(src.get('OBJECT'))} |")
+                     f"{_fmt(src.get('plane'))} | {src.get('shape')} | {_fmt(src.get('block'))} | "
+                     f"{_fmt(src.get('BUNIT'))} | {_fmt(src.get('OBJECT'))} |")
     quarantined = record.get("quarantined") or []
     lines += ["", "## Quarantined inputs", ""]
     if not quarantined:

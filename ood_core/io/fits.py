@@ -431,18 +431,62 @@ def _cutout_header(header: fits.Header, wcs: WCS | None, height: int, width: int
     return out
 
 
-def tile_cutouts(
+TILE_DROP_REASONS = ("masked", "flat", "edge")
+"""Why :func:`tile_grid` drops a tile: mostly invalid pixels, constant, or mostly one repeated value (the zero
+padding or flat border of a frame)."""
+
+
+PADDING_FRACTION = 0.99
+"""A frame whose outermost ring of valid pixels holds one value this often is padded with that value."""
+
+
+def padding_value(image: FitsImage) -> float | None:
+    """The value a frame is padded with (zeros outside an all-sky ellipse, a flat scan border): the one value
+    that fills at least :data:`PADDING_FRACTION` of the outermost ring of valid pixels; None when there is none."""
+    data, mask = image.data, image.mask
+    ring = np.concatenate([data[0], data[-1], data[1:-1, 0], data[1:-1, -1]])
+    valid = ring[~np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])]
+    if valid.size == 0:
+        return None
+    values, counts = np.unique(valid, return_counts=True)
+    top = int(np.argmax(counts))
+    return float(values[top]) if counts[top] >= PADDING_FRACTION * valid.size else None
+
+
+def _drop_reason(data: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], max_invalid_fraction: float,
+                 edge_value: float | None) -> str | None:
+    if mask.mean() > max_invalid_fraction:
+        return "masked"
+    valid = data[~mask]
+    if valid.size == 0 or float(valid.min()) == float(valid.max()):
+        return "flat"
+    if edge_value is not None and np.count_nonzero(valid == edge_value) + np.count_nonzero(mask) > mask.size / 2:
+        return "edge"
+    return None
+
+
+def _grid_origins(length: int, size: int, step: int, centred: bool) -> range:
+    offset = (length - size) % step // 2 if centred else 0
+    return range(offset, length - size + 1, step)
+
+
+def tile_grid(
     image: FitsImage,
     size: int,
     *,
     stride: int | None = None,
     max_invalid_fraction: float = 0.5,
-) -> list[FitsImage]:
-    """Cut ``image`` into ``size`` x ``size`` tiles on a grid with ``stride`` (default: no overlap).
+    edge_value: float | None = None,
+    centred: bool = False,
+) -> tuple[list[FitsImage], dict[str, int]]:
+    """Cut ``image`` into ``size`` x ``size`` tiles on a grid with ``stride`` (default: no overlap); returns the
+    kept tiles and how many were dropped for each of :data:`TILE_DROP_REASONS`.
 
-    Uses astropy ``Cutout2D`` so each tile keeps a correct WCS. Tiles with more than
-    ``max_invalid_fraction`` invalid pixels are skipped, and so are constant tiles (e.g. the zero
-    padding outside an all-sky projection), which carry nothing to learn from. The tile's ``plane``
+    Uses astropy ``Cutout2D`` so each tile keeps a correct WCS. Dropped: tiles with more than
+    ``max_invalid_fraction`` invalid pixels ("masked"), constant tiles ("flat", e.g. the zero padding outside an
+    all-sky projection) and tiles where the frame's padding ``edge_value`` (:func:`padding_value`) and invalid
+    pixels together cover more than half of the tile ("edge"; off when None). ``centred`` places the grid in the
+    middle of the image (the remainder split between both sides) instead of at the origin. The tile's ``plane``
     records its origin, e.g. "cutout y0=128 x0=256" (after the parent's plane, if any).
     """
     step = size if stride is None else stride
@@ -452,15 +496,15 @@ def tile_cutouts(
     if min(height, width) < size:
         raise ImageTooSmallError(image.path, f"image is {height}x{width}, smaller than the tile size {size}")
     tiles: list[FitsImage] = []
-    for y0 in range(0, height - size + 1, step):
-        for x0 in range(0, width - size + 1, step):
+    dropped = dict.fromkeys(TILE_DROP_REASONS, 0)
+    for y0 in _grid_origins(height, size, step, centred):
+        for x0 in _grid_origins(width, size, step, centred):
             centre = (x0 + (size - 1) / 2, y0 + (size - 1) / 2)
             cut = Cutout2D(image.data, centre, (size, size), wcs=image.wcs, mode="strict", copy=True)
             mask = image.mask[cut.slices_original].copy()
-            if mask.mean() > max_invalid_fraction:
-                continue
-            valid = cut.data[~mask]
-            if valid.size == 0 or float(valid.min()) == float(valid.max()):
+            reason = _drop_reason(cut.data, mask, max_invalid_fraction, edge_value)
+            if reason is not None:
+                dropped[reason] += 1
                 continue
             origin = f"cutout y0={y0} x0={x0}"
             tiles.append(
@@ -473,4 +517,15 @@ def tile_cutouts(
                     plane=origin if image.plane is None else f"{image.plane}; {origin}",
                 )
             )
-    return tiles
+    return tiles, dropped
+
+
+def tile_cutouts(
+    image: FitsImage,
+    size: int,
+    *,
+    stride: int | None = None,
+    max_invalid_fraction: float = 0.5,
+) -> list[FitsImage]:
+    """The kept tiles of :func:`tile_grid` (grid at the origin; masked and flat tiles skipped, edge test off)."""
+    return tile_grid(image, size, stride=stride, max_invalid_fraction=max_invalid_fraction)[0]

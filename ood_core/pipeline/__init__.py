@@ -13,7 +13,14 @@ from ood_core.pipeline.config import (
     RunSettings,
     default_model_path,
 )
-from ood_core.pipeline.ingest import IngestResult, drop_duplicates, ingest, input_set_key, read_inputs
+from ood_core.pipeline.ingest import (
+    IngestResult,
+    drop_duplicates,
+    ingest,
+    input_identity,
+    input_set_key,
+    read_inputs,
+)
 from ood_core.pipeline.sample_stage import ProgressHook, SlotPlan
 from ood_core.pipeline.sequence import (
     NETWORK_STAGES,
@@ -64,6 +71,7 @@ __all__ = [
     "finish_sample",
     "finish_sample_shards",
     "ingest",
+    "input_identity",
     "input_set_key",
     "mark_failed",
     "prepare_run",

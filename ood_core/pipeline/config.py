@@ -22,6 +22,13 @@ AUTO_MODEL = "auto"
 
 MIN_USABLE_INPUTS = 3
 """The sampler's acceptance band comes from leave-one-out statistics of the inverted inputs: 3 at least."""
+DEFAULT_MAX_BLOCK = 2
+"""Block factor per axis above which a frame is tiled at its own pixel scale rather than reduced whole."""
+DEFAULT_MAX_TILES = 24
+"""Tiles kept by default over all tiled frames: a run on a few full frames stays within minutes on a CPU."""
+KEY_FIELDS_AT_DEFAULT_LEFT_OUT = {"max_block": DEFAULT_MAX_BLOCK, "max_tiles": DEFAULT_MAX_TILES}
+"""Settings added after runs were keyed: at these defaults the idempotence key leaves them out, so the keys of runs
+on inputs that fit the model do not change."""
 
 
 def shipped_model_path(bands: int = 1) -> str:
@@ -137,7 +144,17 @@ class RunSettings(BaseModel):
                     "ADU or nanomaggies summed, surface brightness such as MJy/sr or Jy/beam averaged, a missing or "
                     "unknown unit averaged), or sum or mean for every input")
     tile: int | None = Field(default=None, ge=8, le=8192, json_schema_extra=_optional_without_null,
-                             description="cut inputs into square tiles of this size first (empty: no tiling)")
+                             description="cut inputs into square tiles of this size first (empty: inputs that "
+                                         "fit the model within max_block are used whole, larger ones are cut "
+                                         "into tiles of the model's size at their own pixel scale)")
+    max_block: int = Field(default=DEFAULT_MAX_BLOCK, ge=1, le=1024,
+                           description="largest block averaging (or summing) per axis that brings an input or a "
+                                       "tile to the model's size; a larger frame is tiled at its own pixel scale "
+                                       "instead, and a tile size needing more is refused (raise it, e.g. 16, to "
+                                       "reduce whole frames)")
+    max_tiles: int = Field(default=DEFAULT_MAX_TILES, ge=MIN_USABLE_INPUTS, le=100_000,
+                           description="most tiles kept over all tiled frames, shared evenly between the frames; "
+                                       "more are thinned to a seeded subset stratified by source content")
     hdu: int | None = Field(default=None, ge=0, json_schema_extra=_optional_without_null,
                             description="HDU index to read (empty: the first image HDU)")
     batch_size: int | None = Field(

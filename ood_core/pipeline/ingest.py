@@ -15,9 +15,11 @@ from typing import Any
 
 from ood_core.errors import ConfigurationError, InvalidInputError, NoUsableInputError, QuarantinedInput
 from ood_core.io.bands import BandGroup, read_band_group, tile_band_group
-from ood_core.io.fits import FitsImage, expand_inputs, read_fits_batch, tile_cutouts, unmatched_inputs
+from ood_core.io.fits import FitsImage, expand_inputs, read_fits_batch, unmatched_inputs
 from ood_core.method.normalization import NormalizedBatch, prepare_band_batch, prepare_batch
-from ood_core.pipeline.config import MIN_USABLE_INPUTS, PipelineParameters
+from ood_core.pipeline.compatibility import mixed_input_warnings
+from ood_core.pipeline.config import KEY_FIELDS_AT_DEFAULT_LEFT_OUT, MIN_USABLE_INPUTS, PipelineParameters
+from ood_core.pipeline.frames import FramePlan, block_of, check_tile_size, plan_frames
 
 KEY_IGNORED_PARAMETERS = ("inputs", "band_groups", "store", "batch_size", "compile", "shards", "dask_address",
                           "dask_workers")
@@ -35,6 +37,11 @@ class IngestResult:
     bands: dict[str, Any] = field(default_factory=dict)
     """How the bands map onto the model's channels (:func:`band_channel_map`), for provenance."""
     groups: list[BandGroup] = field(default_factory=list)
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    """What was done to each input frame (:class:`~ood_core.pipeline.frames.FramePlan` records; provenance
+    ``frames``): whole or tiles, crop, block factor, tiles kept, dropped and not selected."""
+    warnings: list[str] = field(default_factory=list)
+    """Inputs that may not belong together (:mod:`ood_core.pipeline.compatibility`; provenance ``input_warnings``)."""
 
 
 def band_channel_map(bands: int, channels: int, model: str) -> dict[str, Any]:
@@ -71,20 +78,40 @@ def drop_duplicates(images: Sequence[FitsImage]) -> tuple[list[FitsImage], list[
     return kept, duplicates
 
 
-def read_inputs(params: PipelineParameters, resolution: int) -> tuple[list[FitsImage], list[QuarantinedInput]]:
-    """Every usable input image (tiled when asked) and every set-aside input with its reason."""
+@dataclass
+class FramesRead:
+    """The images a run uses (whole inputs and kept tiles), what was set aside, each frame's plan, warnings."""
+
+    images: list[FitsImage]
+    quarantined: list[QuarantinedInput]
+    plans: list[FramePlan]
+    warnings: list[str]
+
+
+def read_frames(params: PipelineParameters, resolution: int) -> FramesRead:
+    """Read, deduplicate, compare (pixel scales, levels) and plan the geometry of every input frame
+    (:mod:`ood_core.pipeline.frames`: whole, or tiles at the frame's own scale)."""
+    check_tile_size(params.tile, resolution, params.max_block)
     quarantined: list[QuarantinedInput] = list(unmatched_inputs(params.inputs))
-    images, bad = read_fits_batch(expand_inputs(params.inputs), hdu=params.hdu,
+    frames, bad = read_fits_batch(expand_inputs(params.inputs), hdu=params.hdu,
                                   min_size=params.min_input_size(resolution))
-    images, duplicates = drop_duplicates(images)
+    frames, duplicates = drop_duplicates(frames)
     quarantined += [*bad, *duplicates]
-    if params.tile:
-        images = [tile for image in images for tile in tile_cutouts(image, params.tile)]
-    return images, quarantined
+    warnings = mixed_input_warnings(frames, params.normalization) if len(frames) > 1 else []
+    images, plans = plan_frames(frames, resolution, tile=params.tile, max_block=params.max_block,
+                                max_tiles=params.max_tiles, seed=params.seed)
+    return FramesRead(images, quarantined, plans, warnings)
+
+
+def read_inputs(params: PipelineParameters, resolution: int) -> tuple[list[FitsImage], list[QuarantinedInput]]:
+    """Every image the run uses (whole inputs, kept tiles) and every set-aside input with its reason."""
+    read = read_frames(params, resolution)
+    return read.images, read.quarantined
 
 
 def read_band_inputs(params: PipelineParameters, resolution: int) -> tuple[list[BandGroup], list[QuarantinedInput]]:
     """Every usable band group (aligned, tiled when asked); a group with an unusable file is set aside whole."""
+    check_tile_size(params.tile, resolution, params.max_block)
     groups: list[BandGroup] = []
     quarantined: list[QuarantinedInput] = []
     for paths in params.band_groups:
@@ -94,7 +121,9 @@ def read_band_inputs(params: PipelineParameters, resolution: int) -> tuple[list[
             reason = f"band group {' + '.join(paths)} set aside: {exc}"
             quarantined += [QuarantinedInput(path, reason, type(exc).__name__) for path in paths]
             continue
-        groups += tile_band_group(group, params.tile) if params.tile else [group]
+        too_large = block_of(group.bands[0].shape, resolution) > params.max_block
+        size = params.tile or (resolution if too_large else None)  # large fields: tiles at their own scale
+        groups += tile_band_group(group, size) if size else [group]
     return groups, quarantined
 
 
@@ -117,20 +146,32 @@ def ingest(params: PipelineParameters, resolution: int, channels: int) -> Ingest
     bands = band_channel_map(params.band_count, channels, params.model)
     if params.band_groups:
         return _ingest_band_groups(params, resolution, bands)
-    images, quarantined = read_inputs(params, resolution)
-    if len(images) < MIN_USABLE_INPUTS:
-        raise NoUsableInputError(quarantined, usable=len(images), needed=MIN_USABLE_INPUTS)
-    batch = prepare_batch(images, resolution=resolution, channels=channels, mode=params.normalization,
+    read = read_frames(params, resolution)
+    if len(read.images) < MIN_USABLE_INPUTS:
+        raise NoUsableInputError(read.quarantined, usable=len(read.images), needed=MIN_USABLE_INPUTS)
+    batch = prepare_batch(read.images, resolution=resolution, channels=channels, mode=params.normalization,
                           stretch=params.stretch, resampling=params.resampling)
-    return IngestResult(images, quarantined, batch, bands)
+    return IngestResult(read.images, read.quarantined, batch, bands, frames=[p.record() for p in read.plans],
+                        warnings=read.warnings)
+
+
+def input_identity(sha256: str, plane: str | None) -> str:
+    """What the idempotence key knows of one image: its file's sha256, plus the tile's origin for a tile (the
+    tiles kept from a frame are part of what the run computes from); whole inputs and cube planes: the sha256."""
+    return f"{sha256} {plane}" if plane and "cutout" in plane else sha256
 
 
 def input_set_key(input_sha256s: Sequence[str], params: PipelineParameters) -> str:
-    """Idempotence key of a run: sha256 of the sorted distinct input-file hashes and the parameters.
+    """Idempotence key of a run: sha256 of the sorted distinct input identities (:func:`input_identity`: the
+    file hashes, with the origin of each kept tile) and the parameters.
 
     File paths, the store and the batch size are left out: the same files with the same settings give the same
-    key wherever they lie, so a scheduled flow can tell that it already processed them.
+    key wherever they lie, so a scheduled flow can tell that it already processed them. Settings added later
+    are left out at their defaults (:data:`~ood_core.pipeline.config.KEY_FIELDS_AT_DEFAULT_LEFT_OUT`).
     """
     settings = params.model_dump(mode="json", exclude=set(KEY_IGNORED_PARAMETERS))
+    for name, default in KEY_FIELDS_AT_DEFAULT_LEFT_OUT.items():
+        if settings.get(name) == default:
+            settings.pop(name)
     payload = json.dumps({"inputs": sorted(set(input_sha256s)), "parameters": settings}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()

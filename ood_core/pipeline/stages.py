@@ -34,7 +34,7 @@ from ood_core.method.prior import LatentPrior, PriorKind, fit_prior, flatten_lat
 from ood_core.method.seeds import child_seed
 from ood_core.pipeline import sample_stage
 from ood_core.pipeline.config import DEFAULT_PRIOR, DEFAULT_T0, PipelineParameters, settled
-from ood_core.pipeline.ingest import IngestResult, input_set_key
+from ood_core.pipeline.ingest import IngestResult, input_identity, input_set_key
 from ood_core.pipeline.sample_stage import ProgressHook
 from ood_core.store.errors import StoreError
 from ood_core.store.provenance import environment_info, utc_now_iso
@@ -110,7 +110,8 @@ def create_run(
     provenance: dict[str, Any] = {
         "started": utc_now_iso(),
         "parameters": params.model_dump(),
-        "input_set_key": input_set_key([str(s["sha256"]) for s in batch.sources], params),
+        "input_set_key": input_set_key([input_identity(str(s["sha256"]), s.get("plane")) for s in batch.sources],
+                                       params),
         "environment": environment_info(),
         "model": model.provenance(),
         "bands": ingested.bands,
@@ -118,6 +119,8 @@ def create_run(
                           "per_band": batch.per_band, "resampling": [r.record() for r in batch.resampling],
                           "counts_domain": batch.counts.record()},
         "inputs": batch.sources,
+        "frames": ingested.frames,
+        "input_warnings": ingested.warnings,
         "quarantined": [q.to_dict() for q in [*extra_quarantined, *ingested.quarantined]],
         "timings": {} if ingest_seconds is None else {"ingest": round(ingest_seconds, 3)},
         **(extra_provenance or {}),
@@ -333,6 +336,8 @@ class RunResult:
                 "sampler": sampler,
                 "settings": record.get("settings"),
                 "resampling": (record.get("normalization") or {}).get("resampling"),
+                "frames": record.get("frames") or [],
+                "input_warnings": record.get("input_warnings") or [],
                 "calibration": record.get("calibration"),
                 "realism": record.get("realism"),
             },
