@@ -14,8 +14,10 @@ from ood_core.base_model.counts_skies import make_counts_map, write_counts_maps
 from ood_core.calibration.scores import COUNTS_FIDELITY, FIDELITY, HeldOut, fidelity, rank_sum, verdict
 from ood_core.errors import ConfigurationError
 from ood_core.io.fits import read_fits_image
-from ood_core.method.counts_domain import counts_domain, is_photon_count_unit
+from ood_core.method.counts_domain import counts_domain, is_photon_count_unit, poisson_draws
 from ood_core.method.normalization import prepare_batch
+from ood_core.pipeline import PipelineParameters, run_in_process
+from ood_core.store import open_run
 
 SPARSE = np.array([[0, 0, 1], [0, 2, 0], [0, 0, 0]], dtype=np.float64)
 BIASED = np.array([[512, 514, 530], [511, 600, 512], [513, 512, 515]], dtype=np.float64)
@@ -83,3 +85,36 @@ def test_counts_calibration_ranks_on_the_counts_scores_and_says_so() -> None:
     assert set(said["per_metric"]) == set(COUNTS_FIDELITY)
     assert said["per_metric"]["counts_pmf_tv"] == "worse" and "on counts per pixel" in said["line"]
     assert "Li & Ma sources" in said["line"] and "pixel distribution" not in said["line"]
+
+
+def test_poisson_draws_are_whole_seeded_per_map_and_ignore_negative_expectations() -> None:
+    expected = np.stack([np.full((16, 16), 0.5), np.full((16, 16), -1.0), np.full((16, 16), 3.0)])
+    drawn = poisson_draws(expected, [1, 2, 3])
+    assert np.array_equal(drawn, np.round(drawn)) and drawn.min() >= 0 and drawn[1].sum() == 0
+    assert np.array_equal(poisson_draws(expected[2:], [3]), drawn[2:])  # map k depends on its seed alone
+    assert abs(drawn[2].mean() - 3.0) < 0.5
+    with pytest.raises(ConfigurationError, match="2 seeds"):
+        poisson_draws(expected, [1, 2])
+
+
+def test_a_counts_run_stores_whole_counts_the_same_in_any_number_of_shards(tmp_path) -> None:
+    """Noise on in a counts domain is the Poisson draw: samples_physical holds non-negative whole counts, provenance
+    says so, and one or two shards give the same bytes."""
+    write_counts_maps(tmp_path / "maps", n=4, seed=5)
+    stores = {}
+    for shards in (1, 2):
+        store = tmp_path / f"s{shards}.zarr"
+        params = PipelineParameters(inputs=[str(tmp_path / "maps")], store=str(store), samples=5, steps=2, t0=400,
+                                    reference_count=4, batch_size=2, device="cpu", seed=3, prior="ppca",
+                                    noise="on", calibrate=False, candidate_budget=600, shards=shards)
+        assert run_in_process(params).n_samples == 5
+        stores[shards] = open_run(str(store), chunks=None)
+    ds = stores[1]
+    record = ds.attrs["ood_run"]
+    assert record["normalization"]["counts_domain"]["counts"] is True
+    assert record["noise"]["kind"] == "poisson" and record["noise"]["enabled"] is True
+    physical = ds.samples_physical.values
+    assert physical.min() >= 0 and np.array_equal(physical, np.round(physical))
+    assert ds.samples_physical.attrs["units"] == "count"
+    for name in ("samples", "samples_physical", "sample_seed"):
+        np.testing.assert_array_equal(ds[name].values, stores[2][name].values, err_msg=name)

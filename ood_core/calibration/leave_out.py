@@ -32,6 +32,7 @@ import torch
 
 from ood_core.calibration import scores
 from ood_core.method import ddim
+from ood_core.method.counts_domain import poisson_draws
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.noise import NoiseModel, add_noise_to_stack, fit_noise_model
 from ood_core.method.normalization import NormalizedBatch, model_to_physical
@@ -268,6 +269,8 @@ def _noisy(params: PipelineParameters, batch: NormalizedBatch, physical: np.ndar
     """Physical samples with matching noise, as the run's ``samples_physical`` (not clipped); per-image
     normalization: the nearest kept shot's level."""
     seeds = [child_seed(params.seed, f"calibration/noise/{k}") for k in range(len(physical))]
+    if batch.counts.counts:  # photon counts: the noise is the Poisson draw, as in the run
+        return poisson_draws(physical, seeds)
     owners = [int(i) for i in nearest] if len(batch.params) > 1 else None
     return add_noise_to_stack(physical, noise, seeds, owners)[0]
 

@@ -80,3 +80,15 @@ def counts_domain(planes: Sequence[npt.ArrayLike], bunits: Sequence[str]) -> Cou
         return CountsDomain(False, f"no BUNIT; whole numbers but {zeros:.0%} zero pixels (under "
                                    f"{SPARSE_ZERO_FRACTION:.0%}: an integer frame, not sparse photons)")
     return CountsDomain(True, f"no BUNIT; non-negative whole numbers with {zeros:.0%} zero pixels")
+
+
+def poisson_draws(expected: npt.ArrayLike, seeds: Sequence[int]) -> npt.NDArray[np.float64]:
+    """One Poisson draw per (H, W) expectation map of ``expected`` (N, H, W), map k from ``seeds[k]`` alone (so any
+    split of the maps into shards draws the same counts); negative or non-finite expectations count as none."""
+    stack = np.asarray(expected, dtype=np.float64)
+    if len(seeds) != len(stack):
+        raise ConfigurationError(f"poisson_draws: {len(stack)} maps but {len(seeds)} seeds")
+    rates = np.clip(np.nan_to_num(stack, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
+    drawn = [np.random.default_rng(int(seed)).poisson(rate).astype(np.float64) for rate, seed in zip(rates, seeds,
+                                                                                                    strict=True)]
+    return np.stack(drawn) if drawn else np.empty_like(rates)

@@ -31,6 +31,7 @@ import numpy.typing as npt
 import torch
 
 from ood_core.method import ddim
+from ood_core.method.counts_domain import poisson_draws
 from ood_core.method.model import FrozenDiffusionModel
 from ood_core.method.noise import NoiseModel, add_noise_to_stack, fit_noise_model
 from ood_core.method.normalization import NormalizationParams, bands_to_channels, model_to_physical, normalize
@@ -177,7 +178,9 @@ class SampleContext:
         self.sampler = GeometricSampler(prior, ood_flat, reference_flat, config, seed=params.seed,
                                         device=model.device)
         self.noise_on = params.noise == "on"
-        self.noise_model: NoiseModel | None = None if self.per_band else fit_noise_model(
+        self.counts = bool((record["normalization"].get("counts_domain") or {}).get("counts", False))
+        """Photon counts: noise on is the Poisson draw of the denoised sample as an expectation (no Gaussian)."""
+        self.noise_model: NoiseModel | None = None if self.per_band or self.counts else fit_noise_model(
             model_to_physical(self.images.numpy(), self.norm_params, np.arange(self.images.shape[0])))
 
     def physical(self, samples: npt.NDArray[Any], parents: npt.NDArray[np.int64],
@@ -200,19 +203,29 @@ class SampleContext:
         those re-normalized with the same parameters, where values outside the interval clip. Slot j's noise comes
         from ``child_seed(seed, "noise/j")``: the same in any shard."""
         physical = self.physical(samples, parents, nearest)
-        if not self.noise_on or self.noise_model is None or not len(samples):
+        if not self.noise_on or (self.noise_model is None and not self.counts) or not len(samples):
             return samples, physical
         owners = self.owners(parents, nearest)
         per_input = len(self.norm_params) > 1
         seeds = [child_seed(self.seed, f"noise/{slot}") for slot in slots]
         targets = [int(o) for o in owners] if per_input else None
-        noisy, _ = add_noise_to_stack(physical, self.noise_model, seeds, targets)
+        if self.counts:
+            noisy = poisson_draws(physical, seeds)
+        else:
+            assert self.noise_model is not None
+            noisy, _ = add_noise_to_stack(physical, self.noise_model, seeds, targets)
         band = np.stack([normalize(image, self.norm_params[int(owners[i]) if per_input else 0])
                          for i, image in enumerate(noisy)])
         return bands_to_channels(band, samples.shape[1]).astype(np.float32), noisy.astype(np.float32)
 
     def noise_record(self, origin: str) -> dict[str, Any]:
         """Provenance ``noise``: on or off, where that came from, the fitted model, the seed stream."""
+        if self.counts:
+            return {"enabled": self.noise_on, "from": origin, "kind": "poisson",
+                    "seed_stream": "child_seed(run seed, 'noise/<sample slot>')",
+                    "applied_to": "samples_physical: a Poisson draw (whole counts) of the denoised sample in counts, "
+                                  "taken as the expectation (negative values as none); samples: the draw re-normalized"
+                                  if self.noise_on else "nothing: samples_physical is the expectation (not counts)"}
         if self.noise_model is None:
             return {"enabled": False, "from": origin, "reason": "band groups: noise matching is single-band"}
         return {"enabled": self.noise_on, "from": origin, **self.noise_model.to_record(),
