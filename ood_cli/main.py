@@ -237,6 +237,11 @@ def _realism_summary(summary: dict[str, Any]) -> None:
              f"{realism['accuracy']:.2f} against its shots): do not take them for real skies")
 
 
+_PIXEL_COLUMNS = (("pixel_w1_rel", "spectrum_dex", "source_count_rel"), ("W1/sd", "P(k)dex", "count"))
+_COUNTS_COLUMNS = (("counts_pmf_tv", "counts_profile_dex", "counts_source_rel"), ("pmf TV", "prof dx", "Li&Ma"))
+"""The three score columns of the calibration table: pixel scores, or a counts domain's (its ranking names them)."""
+
+
 def _calibration_summary(summary: dict[str, Any]) -> None:
     """The run's settings (given / calibration / default) and the calibration table with its verdict."""
     settings = summary.get("settings") or {}
@@ -253,15 +258,17 @@ def _calibration_summary(summary: dict[str, Any]) -> None:
     _say(f"calibrate  {len(calibration.get('table') or [])} settings on {len(calibration.get('held_out') or [])} "
          f"held-out shots, {calibration.get('evaluations_spent')} network evaluations (budget "
          f"{calibration.get('budget_evaluations')}), {calibration.get('steps')} DDIM steps")
-    _say(f"           {'t0':>4} {'strategy':<16} {'slerp':<9} {'prior':<6} {'noise':<5} {'W1/sd':>6} {'P(k)dex':>7} "
-         f"{'count':>6} {'C2ST':>5} {'copies':>6} {'accept':>6} {'ranks':>5}")
+    counts = "counts_pmf_tv" in str(calibration.get("ranking", ""))  # a photon-counts domain: its own scores
+    (a, b, c), (la, lb, lc) = _COUNTS_COLUMNS if counts else _PIXEL_COLUMNS
+    _say(f"           {'t0':>4} {'strategy':<16} {'slerp':<9} {'prior':<6} {'noise':<5} {la:>6} {lb:>7} "
+         f"{lc:>6} {'C2ST':>5} {'copies':>6} {'accept':>6} {'ranks':>5}")
     for i, row in enumerate(calibration.get("table") or []):
         s = row["setting"]
         v = {k: float("nan") if x is None else x for k, x in row["scores"].items()}  # NaN is stored as None
         lam = "-" if s["strategy"] == "prior" else "-".join(f"{x:.2f}" for x in s["slerp_range"])
         mark = " <- chosen" if i == calibration.get("best") else ""
         _say(f"           {s['t0']:>4} {s['strategy']:<16} {lam:<9} {s['prior']:<6} {s.get('noise', 'off'):<5} "
-             f"{v['pixel_w1_rel']:>6.3f} {v['spectrum_dex']:>7.3f} {v['source_count_rel']:>6.3f} "
+             f"{v.get(a, float('nan')):>6.3f} {v.get(b, float('nan')):>7.3f} {v.get(c, float('nan')):>6.3f} "
              f"{v.get('c2st_accuracy', float('nan')):>5.2f} {v['near_copy_fraction']:>6.2f} "
              f"{v.get('acceptance', float('nan')):>6.3f} {float(row['rank_sum']):>5.1f}{mark}"
              + (f" ({row['disqualified']})" if row.get("disqualified") else ""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ood_cli.main import _calibration_summary
 from ood_core.base_model.counts_skies import make_counts_map, write_counts_maps
 from ood_core.calibration.scores import COUNTS_FIDELITY, FIDELITY, HeldOut, fidelity, rank_sum, verdict
 from ood_core.errors import ConfigurationError
@@ -118,3 +119,15 @@ def test_a_counts_run_stores_whole_counts_the_same_in_any_number_of_shards(tmp_p
     assert ds.samples_physical.attrs["units"] == "count"
     for name in ("samples", "samples_physical", "sample_seed"):
         np.testing.assert_array_equal(ds[name].values, stores[2][name].values, err_msg=name)
+
+
+def test_the_calibration_table_prints_a_counts_domains_own_scores(capsys: pytest.CaptureFixture[str]) -> None:
+    row = {"setting": {"t0": 600, "strategy": "prior", "slerp_range": None, "prior": "ppca", "noise": "on"},
+           "scores": {"counts_pmf_tv": 0.123, "counts_profile_dex": 0.456, "counts_source_rel": 0.789,
+                      "c2st_accuracy": 0.8, "near_copy_fraction": 0.0, "acceptance": 0.5}, "rank_sum": 4.0}
+    calibration = {"enabled": True, "table": [row], "best": 0, "held_out": ["a"], "verdict": {"line": "v"},
+                   "ranking": "sum of ranks over " + ", ".join(COUNTS_FIDELITY) + "; near-copies disqualify"}
+    _calibration_summary({"calibration": calibration, "settings": {}})
+    printed = capsys.readouterr().out
+    assert "pmf TV" in printed and "Li&Ma" in printed and "W1/sd" not in printed
+    assert "0.123" in printed and "0.456" in printed and "0.789" in printed
