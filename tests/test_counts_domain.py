@@ -18,6 +18,7 @@ from ood_core.io.fits import read_fits_image
 from ood_core.method.counts_domain import counts_domain, is_photon_count_unit, poisson_draws
 from ood_core.method.normalization import prepare_batch
 from ood_core.pipeline import PipelineParameters, run_in_process
+from ood_core.pipeline.compatibility import frame_levels, level_warnings
 from ood_core.store import open_run
 
 SPARSE = np.array([[0, 0, 1], [0, 2, 0], [0, 0, 0]], dtype=np.float64)
@@ -131,3 +132,11 @@ def test_the_calibration_table_prints_a_counts_domains_own_scores(capsys: pytest
     printed = capsys.readouterr().out
     assert "pmf TV" in printed and "Li&Ma" in printed and "W1/sd" not in printed
     assert "0.123" in printed and "0.456" in printed and "0.789" in printed
+
+
+def test_sparse_counts_maps_of_one_sky_raise_no_level_warning(tmp_path) -> None:
+    """Sigma clipping measures no noise on maps that are mostly zeros: that is not a level mismatch."""
+    images = [read_fits_image(p) for p in write_counts_maps(tmp_path, n=6, seed=0)]
+    levels = [frame_levels(image) for image in images]
+    assert any(lv.noise == 0 for lv in levels)
+    assert level_warnings(levels) == []

@@ -104,12 +104,15 @@ def level_warnings(levels: Sequence[Levels]) -> list[str]:
     them all), naming every frame's levels and the fix."""
     if len(levels) < 2:
         return []
-    noise, backgrounds = [lv.noise for lv in levels], [lv.background for lv in levels]
+    # A frame whose clipped noise is 0 (sparse photon counts: most pixels hold none) has no measurable noise level;
+    # only measured ones are compared.
+    noise = [lv.noise for lv in levels if lv.noise > 0]
+    backgrounds = [lv.background for lv in levels]
     differ = []
-    if _spread(noise) > LEVEL_RATIO:
+    if len(noise) >= 2 and _spread(noise) > LEVEL_RATIO:
         differ.append(f"noise by {_spread(noise):.3g}x")
     offset = max(backgrounds) - min(backgrounds)
-    if offset > LEVEL_RATIO * max(noise):
+    if noise and offset > LEVEL_RATIO * max(noise):
         differ.append(f"backgrounds by {offset / max(noise):.3g} times the larger noise")
     if not differ:
         return []
