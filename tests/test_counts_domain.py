@@ -51,9 +51,9 @@ def test_counts_domain_rules(planes: list[np.ndarray], bunits: list[str], counts
     assert decision.record() == {"counts": counts, "reason": decision.reason}
 
 
-def test_a_count_unit_over_fractional_values_is_refused_with_the_fix() -> None:
-    with pytest.raises(ConfigurationError, match=r"ct/s"):
-        counts_domain([FRACTIONAL], ["count"])
+def test_a_count_unit_over_fractional_values_is_continuous_and_says_why() -> None:
+    decision = counts_domain([FRACTIONAL], ["count"])
+    assert decision.counts is False and "smoothed or corrected counts" in decision.reason
 
 
 def test_batches_of_counts_maps_are_a_counts_domain_and_block_sums_stay_counts(tmp_path) -> None:

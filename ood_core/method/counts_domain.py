@@ -12,7 +12,8 @@ first that applies, on the resized model-resolution planes (block sums of counts
    :data:`SPARSE_ZERO_FRACTION` of the pixels hold none, the regime where a Gaussian fails; an integer frame with
    a bias level (no zeros) is not taken for photons.
 
-A count BUNIT over values that are not whole numbers is refused: the header and the data disagree.
+A count BUNIT over values that are not whole numbers (a smoothed, background-subtracted or exposure-corrected
+counts image) is continuous, not counts, and the reason says so.
 """
 
 from __future__ import annotations
@@ -66,10 +67,9 @@ def counts_domain(planes: Sequence[npt.ArrayLike], bunits: Sequence[str]) -> Cou
     given = sorted({b.strip() for b in bunits if b.strip()})
     whole = all(is_counts_data(plane) for plane in planes)
     if given and all(is_photon_count_unit(b) for b in given):
-        if not whole:
-            raise ConfigurationError(
-                f"BUNIT {', '.join(map(repr, given))} says photon counts but the pixels are not all non-negative whole "
-                "numbers: fix the header (a rate is 'ct/s') or the data")
+        if not whole:  # smoothed, background-subtracted or exposure-corrected counts: continuous values
+            return CountsDomain(False, f"BUNIT {', '.join(map(repr, given))} but values not all non-negative whole "
+                                       "numbers (smoothed or corrected counts): treated as continuous")
         return CountsDomain(True, f"BUNIT {', '.join(map(repr, given))}: photon counts, every value a whole number")
     if given:
         return CountsDomain(False, f"BUNIT {', '.join(map(repr, given))} is not a photon count")
