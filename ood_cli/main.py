@@ -220,7 +220,13 @@ def _frames_summary(summary: dict[str, Any]) -> None:
     """What was done to each input frame (whole or tiles, kept and dropped), then warnings on mixed inputs."""
     from ood_core.evaluation.run_summary import frame_sentence
 
-    for frame in summary.get("frames") or []:
+    frames = summary.get("frames") or []
+    whole = {(tuple(f.get("shape") or []), f.get("reason")) for f in frames if f.get("geometry") != "tiles"}
+    if len(frames) > 1 and len(whole) == 1 and all(f.get("geometry") != "tiles" for f in frames):
+        (shape, reason), = whole  # the common case: every input used whole, alike; one line, not one per input
+        _say(f"frame      {len(frames)} inputs ({'x'.join(map(str, shape))}): used whole, {reason}")
+        frames = []
+    for frame in frames:
         _say(f"frame      {frame_sentence(frame)}")
     for line in summary.get("input_warnings") or []:
         _err(f"warning: {line}")

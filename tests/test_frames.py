@@ -182,3 +182,19 @@ def test_m13_and_m67_frames_are_tiled_and_their_mixed_levels_warned(fits_dir: Pa
     assert [(p.geometry, p.block, p.cut, p.kept) for p in read.plans] == [
         ("tiles", 1, 336, 8), ("tiles", 1, 336, 8), ("tiles", 1, 256, 8)]
     assert any("input levels differ" in w and "starfield_M67_POSS1.fits" in w for w in read.warnings)
+
+
+def test_the_command_says_alike_whole_inputs_in_one_line_and_tiled_frames_each(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ood_cli.main import _frames_summary
+
+    whole = {"path": "a.fits", "shape": [128, 128], "geometry": "whole", "reason": "block 2 per axis"}
+    _frames_summary({"frames": [whole] * 12})
+    said = capsys.readouterr().out.strip().splitlines()
+    assert said == ["frame      12 inputs (128x128): used whole, block 2 per axis"]
+    tiled = {"path": "b.fits", "shape": [1024, 1024], "geometry": "tiles", "kept": 8, "tiles_cut": 256,
+             "tiles_dropped": {"edge": 3}, "tiles_not_selected": 245, "reason": "native scale"}
+    _frames_summary({"frames": [whole, tiled]})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "`a.fits`" in lines[0] and "8 of 256 tiles kept; dropped: 3 edge" in lines[1]
