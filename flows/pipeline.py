@@ -16,7 +16,7 @@ from prefect.client.schemas.objects import State
 
 from flows.naming import pipeline_run_name
 from flows.sample_shards import sample_shards
-from ood_core.pipeline import PipelineParameters, run_stages
+from ood_core.pipeline import PipelineParameters, resume_run, run_stages
 from tasks.common import send_library_logs_to_runs
 from tasks.failure import failed_run, failure_artifact, is_expected, quiet_expected_failures
 from tasks.report import report_task
@@ -56,6 +56,8 @@ def run_or_fail(params: PipelineParameters, key_prefix: str = "ood-run",
     """
     run_id: str | None = None
     try:
+        if resume_run_id:
+            resume_run(params.store, resume_run_id)  # claims the run's lease (RunLeasedError: another writer has it)
         run_id = resume_run_id or create_run_task(params)
         return execute_run(params, run_id, key_prefix)
     except Exception as exc:
@@ -74,8 +76,8 @@ def pipeline_flow(params: PipelineParameters, resume_run_id: str | None = None) 
 
     Called in Python it raises NoUsableInputError (or another OODError) unchanged when the run cannot go on;
     as a deployment run it ends Failed with that reason and the ``ood-run-summary`` artifact says what to change.
-    ``resume_run_id``: continue that "writing" run of ``params.store`` (e.g. a stale one whose process died)
-    from its last completed stage instead of creating a new run.
+    ``resume_run_id``: continue that run of ``params.store`` (a stale one whose process died, or one that failed
+    for a reason of the infrastructure's) from what it committed instead of creating a new run.
     """
     prepare_run_logging()
     return run_or_fail(params, resume_run_id=resume_run_id)

@@ -323,24 +323,28 @@ _RUN_OPTIONS = ("model", "samples", "seed", "t0", "steps", "eta", "prior", "cand
                 "novelty_factor", "normalization", "stretch", "resampling", "tile", "max_block", "max_tiles", "hdu")
 
 
-def _resumable(store: str, run_id: str) -> Any:
-    """The recorded parameters of a stale "writing" run, or a UsageError saying why it cannot be resumed."""
-    from ood_core.pipeline import PipelineParameters
-    from ood_core.store import STALE_AFTER_S, list_runs
-    from ood_core.store.readers import run_records
+def _resumable(store: str, run_id: str, dask_address: str | None = None) -> Any:
+    """Take up a run (its lease claimed now, so a second resumer is refused at once) and return its recorded
+    parameters; a UsageError saying why it cannot be resumed. ``dask_address``: a new scheduler for its shards."""
+    from ood_core.pipeline import PipelineParameters, resume_run
+    from ood_core.store import RunLeasedError, RunNotFoundError, StoreError
+    from ood_core.store.lease import current_lease
+    from ood_core.store.opening import open_root_readonly, run_group, run_record
 
-    info = next((r for r in list_runs(store) if r.run_id == run_id), None)
-    if info is None:
-        raise UsageError(f"no run {run_id} in {store} (see `ood runs {store}`)")
-    if info.status != "writing":
-        raise UsageError(f"run {run_id} is {info.status!r}; only a stale 'writing' run can be resumed")
-    if not info.stale:
-        beat = info.heartbeat or {}
-        raise UsageError(f"run {run_id} is still being written (last heartbeat {beat.get('time')} from pid "
-                         f"{beat.get('pid')} on {beat.get('host')}); it reads as stale when its process is gone "
-                         f"or {STALE_AFTER_S:.0f} s after its last heartbeat")
-    record = next(r for r in run_records(store) if r.get("run_id") == run_id)
-    return PipelineParameters(**{**record["parameters"], "store": store})
+    try:
+        record = run_record(run_group(open_root_readonly(store, None), store, run_id))
+        lease = current_lease(store, run_id)
+        if record.get("status") == "writing" and lease is not None and lease.dead_reason() is None:
+            raise RunLeasedError(store, lease, "it is not stale; `ood runs` shows it as writing")
+        resume_run(store, run_id)
+    except RunNotFoundError as exc:
+        raise UsageError(f"no run {run_id} in {store} (see `ood runs {store}`)") from exc
+    except StoreError as exc:  # RunLeasedError names the live writer; a refused run says why it stays failed
+        raise UsageError(str(exc)) from exc
+    parameters = {**record["parameters"], "store": store}
+    if dask_address is not None:
+        parameters["dask_address"] = dask_address
+    return PipelineParameters(**parameters)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -349,9 +353,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     groups = [list(group) for group in args.band_groups or []]
     if args.resume:
         if args.inputs or groups or args.auto_t0 or args.compile or any(
-                getattr(args, name) is not None for name in _RUN_OPTIONS):
-            raise UsageError("--resume continues a run with the parameters it recorded: give only --store")
-        return _execute_pipeline(_resumable(args.store, args.resume), _verbosity(args), resume=args.resume)
+                getattr(args, name) is not None for name in _RUN_OPTIONS if name != "dask_address"):
+            raise UsageError("--resume continues a run with the parameters it recorded: give only --store (and "
+                             "--dask-address for a new scheduler)")
+        params = _resumable(args.store, args.resume, args.dask_address)
+        return _execute_pipeline(params, _verbosity(args), resume=args.resume)
     if bool(groups) == bool(args.inputs):
         raise UsageError("give either INPUT files (single-band images) or band groups (--bands FILE FILE ...), "
                          "not both and not neither (or --resume RUN_ID to continue a stale run)")
@@ -425,6 +431,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
             # The first line of the recorded error (the whole of it is in the run's provenance).
             reason = (r.problem or "no reason recorded").strip().splitlines() or [""]
             _say(f"  {r.run_id}: {r.status}: {reason[0]}")
+            if r.resumable:
+                _say(f"    resumable (the infrastructure failed, not the inputs or settings): "
+                     f"ood run --resume {r.run_id} --store {args.store}")
     broken = [r.run_id for r in runs if r.status == "broken"]
     if broken:
         _err(f"{len(broken)} run(s) with an unreadable record: {', '.join(broken)} (see `ood check {args.store}`)")
@@ -595,7 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "bands on other WCS grids are reprojected onto the first band's")
     run.add_argument("--store", required=True, help="zarr store URL (local path or fsspec URL)")
     run.add_argument("--resume", metavar="RUN_ID",
-                     help="continue a stale run (its process died) of the store with its recorded parameters")
+                     help="continue a run of the store with its recorded parameters: a stale one (its process "
+                          "died) or one that failed for a reason of the infrastructure's (`ood runs` says which); "
+                          "only --dask-address may be given with it")
     _pipeline_arguments(run, demo=False)
     run.set_defaults(func=cmd_run)
 

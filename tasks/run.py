@@ -11,7 +11,7 @@ from prefect.runtime import deployment, flow_run
 from ood_core.calibration import calibrate
 from ood_core.method.model import cached_model
 from ood_core.pipeline.config import PipelineParameters
-from ood_core.pipeline.sequence import prepare_run
+from ood_core.pipeline.sequence import prepare_run, resume_run
 from ood_core.store.readers import run_entries
 from tasks.common import retry_on_io_error, run_logger
 
@@ -34,9 +34,11 @@ def prefect_origin() -> dict[str, Any]:
 
 
 def run_of_flow_run(store: str, flow_run_id: str) -> str | None:
-    """Id of a "writing" run this flow run created before (a retried flow run resumes it), or None."""
+    """Id of a run this flow run created before and that can go on (a retried flow run resumes it): "writing",
+    or failed for a reason of the infrastructure's; None otherwise."""
     for entry in reversed(run_entries(store)):  # the run catalogue; a writing run's entry is made from its record
-        if entry.get("status") == "writing" and entry.get("flow_run_id") == flow_run_id:
+        if entry.get("flow_run_id") == flow_run_id and (
+                entry.get("status") == "writing" or (entry.get("status") == "failed" and entry.get("resumable"))):
             return str(entry["run_id"])
     return None
 
@@ -46,13 +48,15 @@ def create_run_task(params: PipelineParameters) -> str:
     """Ingest the inputs, calibrate the settings left empty (leave-shots-out, ``ood_core.calibration``) and
     create the "writing" run with them; returns the run id.
 
-    A retried flow run finds the run it started before and returns it, so completed stages are not redone.
+    A retried flow run finds the run it started before (writing, or failed for a reason of the infrastructure's),
+    takes it up and returns it, so completed stages and committed samples are not redone.
     Raises NoUsableInputError (nothing written) when too few inputs are usable.
     """
     origin = prefect_origin()
     if origin["flow_run_id"]:
         existing = run_of_flow_run(params.store, origin["flow_run_id"])
         if existing:
+            resume_run(params.store, existing, how="retried")  # claims its lease; a failed run is writing again
             run_logger().info("resuming run %s of this flow run", existing)
             return existing
     model = cached_model(params.model, params.device, params.dtype, compile=params.compile)

@@ -49,27 +49,28 @@ def finish_task(params: PipelineParameters, run_id: str) -> dict[str, Any]:
 
 
 @task(name="prepare-shards", task_run_name="prepare-shards-{run_id}", **_COMMON)
-def prepare_shards_task(params: PipelineParameters, run_id: str) -> int:
+def prepare_shards_task(params: PipelineParameters, run_id: str, writer_id: str | None = None) -> int:
     """Give the run's sample arrays to its shards (regions of whole blocks); returns how many (0: stage done)."""
-    return prepare_sample_shards(params, run_id)
+    return prepare_sample_shards(params, run_id, writer_id)
 
 
 @task(name="sample-shard", tags=[GPU_TAG], task_run_name="sample-{run_id}-shard-{index}", retries=3,
       retry_delay_seconds=2, cache_policy=NO_CACHE)
-def sample_shard_task(params: PipelineParameters, run_id: str, index: int) -> dict[str, Any]:
+def sample_shard_task(params: PipelineParameters, run_id: str, index: int,
+                      writer_id: str | None = None) -> dict[str, Any]:
     """One shard of the sample stage: its blocks of sample slots, into its own region of the run's arrays.
 
     Retried on any error (a lost worker, a store hiccup): a retry redoes only the blocks this shard had not
-    committed, and makes the same samples."""
-    report = execute_shard(params, run_id, index, progress_hook(f"{run_id}-shard-{index}"))
+    committed, and makes the same samples. ``writer_id``: the run's writer (its lease) this shard writes for."""
+    report = execute_shard(params, run_id, index, progress_hook(f"{run_id}-shard-{index}"), writer_id)
     run_logger().info("shard %d: %d samples%s", index, report["rows"], " (already done)" if report["skipped"] else "")
     return report
 
 
 @task(name="finish-shards", task_run_name="finish-shards-{run_id}", **_COMMON)
-def finish_shards_task(params: PipelineParameters, run_id: str) -> dict[str, Any]:
+def finish_shards_task(params: PipelineParameters, run_id: str, writer_id: str | None = None) -> dict[str, Any]:
     """Move the shards' samples together and complete the sample stage (every shard must be done)."""
-    return finish_sample_shards(params, run_id)
+    return finish_sample_shards(params, run_id, writer_id)
 
 
 STAGE_TASKS = {"invert": invert_task, "prior": prior_task, "sample": sample_task, "finish": finish_task}

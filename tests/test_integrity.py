@@ -288,9 +288,9 @@ def test_resume_is_refused_unless_the_run_is_stale(
     store, run_ids = three_runs
     live = proc.start_run(store, seed=6)  # written by this (living) process: not stale
     cases = {
-        run_ids[0]: f"run {run_ids[0]} is 'complete'; only a stale 'writing' run can be resumed",
+        run_ids[0]: f"run {run_ids[0]} is 'complete'; only a stale 'writing' run or a failed run whose failure",
         "nope": "no run nope in",
-        live.run_id: f"run {live.run_id} is still being written (last heartbeat",
+        live.run_id: f"run {live.run_id} is being written by writer ",
     }
     for run_id, words in cases.items():
         assert main(["run", "--resume", run_id, "--store", store]) == EXIT_USAGE

@@ -32,6 +32,7 @@ from ood_core.pipeline.sequence import (
     mark_failed,
     prepare_run,
     prepare_sample_shards,
+    resume_run,
     run_in_process,
     run_stages,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "prepare_run",
     "prepare_sample_shards",
     "read_inputs",
+    "resume_run",
     "run_in_process",
     "run_stages",
     "stage_invert",

@@ -18,6 +18,7 @@ from ood_core.errors import ConfigurationError
 from ood_core.method.model import FrozenDiffusionModel, cached_model
 from ood_core.pipeline import sample_stage
 from ood_core.pipeline.config import CHOOSABLE, DEFAULT_SLERP_RANGE, PipelineParameters, settled
+from ood_core.pipeline.failures import classify_failure
 from ood_core.pipeline.ingest import IngestResult, ingest
 from ood_core.pipeline.sample_stage import ProgressHook, RunSource
 from ood_core.pipeline.stages import (
@@ -29,6 +30,7 @@ from ood_core.pipeline.stages import (
     finish_sample,
 )
 from ood_core.store.errors import StoreError
+from ood_core.store.opening import check_store_location
 from ood_core.store.regions import RegionWriter
 from ood_core.store.writer import RunWriter
 
@@ -57,13 +59,25 @@ def run_stages(params: PipelineParameters, run_id: str, execute: StageExecutor) 
         raise
 
 
-def mark_failed(store: str, run_id: str, error: BaseException | str) -> None:
-    """Mark a run "failed" with its error (readers skip it); a run already complete or failed is left alone."""
+def mark_failed(store: str, run_id: str, error: BaseException) -> None:
+    """Mark a run "failed" with its error and whether it can be resumed (:mod:`.failures`); a run already
+    complete or failed, or held by another writer (this one lost its lease), is left alone."""
     try:
         writer = RunWriter.open(store, run_id)
-    except StoreError:  # not "writing" any more: nothing to mark
+    except StoreError:  # not "writing" any more, or not ours to write: nothing to mark
         return
-    writer.fail(error)
+    failure = classify_failure(error)
+    writer.fail(error, resumable=failure.resumable, kind=failure.kind)
+    if failure.resumable:
+        log.warning("run %s failed (%s), resumable: ood run --resume %s --store %s", run_id, failure.kind, run_id,
+                    store)
+
+
+def resume_run(store: str, run_id: str, how: str = "resumed") -> None:
+    """Take up a stale or resumably failed run in this process (claims its lease: RunLeasedError while another
+    writer holds it; StoreError, with the reason, for a run that cannot be resumed); its stages go on from what
+    it committed."""
+    RunWriter.resume(store, run_id, how=how)
 
 
 def execute_stage(
@@ -88,9 +102,10 @@ def stage_model(params: PipelineParameters, writer: RunSource) -> FrozenDiffusio
     return cached_model(params.model, params.device, dtype, compile=params.compile)
 
 
-def prepare_sample_shards(params: PipelineParameters, run_id: str) -> int:
-    """Give a run's sample arrays to its shards (once; a completed sample stage has none); returns their number."""
-    writer = RunWriter.open(params.store, run_id)
+def prepare_sample_shards(params: PipelineParameters, run_id: str, writer_id: str | None = None) -> int:
+    """Give a run's sample arrays to its shards (once; a completed sample stage has none); returns their number.
+    ``writer_id``: the run's writer this process works for (a Dask worker), None in the writer's own process."""
+    writer = RunWriter.open(params.store, run_id, for_writer=writer_id)
     if "sample" in writer.completed_stages():
         return 0
     if "prior" not in writer.completed_stages():
@@ -99,17 +114,18 @@ def prepare_sample_shards(params: PipelineParameters, run_id: str) -> int:
 
 
 def execute_shard(
-    params: PipelineParameters, run_id: str, index: int, progress: ProgressHook | None = None
+    params: PipelineParameters, run_id: str, index: int, progress: ProgressHook | None = None,
+    writer_id: str | None = None,
 ) -> dict[str, Any]:
     """One shard of a sharded sample stage in this process (a Dask task of the pipeline flow), from its last
-    committed block."""
-    shard = RegionWriter(params.store, run_id, index)
+    committed block, for the run's writer ``writer_id`` (None: this process is the writer)."""
+    shard = RegionWriter(params.store, run_id, index, writer_id=writer_id)
     return sample_stage.run_shard(params, stage_model(params, shard), shard, progress)
 
 
-def finish_sample_shards(params: PipelineParameters, run_id: str) -> dict[str, Any]:
+def finish_sample_shards(params: PipelineParameters, run_id: str, writer_id: str | None = None) -> dict[str, Any]:
     """Merge the shards of a run's sample stage (every one must be done) and complete the stage."""
-    writer = RunWriter.open(params.store, run_id)
+    writer = RunWriter.open(params.store, run_id, for_writer=writer_id)
     return finish_sample(params, stage_model(params, writer), writer)
 
 
@@ -155,6 +171,7 @@ def prepare_run(
     if not _same_model(params.model, model.source):
         raise ConfigurationError(f"prepare_run was given the model {model.source} but the parameters name "
                                  f"{params.model}, which the later stages load: pass the model the parameters name")
+    check_store_location(params.store)  # a store that cannot be written (no package for its protocol) stops here
     started = time.perf_counter()
     ingested = ingest(params, model.resolution, model.channels)
     ingest_seconds = time.perf_counter() - started
@@ -179,12 +196,14 @@ def run_in_process(
 ) -> RunResult:
     """A whole run in this process, without Prefect (benchmarks, notebooks): prepare, then :func:`run_stages`.
 
-    ``resume``: id of a "writing" run in ``params.store`` to continue instead of starting a new one;
+    ``resume``: id of a stale or resumably failed run in ``params.store`` to continue instead of starting a new one;
     ``choose``: the calibration (none here by default: the pipeline flow passes ``ood_core.calibration``'s);
     ``judge``: how the end of the run judges its samples (none by default; the flow passes
     ``ood_core.evaluation.realism.realism_record``).
     """
     model = cached_model(params.model, params.device, params.dtype, compile=params.compile)
+    if resume:
+        resume_run(params.store, resume)
     run_id = resume or prepare_run(params, model, choose=choose)
 
     def execute(stage: str, p: PipelineParameters, rid: str) -> dict[str, Any]:

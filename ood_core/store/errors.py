@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ood_core.store.lease import Lease
 
 from ood_core.errors import OODError
 
@@ -31,6 +35,24 @@ class StoreIntegrityError(StoreError):
         self.store_url = store_url
         self.run_id = run_id
         self.problems = list(problems)
+
+
+class RunLeasedError(StoreError):
+    """Another live writer holds the run (``holder``: its lease); one writer per run (:mod:`.lease`)."""
+
+    def __init__(self, store_url: str, holder: Lease, hint: str) -> None:
+        super().__init__(f"{store_url}: run {holder.run_id} is being written by {holder.describe()}; only one "
+                         f"writer at a time: {hint}")
+        self.store_url = store_url
+        self.holder = holder
+        self.hint = hint
+
+    def __reduce__(self) -> tuple[type[RunLeasedError], tuple[str, Lease, str]]:
+        return (type(self), (self.store_url, self.holder, self.hint))
+
+
+class LeaseLostError(StoreError):
+    """This process's lease of a run was taken over (not renewed in time): it must write no more."""
 
 
 class StoreSchemaError(OODError):

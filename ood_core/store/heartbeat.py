@@ -38,7 +38,8 @@ def heartbeat_now() -> dict[str, Any]:
     return {"time": utc_now_iso(), "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a zombie its parent has not reaped counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -70,7 +71,7 @@ def stale_reason(record: Mapping[str, Any], *, stale_after: float = STALE_AFTER_
     beat = record.get("heartbeat")
     beat = beat if isinstance(beat, Mapping) else {}
     pid, host = beat.get("pid"), beat.get("host")
-    if isinstance(pid, int) and host == socket.gethostname() and not _pid_running(pid):
+    if isinstance(pid, int) and host == socket.gethostname() and not pid_running(pid):
         return f"its writer (pid {pid} on {host}) is no longer running"
     last = _parse_time(beat.get("time")) or _parse_time(record.get("started"))
     if last is None:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import fsspec
+import fsspec.registry
 import zarr
 import zarr.errors
 from zarr.abc.store import Store
@@ -25,12 +27,35 @@ from ood_core.store.errors import RunNotFoundError, StoreError, StoreNotFoundErr
 from ood_core.store.provenance import utc_now_iso
 from ood_core.store.recording import RecordingStore
 
+PROTOCOL_EXTRAS = {"s3": "s3", "s3a": "s3"}
+"""fsspec protocols with an extra of this project that installs their package (``pip install 'ood-synth[s3]'``)."""
+
+
+def check_protocol(url: str) -> None:
+    """StoreError with the install command when the package of the URL's fsspec protocol is missing (before
+    anything is written or computed)."""
+    if "://" not in url or url.startswith("file://"):
+        return
+    protocol = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError as exc:
+        raise StoreError(f"{url}: fsspec knows no protocol {protocol!r} ({exc})") from exc
+    except ImportError as exc:
+        known = fsspec.registry.known_implementations.get(protocol, {})
+        package = str(known.get("class", protocol)).split(".", 1)[0]
+        extra = PROTOCOL_EXTRAS.get(protocol)
+        command = f"pip install 'ood-synth[{extra}]'" if extra else f"pip install {package}"
+        raise StoreError(f"{url}: the {protocol}:// protocol needs the package {package}, which is not installed: "
+                         f"{command}") from exc
+
 
 def zarr_store(
     url: str, *, read_only: bool = False, storage_options: Mapping[str, Any] | None = None
 ) -> Store:
     """A zarr Store for a local path or any fsspec URL (``memory://``, ``s3://`` ...)."""
     if "://" in url and not url.startswith("file://"):
+        check_protocol(url)
         return FsspecStore.from_url(
             url, storage_options=dict(storage_options or {}), read_only=read_only
         )
@@ -62,6 +87,7 @@ def check_store_location(url: str) -> None:
     An existing folder with files but no ``zarr.json`` is someone's data, never silently made a store.
     """
     if "://" in url and not url.startswith("file://"):
+        check_protocol(url)
         return
     path = Path(url.removeprefix("file://"))
     if not path.exists():

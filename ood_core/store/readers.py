@@ -50,6 +50,8 @@ class RunInfo:
     """A "writing" run whose writer is gone or silent for longer than the stale timeout."""
     problem: str | None = None
     """Why the run is stale, why it failed (its error), or (status "broken") why its record cannot be read."""
+    resumable: bool = False
+    """A stale run, or a failed run whose failure was the infrastructure's: ``ood run --resume`` takes it up."""
 
     @property
     def shown_status(self) -> str:
@@ -88,6 +90,7 @@ def _run_info(group: zarr.Group, run_id: str, stale_after: float = STALE_AFTER_S
         heartbeat=dict(beat) if isinstance(beat, dict) else None,
         stale=stale is not None,
         problem=stale or (str(record.get("error")) if record.get("status") == "failed" else None),
+        resumable=stale is not None or bool(catalogue_entry(record, n_inputs=0, n_samples=0).get("resumable")),
     )
 
 
@@ -140,6 +143,7 @@ def _entry_info(entry: Mapping[str, Any]) -> RunInfo:
         ended=entry.get("ended"), n_inputs=int(entry.get("n_inputs") or 0), n_samples=int(entry.get("n_samples") or 0),
         acceptance_rate=float(rate) if isinstance(rate, (int, float)) else None,
         problem=str(entry.get("error")) if entry.get("status") == "failed" else None,
+        resumable=bool(entry.get("resumable")),
     )
 
 

@@ -36,6 +36,7 @@ from ood_core.store.appender import (
 from ood_core.store.contract import INPUT_ARRAYS, PROGRESS_ATTR, REFERENCE_ARRAYS, RUN_ATTR, SAMPLE_ARRAYS
 from ood_core.store.errors import StoreError
 from ood_core.store.heartbeat import HEARTBEAT_INTERVAL_S, beat
+from ood_core.store.lease import check_holder, require_held
 from ood_core.store.opening import attr_dict, node_array, open_store, run_group, sample_array
 from ood_core.store.run_arrays import checked_sample_batch, json_object
 from ood_core.store.writer import RunWriter
@@ -106,10 +107,13 @@ class RegionWriter:
     """
 
     def __init__(
-        self, store_url: str, run_id: str, index: int, *, storage_options: Mapping[str, Any] | None = None
+        self, store_url: str, run_id: str, index: int, *, storage_options: Mapping[str, Any] | None = None,
+        writer_id: str | None = None,
     ) -> None:
         key = f"{run_id}/{REGIONS_GROUP}/{index}"
         settle_live_appender(store_url, key)
+        self._lease_check = (store_url, run_id, writer_id, dict(storage_options or {}))
+        self._check_lease()
         root = open_store(store_url, create=False, storage_options=storage_options)
         self._group = run_group(root, store_url, run_id)
         self.run_id, self.index = run_id, index
@@ -197,12 +201,24 @@ class RegionWriter:
             self._checkpoint = checkpoint
         self._save()
 
+    def _check_lease(self) -> None:
+        """A shard writes for the run's writer: that writer's lease must still hold (LeaseLostError otherwise),
+        so the shards of a writer that was taken for dead stop rather than interleave with the new writer's."""
+        store_url, run_id, writer_id, options = self._lease_check
+        if writer_id is None:
+            require_held(store_url, run_id)  # shards in the writer's own process
+        else:
+            check_holder(store_url, run_id, writer_id, storage_options=options)
+
     def _save(self) -> None:
+        now = time.monotonic()
+        due = now - self._last_beat >= HEARTBEAT_INTERVAL_S / 2
+        if due or self._done:
+            self._check_lease()  # before the commit is recorded
         state = {"index": self.index, "start": self.start, "stop": self.stop, "rows": self._committed,
                  "checkpoint": self._checkpoint, "done": self._done}
         self._meta.update_attributes({REGION_ATTR: state})
         # While shards run elsewhere the run's own writer is idle: the shards keep its heartbeat fresh.
-        now = time.monotonic()
-        if now - self._last_beat >= HEARTBEAT_INTERVAL_S / 2:
+        if due:
             self._last_beat = now
             beat(self._group, RUN_ATTR)

@@ -26,6 +26,7 @@ import numpy.typing as npt
 import zarr
 import zarr.errors
 
+from ood_core.store import attempts
 from ood_core.store.appender import (
     BackgroundAppender,
     register_live_appender,
@@ -50,8 +51,9 @@ from ood_core.store.contract import (
 )
 from ood_core.store.describe import describe_run, with_netcdf_note
 from ood_core.store.errors import StoreError
-from ood_core.store.heartbeat import RECORD_LOCK, heartbeat_now, start_heartbeat
+from ood_core.store.heartbeat import RECORD_LOCK, heartbeat_now, stale_reason, start_heartbeat
 from ood_core.store.integrity import CHECKSUM_ATTR, digest_run
+from ood_core.store.lease import Claim, check_holder, held, hold, let_go, require_held
 from ood_core.store.migration import migrate_store
 from ood_core.store.opening import (
     attr_dict,
@@ -80,16 +82,18 @@ log = logging.getLogger(__name__)
 class RunWriter:
     """Writes one run group: inputs once, samples streamed in batches, provenance and status.
 
-    Build one with :meth:`create` (new run) or :meth:`open` (resume a "writing" run).
+    Build one with :meth:`create` (new run), :meth:`open` (go on with a "writing" run) or :meth:`resume` (take up
+    a stale or resumably failed run). Each claims the run's lease first (:mod:`.lease`): one writer per run.
     """
 
     def __init__(
         self, group: zarr.Group, store_url: str, run_id: str,
-        storage_options: Mapping[str, Any] | None = None,
+        storage_options: Mapping[str, Any] | None = None, *, for_writer: str | None = None,
     ) -> None:
         self._group = group
         self.store_url = store_url
         self.run_id = run_id
+        self._for_writer = for_writer  # set: this process works for that writer and holds no lease itself
         self._storage_options = dict(storage_options or {})
         self._record: dict[str, Any] = attr_dict(group, RUN_ATTR)
         self._progress: dict[str, Any] = attr_dict(group, PROGRESS_ATTR)
@@ -148,15 +152,21 @@ class RunWriter:
         record = json_safe(dict(provenance))
         assert isinstance(record, dict)
         started = record.get("started") or utc_now_iso()
-        record.update(run_id=run_id, status="writing", started=started, ended=None, heartbeat=heartbeat_now())
         progress = {"inputs_written": False, "samples_committed": 0, "completed_stages": []}
 
         root = _open_for_writing(store_url, create=True, storage_options=storage_options)
+        runs = runs_group(root)
+        if run_id in runs:
+            raise StoreError(f"{store_url}: run {run_id} already exists; runs never share a group")
+        claimed = hold(store_url, run_id, storage_options=storage_options)
+        record.update(run_id=run_id, status="writing", started=started, ended=None, heartbeat=heartbeat_now())
+        record["attempts"] = json_safe(attempts.begin(claimed.lease, "created"))
         try:
-            group = runs_group(root).create_group(
+            group = runs.create_group(
                 run_id, overwrite=False, attributes=with_netcdf_note({RUN_ATTR: record, PROGRESS_ATTR: progress})
             )
         except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
+            let_go(store_url, run_id)
             raise StoreError(f"{store_url}: run {run_id} already exists; runs never share a group") from exc
 
         create_arrays(group, n_inputs, (channels, height, width), names, units,
@@ -167,17 +177,27 @@ class RunWriter:
 
     @classmethod
     def open(
-        cls, store_url: str, run_id: str, *, storage_options: Mapping[str, Any] | None = None
+        cls, store_url: str, run_id: str, *, storage_options: Mapping[str, Any] | None = None,
+        for_writer: str | None = None,
     ) -> RunWriter:
-        """Resume a "writing" run (e.g. after a crash): sample arrays are trimmed to the committed count."""
+        """Go on with a "writing" run: this process's own (a later stage), or one whose writer died (its lease is
+        claimed: RunLeasedError while another writer holds it). Sample arrays are trimmed to the committed count.
+
+        ``for_writer``: the writer id of the process this one works for (a Dask worker preparing or merging
+        shards): its lease must be live (LeaseLostError otherwise), and none is claimed here.
+        """
         settle_live_appender(store_url, run_id)  # an earlier writer of this run in this process finishes first
         root = _open_for_writing(store_url, create=False, storage_options=storage_options)
         group = run_group(root, store_url, run_id)
         status = run_record(group).get("status")
         if status != "writing":
             raise StoreError(f"run {run_id} has status {status!r}; only a 'writing' run can be resumed")
+        if for_writer is not None:
+            check_holder(store_url, run_id, for_writer, storage_options=storage_options)
+        else:
+            _take_up(group, store_url, hold(store_url, run_id, storage_options=storage_options), "resumed")
         _refuse_half_created(group, store_url, run_id, storage_options)
-        writer = cls(group, store_url, run_id, storage_options)
+        writer = cls(group, store_url, run_id, storage_options, for_writer=for_writer)
         if writer.sample_regions:  # region writers own the sample arrays until the regions are merged
             return writer
         committed = writer.committed_samples
@@ -186,7 +206,33 @@ class RunWriter:
                 arr.resize((committed, *arr.shape[1:]))
         return writer
 
+    @classmethod
+    def resume(
+        cls, store_url: str, run_id: str, *, how: str = "resumed", storage_options: Mapping[str, Any] | None = None
+    ) -> RunWriter:
+        """Take up a run whose writer is gone: a stale "writing" run, or a "failed" one whose failure was the
+        infrastructure's (provenance ``failure.resumable``). Refused, with the reason: a complete run, a run
+        refused for its inputs or settings, a run another live writer holds (RunLeasedError)."""
+        root = _open_for_writing(store_url, create=False, storage_options=storage_options)
+        group = run_group(root, store_url, run_id)
+        record = run_record(group)
+        _check_resumable(record, store_url, run_id)
+        claimed = hold(store_url, run_id, storage_options=storage_options)
+        if record.get("status") == "failed":
+            _take_up(group, store_url, claimed, how)
+        writer = cls.open(store_url, run_id, storage_options=storage_options)
+        writer._write_entry()  # the catalogue says "writing" again
+        return writer
+
     # -- properties
+
+    @property
+    def writer_id(self) -> str | None:
+        """The id of the writer this process writes for: its own lease's, or the one it was opened for."""
+        if self._for_writer is not None:
+            return self._for_writer
+        lease = held(self.store_url, self.run_id)
+        return None if lease is None else lease.writer
 
     @property
     def group(self) -> zarr.Group:
@@ -379,25 +425,38 @@ class RunWriter:
         describe_run(self._group, self._record, self.n_samples)  # long_name, units, coordinates for xarray
         checksums = digest_run(self._group)  # after the flush: every shard is on disk
         # Status and checksums land in one metadata write.
-        self._save(record={"status": "complete", "ended": self._record.get("ended") or utc_now_iso()},
+        self._save(record={"status": "complete", "ended": self._record.get("ended") or utc_now_iso(),
+                           "attempts": attempts.end(self._record.get("attempts") or [], "complete")},
                    extra={CHECKSUM_ATTR: checksums})
         self.close()
         self._release_records()
         consolidate_store(self.store_url, run_id=self.run_id, storage_options=self._storage_options)
         self._write_entry()
+        self._let_go()
 
-    def fail(self, error: BaseException | str) -> None:
-        """Mark the run "failed" with the error; readers skip it."""
+    def fail(self, error: BaseException | str, *, resumable: bool = False, kind: str = "") -> None:
+        """Mark the run "failed" with the error (readers skip it); ``resumable``: the failure was the
+        infrastructure's, so :meth:`resume` may take the run up again from its committed work."""
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
         else:
             message = str(error)
         if self._appender is not None:
             self._appender.abandon()  # batches not yet committed are dropped, nothing is written after this
-        self._save(record={"status": "failed", "error": message, "ended": utc_now_iso()})
+        first = (message.strip().splitlines() or [""])[0]
+        self._save(record={"status": "failed", "error": message, "ended": utc_now_iso(),
+                           "failure": {"resumable": bool(resumable), "kind": kind or None},
+                           "attempts": attempts.end(self._record.get("attempts") or [], "failed", error=first,
+                                                    resumable=bool(resumable))})
         self.close()
         self._release_records()
         self._write_entry()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Release this process's lease of the run (a writer working for another process holds none)."""
+        if self._for_writer is None:
+            let_go(self.store_url, self.run_id)
 
     def _write_entry(self) -> None:
         """This run's catalogue entry as its record says now (best effort: readers read a run without a current
@@ -433,6 +492,8 @@ class RunWriter:
         """Apply updates to the records and write both in one metadata write, so status and committed count
         never disagree on disk; under the lock that the appender thread's commits take too, and the
         process-wide record lock the heartbeat thread takes. A writing run's heartbeat is refreshed."""
+        if self._for_writer is None:
+            require_held(self.store_url, self.run_id)  # a writer whose lease was taken over writes no more
         with self._save_lock, RECORD_LOCK:
             self._record.update(record or {})
             self._progress.update(progress or {})
@@ -521,4 +582,36 @@ def _refuse_half_created(group: zarr.Group, store_url: str, run_id: str,
                     catalogue_entry(record, n_inputs=n_inputs, n_samples=committed))
     except Exception as exc:  # readers read a run without a current entry from its group
         log.warning("%s: catalogue entry of run %s not written (%r)", store_url, run_id, exc)
+    let_go(store_url, run_id)
     raise StoreError(f"{store_url}: run {run_id} cannot be resumed: {reason}; it is now marked failed")
+
+
+def _check_resumable(record: Mapping[str, Any], store_url: str, run_id: str) -> None:
+    """StoreError saying why a run cannot be taken up again (None: it can, once its lease is claimed)."""
+    status = record.get("status")
+    failure = record.get("failure")
+    if status == "failed" and not (isinstance(failure, Mapping) and failure.get("resumable")):
+        first = (str(record.get("error") or "no reason recorded").strip().splitlines() or [""])[0]
+        raise StoreError(f"{store_url}: run {run_id} was refused ({first}); it stays failed: change what the "
+                         f"reason names and start a new run")
+    if status not in ("writing", "failed"):
+        raise StoreError(f"{store_url}: run {run_id} is {status!r}; only a stale 'writing' run or a failed run "
+                         f"whose failure was the infrastructure's can be resumed")
+
+
+def _take_up(group: zarr.Group, store_url: str, claimed: Claim, how: str) -> None:
+    """Record a new attempt when this process has just claimed the run (and flip a failed run back to
+    "writing"); nothing when it held the run already."""
+    if not claimed.new:
+        return
+    with RECORD_LOCK:
+        record = run_record(group)
+        if claimed.replaced is None and claimed.lease.generation == 1 and record.get("status") == "writing" \
+                and stale_reason(record) is None and record.get("attempts") is None:
+            let_go(store_url, record.get("run_id") or "")
+            raise StoreError(f"{store_url}: run {record.get('run_id')} is being written by a writer without a lease "
+                             f"(last heartbeat {record.get('heartbeat')}); wait until it reads as stale")
+        found = claimed.replaced.dead_reason() if claimed.replaced is not None else stale_reason(record)
+        record.update(status="writing", error=None, ended=None, heartbeat=heartbeat_now(),
+                      attempts=attempts.begin(claimed.lease, how, record.get("attempts") or [], found=found))
+        group.update_attributes({RUN_ATTR: record})
