@@ -99,21 +99,23 @@ def samples_of(store: str, **options: Any) -> dict[str, np.ndarray]:
 
 def kill_mid_shard(store: str, cluster: Cluster, stop: threading.Event, options: dict[str, Any]) -> dict[str, Any]:
     """SIGKILL the scheduler once a shard has committed a block and is not done."""
+    seen: dict[str, Any] = {"errors": []}
     while not stop.is_set():
         time.sleep(0.2)
         try:
             runs = list_runs(store, storage_options=options)
             if not runs:
                 continue
-            shards = zarr.open_group(store, path=f"runs/{runs[0].run_id}/shards", mode="r",
-                                     storage_options=options or None)
+            shards = zarr.open_group(store, path=f"runs/{runs[0].run_id}/shards", mode="r", storage_options=(
+                {**options, "use_listings_cache": False} if store.startswith("s3://") else None))
             states = [dict(g.attrs.get("ood_shard") or {}) for _, g in shards.groups()]
-        except Exception:  # not made yet, or being written: look again
+        except Exception as exc:  # not made yet, or being written: look again
+            seen["errors"] = [*seen["errors"][-4:], repr(exc)]
             continue
         if any(s.get("rows", 0) > 0 and not s.get("done") for s in states):
             cluster.kill_scheduler()
             return {"states": states}
-    return {}
+    return seen
 
 
 def killed_then_resumed(skies: Path, store: str, clusters: list[Cluster], monkeypatch: pytest.MonkeyPatch,
@@ -133,7 +135,7 @@ def killed_then_resumed(skies: Path, store: str, clusters: list[Cluster], monkey
     finally:
         stop.set()
         killer.join()
-    assert killed.get("states"), "the scheduler was not killed mid-shard"
+    assert killed.get("states"), f"the scheduler was not killed mid-shard: {killed}"
     assert "did not come back within 3 s" in str(failure.value), repr(failure.value)
     [run] = list_runs(store, storage_options=options)
     assert run.status == "failed" and run.resumable
@@ -196,3 +198,37 @@ def test_a_scheduler_back_within_the_wait_lets_the_run_go_on(
     [run] = list_runs(store)
     assert run.status == "complete"
     assert [a["outcome"] for a in open_run(store).attrs["ood_run"]["attempts"]] == ["complete"]
+
+
+@pytest.fixture()
+def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An S3 endpoint on the loopback (moto's server mode) with a bucket, configured as users configure one: the
+    AWS_* environment variables, which the Dask worker processes inherit."""
+    s3fs = pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", f"http://{host}:{port}")):
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir("ood-test")
+    yield "s3://ood-test"
+    s3fs.S3FileSystem.clear_instance_cache()
+    server.stop()
+
+
+def test_on_s3_a_killed_scheduler_fails_the_run_resumably_and_the_resume_is_bit_identical(
+        tmp_path: Path, clusters: list[Cluster], monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> None:
+    skies = tmp_path / "skies"
+    write_skies(skies, 4)
+    run_in_process(params_for(skies, str(tmp_path / "plain.zarr")))
+    store = f"{s3_endpoint}/store.zarr"
+    run_id = killed_then_resumed(skies, store, clusters, monkeypatch)
+    plain, resumed = samples_of(str(tmp_path / "plain.zarr")), samples_of(store)
+    for name in SAMPLE_NAMES:
+        np.testing.assert_array_equal(resumed[name], plain[name], err_msg=name)
+    assert validate_store(store) == []
+    leases = open_run(store, run_id).attrs["ood_run"]["attempts"]
+    assert [(a["lease"], a["outcome"]) for a in leases] == [(1, "failed"), (2, "complete")]

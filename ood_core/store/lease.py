@@ -42,6 +42,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ood_core.store.contract import check_run_id
 from ood_core.store.errors import LeaseLostError, RunLeasedError
 from ood_core.store.heartbeat import HEARTBEAT_INTERVAL_S, STALE_AFTER_S, pid_running
+from ood_core.store.opening import fresh_listings
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _wait_hint() -> str:
 
 def _fs(store_url: str, storage_options: Mapping[str, Any] | None) -> tuple[fsspec.AbstractFileSystem, str]:
     if "://" in store_url and not store_url.startswith("file://"):
-        fs, root = fsspec.core.url_to_fs(store_url, **dict(storage_options or {}))
+        fs, root = fsspec.core.url_to_fs(store_url, **fresh_listings(store_url, storage_options))
         return fs, str(root).rstrip("/")
     return LocalFileSystem(), str(Path(store_url.removeprefix("file://")).resolve())
 

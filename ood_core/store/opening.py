@@ -50,15 +50,22 @@ def check_protocol(url: str) -> None:
                          f"{command}") from exc
 
 
+def fresh_listings(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The storage options, with s3fs's listing cache off unless asked for: runs, shards and catalogue entries
+    are written by other processes, and a cached listing (kept for the life of the process) would hide them."""
+    options = dict(storage_options or {})
+    if url.split("://", 1)[0] in PROTOCOL_EXTRAS:
+        options.setdefault("use_listings_cache", False)
+    return options
+
+
 def zarr_store(
     url: str, *, read_only: bool = False, storage_options: Mapping[str, Any] | None = None
 ) -> Store:
     """A zarr Store for a local path or any fsspec URL (``memory://``, ``s3://`` ...)."""
     if "://" in url and not url.startswith("file://"):
         check_protocol(url)
-        return FsspecStore.from_url(
-            url, storage_options=dict(storage_options or {}), read_only=read_only
-        )
+        return FsspecStore.from_url(url, storage_options=fresh_listings(url, storage_options), read_only=read_only)
     return LocalStore(url.removeprefix("file://"), read_only=read_only)
 
 
