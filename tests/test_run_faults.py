@@ -18,7 +18,7 @@ import zarr.errors
 from made_fits import write_skies
 from test_fits_io import write_damaged_tile_compressed
 
-from ood_cli.main import EXIT_OK
+from ood_cli.main import EXIT_OK, EXIT_USAGE
 from ood_core.store import StoreError, list_runs, open_run
 
 OOD = Path(sys.executable).parent / "ood"
@@ -127,3 +127,52 @@ def test_killed_run_leaves_no_server_reads_as_stale_and_resumes_with_bad_inputs_
     assert [(q["path"], q["error"]) for q in record["quarantined"]] == [(str(garbled), "CorruptFitsError")]
     assert ds.sizes["input"] == 4 and record["parameters"]["steps"] == 6
     assert wait_until_gone(prefect_home, 15) == []  # and the resumed run's server ended with it
+
+
+MAKE_STALE_RUN = """
+import os, sys
+from ood_core.method.model import cached_model
+from ood_core.pipeline import PipelineParameters, prepare_run
+params = PipelineParameters(inputs=[sys.argv[1]], store=sys.argv[2], samples=2, steps=6, t0=300, device="cpu",
+                            batch_size=8)
+print(prepare_run(params, cached_model(params.model, "cpu", "float32")), flush=True)
+os._exit(0)  # the writer is gone without a word: its run is stale, its lease held by a dead process
+"""
+
+
+def test_of_two_concurrent_resumes_exactly_one_writes_and_the_other_names_it(
+    tmp_path: Path, prefect_home: Path
+) -> None:
+    write_skies(tmp_path / "skies", 4)
+    store = tmp_path / "store.zarr"
+    made = subprocess.run([sys.executable, "-c", MAKE_STALE_RUN, str(tmp_path / "skies"), str(store)],
+                          env=ood_env(prefect_home), capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-2000:]
+    run_id = made.stdout.split()[-1]
+    [stale] = list_runs(str(store))
+    assert stale.run_id == run_id and stale.stale
+
+    command = [str(OOD), "run", "--resume", run_id, "--store", str(store)]
+    started = time.monotonic()
+    resumers = [subprocess.Popen(command, cwd=tmp_path, env=ood_env(prefect_home), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    ended: dict[int, tuple[int, float, str, str]] = {}
+    while len(ended) < 2 and time.monotonic() - started < 900:
+        for k, resumer in enumerate(resumers):
+            if k not in ended and resumer.poll() is not None:
+                out, err = resumer.communicate()
+                ended[k] = (resumer.returncode, time.monotonic() - started, out, err)
+        time.sleep(0.2)
+    codes = sorted(code for code, *_ in ended.values())
+    assert codes == [EXIT_OK, EXIT_USAGE], ended
+    winner = next(k for k, (code, *_) in ended.items() if code == EXIT_OK)
+    _, loser_seconds, _, loser_err = next(v for v in ended.values() if v[0] == EXIT_USAGE)
+    assert f"run {run_id} is being written by writer " in loser_err
+    assert f"(pid {resumers[winner].pid} on " in loser_err  # it names the live writer
+    assert loser_seconds < ended[winner][1]  # it stopped before the winner was done, having written nothing
+    [done] = list_runs(str(store))
+    assert done.status == "complete" and done.n_samples == 2
+    attempts = open_run(str(store), run_id).attrs["ood_run"]["attempts"]
+    assert [(a["how"], a["outcome"], a["pid"]) for a in attempts][1:] == [
+        ("resumed", "complete", resumers[winner].pid)]
+    assert attempts[0]["outcome"] == "abandoned" and "no longer running" in attempts[0]["reason"]

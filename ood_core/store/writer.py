@@ -217,9 +217,7 @@ class RunWriter:
         group = run_group(root, store_url, run_id)
         record = run_record(group)
         _check_resumable(record, store_url, run_id)
-        claimed = hold(store_url, run_id, storage_options=storage_options)
-        if record.get("status") == "failed":
-            _take_up(group, store_url, claimed, how)
+        _take_up(group, store_url, hold(store_url, run_id, storage_options=storage_options), how)
         writer = cls.open(store_url, run_id, storage_options=storage_options)
         writer._write_entry()  # the catalogue says "writing" again
         return writer
