@@ -434,6 +434,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             if r.resumable:
                 _say(f"    resumable (the infrastructure failed, not the inputs or settings): "
                      f"ood run --resume {r.run_id} --store {args.store}")
+        if r.attempts > 1:
+            _say(f"  {r.run_id}: written in {r.attempts} attempts (provenance 'attempts': who, when, how each ended)")
     broken = [r.run_id for r in runs if r.status == "broken"]
     if broken:
         _err(f"{len(broken)} run(s) with an unreadable record: {', '.join(broken)} (see `ood check {args.store}`)")

@@ -92,6 +92,21 @@ def params_for(inputs: Path, store: str, **overrides: Any) -> PipelineParameters
     return PipelineParameters(**values)
 
 
+@pytest.fixture(scope="module")
+def skies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("skies")
+    write_skies(folder, 4)  # demo skies (tests/made_fits.py)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain(skies: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """The samples of the same run made in one go, in one process, unsharded."""
+    store = str(tmp_path_factory.mktemp("plain") / "plain.zarr")
+    run_in_process(params_for(skies, store))
+    return samples_of(store)
+
+
 def samples_of(store: str, **options: Any) -> dict[str, np.ndarray]:
     ds = open_run(store, chunks=None, **options)
     return {name: ds[name].values for name in SAMPLE_NAMES}
@@ -149,13 +164,11 @@ def killed_then_resumed(skies: Path, store: str, clusters: list[Cluster], monkey
 
 
 def test_a_killed_scheduler_fails_the_run_resumably_and_the_resume_is_bit_identical(
-        tmp_path: Path, clusters: list[Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
-    skies = tmp_path / "skies"
-    write_skies(skies, 4)
-    run_in_process(params_for(skies, str(tmp_path / "plain.zarr")))
+        skies: Path, plain: dict[str, np.ndarray], tmp_path: Path, clusters: list[Cluster],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     store = str(tmp_path / "store.zarr")
     run_id = killed_then_resumed(skies, store, clusters, monkeypatch)
-    plain, resumed = samples_of(str(tmp_path / "plain.zarr")), samples_of(store)
+    resumed = samples_of(store)
     for name in SAMPLE_NAMES:
         np.testing.assert_array_equal(resumed[name], plain[name], err_msg=name)
     assert validate_store(store) == []
@@ -165,10 +178,8 @@ def test_a_killed_scheduler_fails_the_run_resumably_and_the_resume_is_bit_identi
 
 
 def test_a_scheduler_back_within_the_wait_lets_the_run_go_on(
-        tmp_path: Path, clusters: list[Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
-    skies = tmp_path / "skies"
-    write_skies(skies, 4)
-    run_in_process(params_for(skies, str(tmp_path / "plain.zarr")))
+        skies: Path, plain: dict[str, np.ndarray], tmp_path: Path, clusters: list[Cluster],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     store = str(tmp_path / "store.zarr")
     monkeypatch.setattr(sharding, "SCHEDULER_WAIT_S", 240.0)
     cluster = Cluster(free_port()).start()
@@ -192,7 +203,7 @@ def test_a_scheduler_back_within_the_wait_lets_the_run_go_on(
         restarter.join()
     assert killed.get("states"), "the scheduler was not killed mid-shard"
     assert result["n_samples"] == 12
-    plain, made = samples_of(str(tmp_path / "plain.zarr")), samples_of(store)
+    made = samples_of(store)
     for name in SAMPLE_NAMES:
         np.testing.assert_array_equal(made[name], plain[name], err_msg=name)
     [run] = list_runs(store)
@@ -220,13 +231,11 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def test_on_s3_a_killed_scheduler_fails_the_run_resumably_and_the_resume_is_bit_identical(
-        tmp_path: Path, clusters: list[Cluster], monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> None:
-    skies = tmp_path / "skies"
-    write_skies(skies, 4)
-    run_in_process(params_for(skies, str(tmp_path / "plain.zarr")))
+        skies: Path, plain: dict[str, np.ndarray], tmp_path: Path, clusters: list[Cluster],
+        monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> None:
     store = f"{s3_endpoint}/store.zarr"
     run_id = killed_then_resumed(skies, store, clusters, monkeypatch)
-    plain, resumed = samples_of(str(tmp_path / "plain.zarr")), samples_of(store)
+    resumed = samples_of(store)
     for name in SAMPLE_NAMES:
         np.testing.assert_array_equal(resumed[name], plain[name], err_msg=name)
     assert validate_store(store) == []

@@ -92,6 +92,8 @@ def test_a_device_out_of_memory_leaves_a_resumable_run_that_a_resume_completes_b
     result = pipeline_flow(params_for(skies, store), resume_run_id=run.run_id)
     assert result["run_id"] == run.run_id and result["n_samples"] == 3
     assert_same_samples(store, plain)
+    assert main(["runs", str(store)]) == EXIT_OK
+    assert f"{run.run_id}: written in 2 attempts" in capsys.readouterr().out
     attempts = open_run(str(store)).attrs["ood_run"]["attempts"]
     assert [(a["how"], a["lease"], a["outcome"]) for a in attempts] == [
         ("created", 1, "failed"), ("resumed", 2, "complete")]

@@ -52,6 +52,8 @@ class RunInfo:
     """Why the run is stale, why it failed (its error), or (status "broken") why its record cannot be read."""
     resumable: bool = False
     """A stale run, or a failed run whose failure was the infrastructure's: ``ood run --resume`` takes it up."""
+    attempts: int = 0
+    """How many writers have worked on the run (provenance ``attempts``; 0 for runs of older versions)."""
 
     @property
     def shown_status(self) -> str:
@@ -91,6 +93,7 @@ def _run_info(group: zarr.Group, run_id: str, stale_after: float = STALE_AFTER_S
         stale=stale is not None,
         problem=stale or (str(record.get("error")) if record.get("status") == "failed" else None),
         resumable=stale is not None or bool(catalogue_entry(record, n_inputs=0, n_samples=0).get("resumable")),
+        attempts=len(record.get("attempts") or []),
     )
 
 
@@ -144,6 +147,7 @@ def _entry_info(entry: Mapping[str, Any]) -> RunInfo:
         acceptance_rate=float(rate) if isinstance(rate, (int, float)) else None,
         problem=str(entry.get("error")) if entry.get("status") == "failed" else None,
         resumable=bool(entry.get("resumable")),
+        attempts=int(entry.get("attempts") or 0),
     )
 
 
