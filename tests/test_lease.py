@@ -213,3 +213,28 @@ def test_on_s3_racing_claims_exactly_one_wins_and_a_live_lease_refuses(s3: dict[
     assert lease.generation == 2 and replaced is not None and "no longer running" in (replaced.dead_reason() or "")
     # another process is refused while this one lives, and told who holds the run
     assert _race_claims(store, s3, n=1) == [("refused", lease.writer)]
+
+
+def test_a_store_url_whose_protocol_package_is_missing_is_refused_with_the_install_command(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import fsspec
+
+    from ood_core.store import check_store_location
+
+    real = fsspec.get_filesystem_class
+
+    def missing(protocol: str) -> Any:
+        if protocol in ("s3", "gcs"):
+            raise ImportError(f"Install the package for {protocol}")
+        return real(protocol)
+
+    monkeypatch.setattr(fsspec, "get_filesystem_class", missing)
+    with pytest.raises(StoreError, match=re.escape(
+            "s3://bucket/s.zarr: the s3:// protocol needs the package s3fs, which is not installed: "
+            "pip install 'ood-synth[s3]'")):
+        check_store_location("s3://bucket/s.zarr")
+    with pytest.raises(StoreError, match=re.escape("the package gcsfs, which is not installed: pip install gcsfs")):
+        check_store_location("gcs://bucket/s.zarr")
+    with pytest.raises(StoreError, match="fsspec knows no protocol 'nope'"):
+        check_store_location("nope://bucket/s.zarr")
+    check_store_location("memory://fine/s.zarr")

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-import fsspec.registry
 import zarr
 import zarr.errors
+from fsspec.registry import known_implementations
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore
 
@@ -42,7 +42,7 @@ def check_protocol(url: str) -> None:
     except ValueError as exc:
         raise StoreError(f"{url}: fsspec knows no protocol {protocol!r} ({exc})") from exc
     except ImportError as exc:
-        known = fsspec.registry.known_implementations.get(protocol, {})
+        known = known_implementations.get(protocol, {})
         package = str(known.get("class", protocol)).split(".", 1)[0]
         extra = PROTOCOL_EXTRAS.get(protocol)
         command = f"pip install 'ood-synth[{extra}]'" if extra else f"pip install {package}"
