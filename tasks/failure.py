@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from ood_core.errors import ConfigurationError, InvalidInputError, NoUsableInputError, OODError
 from ood_core.pipeline.config import MIN_USABLE_INPUTS, PipelineParameters
+from ood_core.pipeline.failures import classify_failure
 from ood_core.store.errors import StoreError
 from tasks.common import run_logger
 
@@ -89,7 +90,7 @@ def what_to_change(exc: BaseException) -> list[str]:
     if isinstance(exc, OODError):
         return ["See the reason above; change the inputs or parameters it names."]
     return ["This looks like a bug or an outage, not a problem with your inputs: the flow run's logs hold the "
-            "traceback. Retrying the flow run resumes the run from its last complete stage."]
+            "traceback. Retrying the flow run resumes the run from what it committed."]
 
 
 def failure_markdown(exc: BaseException, params: PipelineParameters | None, run_id: str | None) -> str:
@@ -105,6 +106,10 @@ def failure_markdown(exc: BaseException, params: PipelineParameters | None, run_
         lines += [f"- inputs: {', '.join(f'`{i}`' for i in params.inputs)}", f"- store: `{params.store}`"]
     if run_id is None:
         lines.append("- nothing was written to the store")
+    elif classify_failure(exc).resumable and params is not None:
+        lines.append(f"- run `{run_id}` is marked `failed` in the store (readers skip it) and is **resumable**: its "
+                     f"committed work is kept; retry this flow run, or `ood run --resume {run_id} --store "
+                     f"{params.store}`")
     else:
         lines.append(f"- run `{run_id}` is marked `failed` in the store (readers skip it)")
     return "\n".join(lines) + "\n"
