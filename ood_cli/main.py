@@ -606,9 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "bands on other WCS grids are reprojected onto the first band's")
     run.add_argument("--store", required=True, help="zarr store URL (local path or fsspec URL)")
     run.add_argument("--resume", metavar="RUN_ID",
-                     help="continue a run of the store with its recorded parameters: a stale one (its process "
-                          "died) or one that failed for a reason of the infrastructure's (`ood runs` says which); "
-                          "only --dask-address may be given with it")
+                     help="continue a stale or resumably failed run (`ood runs` says which) as recorded")
     _pipeline_arguments(run, demo=False)
     run.set_defaults(func=cmd_run)
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ood_core.store.lease import Lease
+from typing import Protocol
 
 from ood_core.errors import OODError
 
@@ -37,17 +34,30 @@ class StoreIntegrityError(StoreError):
         self.problems = list(problems)
 
 
+class LeaseHolder(Protocol):
+    """What an error says of a run's lease (``ood_core.store.lease.Lease``)."""
+
+    @property
+    def run_id(self) -> str:
+        """The run it holds."""
+        ...
+
+    def describe(self) -> str:
+        """Who holds it, for messages."""
+        ...
+
+
 class RunLeasedError(StoreError):
     """Another live writer holds the run (``holder``: its lease); one writer per run (:mod:`.lease`)."""
 
-    def __init__(self, store_url: str, holder: Lease, hint: str) -> None:
+    def __init__(self, store_url: str, holder: LeaseHolder, hint: str) -> None:
         super().__init__(f"{store_url}: run {holder.run_id} is being written by {holder.describe()}; only one "
                          f"writer at a time: {hint}")
         self.store_url = store_url
         self.holder = holder
         self.hint = hint
 
-    def __reduce__(self) -> tuple[type[RunLeasedError], tuple[str, Lease, str]]:
+    def __reduce__(self) -> tuple[type[RunLeasedError], tuple[str, LeaseHolder, str]]:
         return (type(self), (self.store_url, self.holder, self.hint))
 
 
