@@ -167,6 +167,7 @@ def test_of_two_concurrent_resumes_exactly_one_writes_and_the_other_names_it(
     assert codes == [EXIT_OK, EXIT_USAGE], ended
     winner = next(k for k, (code, *_) in ended.items() if code == EXIT_OK)
     _, loser_seconds, _, loser_err = next(v for v in ended.values() if v[0] == EXIT_USAGE)
+    print(f"resumers: winner done after {ended[winner][1]:.1f} s, loser exited after {loser_seconds:.1f} s")
     assert f"run {run_id} is being written by writer " in loser_err
     assert f"(pid {resumers[winner].pid} on " in loser_err  # it names the live writer
     assert loser_seconds < ended[winner][1]  # it stopped before the winner was done, having written nothing

@@ -181,7 +181,8 @@ def validate_store(store_url: str, *, storage_options: Mapping[str, Any] | None 
 
 def catalogue_problems(store: Store, infos: list[RunInfo]) -> dict[str, list[str]]:
     """By run id: how the catalogue disagrees with the runs as read from their groups (``infos``): a complete or
-    failed run without its entry, an entry whose status or counts differ, an entry without a run."""
+    failed run without its entry, a final entry whose status or counts differ (an entry still saying "writing" is
+    never trusted: readers read its run), an entry without a run."""
     entries = read_entries(store)
     found: dict[str, list[str]] = {}
     for run in infos:
@@ -193,6 +194,8 @@ def catalogue_problems(store: Store, infos: list[RunInfo]) -> dict[str, list[str
             found.setdefault(run.run_id, []).append(f"{where}: no catalogue entry for this {run.status} run "
                                                     "(`ood migrate` writes it)")
             continue
+        if entry.get("status") == "writing":
+            continue  # its writer stopped after the run's last write, before the entry's: readers read the run
         differ = [key for key, value in (("status", run.status), ("n_samples", run.n_samples),
                                          ("n_inputs", run.n_inputs)) if entry.get(key) != value]
         if differ:
