@@ -52,7 +52,16 @@ from ood_core.store.provenance import (
     utc_now,
     utc_now_iso,
 )
-from ood_core.store.readers import RunInfo, latest_complete_run_id, list_runs, open_run, run_entries, run_records
+from ood_core.store.readers import (
+    RunInfo,
+    RunPage,
+    latest_complete_run_id,
+    list_run_page,
+    list_runs,
+    open_run,
+    run_entries,
+    run_records,
+)
 from ood_core.store.regions import (
     REGIONS_GROUP,
     RegionState,
@@ -106,6 +115,7 @@ __all__ = [
     "RunLeasedError",
     "RunNotCompleteError",
     "RunNotFoundError",
+    "RunPage",
     "RunWriter",
     "StoreError",
     "StoreIntegrityError",
@@ -124,6 +134,7 @@ __all__ = [
     "heartbeat_now",
     "json_safe",
     "latest_complete_run_id",
+    "list_run_page",
     "list_runs",
     "merge_regions",
     "migrate_store",

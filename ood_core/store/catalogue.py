@@ -4,7 +4,8 @@ Each entry is a zarr v3 group whose only content is its ``zarr.json`` (attribute
 status, times, input-set key, counts, model, key settings), so any zarr reader, or a plain JSON parser, reads it.
 A run writes only its own entry, whole, when it is created, completes or fails: no read-modify-write of a shared
 object, so concurrent runs never race, and adding a run never rewrites anything of the other runs or the root.
-Readers list ``catalogue/`` once and read the entries in parallel (:func:`read_entries`); the run groups stay the
+Readers list ``catalogue/`` once and read the entries in parallel (:func:`read_entries`), or read only the
+entries of one page of runs (:func:`~ood_core.store.readers.list_run_page`); the run groups stay the
 truth: an entry that says "writing" is re-read from its run (heartbeat, committed samples), and a run without an
 entry (older stores, a process killed between creating its group and its entry) is read from its group.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from zarr.abc.store import Store
@@ -128,11 +129,13 @@ async def _read_all(store: Store, names: list[str]) -> dict[str, dict[str, Any]]
     return found
 
 
-def read_entries(store: Store) -> dict[str, dict[str, Any]]:
-    """Every readable entry of the catalogue by run id (empty without a catalogue); damaged ones left out."""
-    listed = sync(_list_dir(store, CATALOGUE_GROUP))
-    names = [name for name in listed if name != "zarr.json" and not name.endswith(".partial")]
-    return sync(_read_all(store, sorted(names)))
+def read_entries(store: Store, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The readable entries of the catalogue by run id: every one (one listing of ``catalogue/``), or only those
+    of ``run_ids`` (one read each, no listing: a page of runs); missing and damaged ones left out."""
+    if run_ids is None:
+        listed = sync(_list_dir(store, CATALOGUE_GROUP))
+        run_ids = [name for name in listed if name != "zarr.json" and not name.endswith(".partial")]
+    return sync(_read_all(store, sorted(set(run_ids))))
 
 
 def has_catalogue(store: Store) -> bool:

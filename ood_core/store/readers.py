@@ -1,11 +1,14 @@
 """Reading runs: :func:`list_runs` (one line a run, a damaged record listed "broken" beside the healthy runs),
+:func:`list_run_page` (a page of them, newest first, reading only the page's catalogue entries),
 :func:`run_records`, :func:`latest_complete_run_id` and :func:`open_run`, a run as a lazy ``xarray.Dataset``
 whose checksums are verified. A run that is not "complete" is never read by accident."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,13 @@ from ood_core.store.labels import decode_labels, legacy_string_arrays
 from ood_core.store.opening import node_array, open_root_readonly, run_group, run_record, zarr_store
 
 log = logging.getLogger(__name__)
+
+SINCE_SLACK = dt.timedelta(hours=1)
+"""With ``since``, run ids made up to this long before it are still read: a run's "started" may differ a little
+from the time in its id (the pipeline takes it before the id; a caller may give both), and writers' clocks
+differ. Ids made earlier than that are ruled out by their name, without reading their entries."""
+_ID_TIME = re.compile(r"^(\d{8}T\d{12})Z-[0-9a-f]{6}$")
+_MAX_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -151,12 +161,13 @@ def _entry_info(entry: Mapping[str, Any]) -> RunInfo:
     )
 
 
-def _catalogued(root: zarr.Group, from_catalogue: bool) -> list[tuple[str, dict[str, Any] | None]]:
-    """Every run, oldest first, with its catalogue entry when that entry is final (complete or failed: nothing
-    in the run changes any more) and None when the run itself must be read (writing, or no entry)."""
-    entries = read_entries(root.store) if from_catalogue else {}
+def _catalogued(root: zarr.Group, names: list[str], from_catalogue: bool) -> list[tuple[str, dict[str, Any] | None]]:
+    """The runs among ``names`` (run folders), in their order, each with its catalogue entry when that entry is
+    final (complete or failed: nothing in the run changes any more) and None when the run itself must be read
+    (writing, or no entry). Reads the entries of ``names`` only."""
+    entries = read_entries(root.store, names) if from_catalogue else {}
     runs: list[tuple[str, dict[str, Any] | None]] = []
-    for name in _run_folders(root):
+    for name in names:
         entry = entries.get(name)
         if entry is not None and entry.get("status") in FINAL_STATUSES:
             runs.append((name, entry))
@@ -165,15 +176,105 @@ def _catalogued(root: zarr.Group, from_catalogue: bool) -> list[tuple[str, dict[
     return runs
 
 
+@dataclass(frozen=True)
+class RunPage:
+    """One page of :func:`list_run_page`."""
+
+    runs: list[RunInfo]
+    total: int
+    """Run folders in the store (one listing of ``runs/``)."""
+    unread: int
+    """Runs neither read nor ruled out by ``since``: how many runs are not shown without a filter; with one, how
+    many more runs might match. 0 when every matching run is in ``runs``."""
+
+
+def started_since(started: str | None, since: dt.datetime) -> bool:
+    """True when the ISO time ``started`` (UTC unless it says) is at or after ``since`` (an aware datetime)."""
+    try:
+        when = dt.datetime.fromisoformat(str(started))
+    except ValueError:
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)) >= since
+
+
+def _older_than(name: str, since: dt.datetime) -> bool:
+    """True for a run id made by :func:`~.provenance.new_run_id` more than SINCE_SLACK before ``since``."""
+    match = _ID_TIME.match(name)
+    try:
+        cutoff = (since - SINCE_SLACK).astimezone(dt.UTC)
+    except OverflowError:  # since within SINCE_SLACK of year 1: nothing is older
+        return False
+    return match is not None and cutoff.year >= 1000 and match.group(1) < f"{cutoff:%Y%m%dT%H%M%S%f}"
+
+
+def _read_page(root: zarr.Group, names: list[str], limit: int | None, keep: Callable[[RunInfo], bool],
+               from_catalogue: bool, stale_after: float) -> tuple[list[RunInfo], int]:
+    """The runs of ``names`` that ``keep`` accepts, in that order, read batch by batch (only the batch's entries)
+    until ``limit`` are found (None: all), and how many names were used up."""
+    found: list[RunInfo] = []
+    done, batch = 0, limit or len(names)
+    while done < len(names) and (limit is None or len(found) < limit):
+        chunk = names[done:done + batch]
+        done += len(chunk)
+        for name, entry in _catalogued(root, chunk, from_catalogue):
+            info = _entry_info(entry) if entry is not None else _safe_run_info(root, name, stale_after)
+            if keep(info):
+                found.append(info)
+                if limit is not None and len(found) == limit:
+                    done -= len(chunk) - chunk.index(name) - 1
+                    break
+        batch = min(2 * batch, _MAX_BATCH)  # a rare match: read more at a time
+    return found, done
+
+
+def list_run_page(
+    store_url: str,
+    *,
+    limit: int | None = 50,
+    newest_first: bool = True,
+    status: str | None = None,
+    since: dt.datetime | None = None,
+    stale_after: float = STALE_AFTER_S,
+    from_catalogue: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> RunPage:
+    """A page of at most ``limit`` runs (None or 0: all), newest first unless ``newest_first`` is False.
+
+    Runs are in run-id order, which is creation-time order for ids made by :func:`~.provenance.new_run_id`.
+    One listing of ``runs/`` (names only), then only the entries of the page are read, so a page costs the same
+    at the 10,000th run as at the 10th. ``status`` keeps runs whose status or shown status ("stale") is it;
+    ``since`` keeps runs started at or after it: entries are read a batch at a time until the page is full, and
+    with ``since`` ids made more than :data:`SINCE_SLACK` before it are not read at all.
+    Each line is as in :func:`list_runs`.
+    """
+    root = open_root_readonly(store_url, storage_options)
+    names = _run_folders(root)
+    total = len(names)
+    if since is not None:
+        names = [name for name in names if not _older_than(name, since)]
+    if newest_first:
+        names.reverse()
+
+    def keep(info: RunInfo) -> bool:
+        return ((status is None or status in (info.status, info.shown_status))
+                and (since is None or started_since(info.started, since)))
+
+    runs, used = _read_page(root, names, limit or None, keep, from_catalogue, stale_after)
+    return RunPage(runs=runs, total=total, unread=len(names) - used)
+
+
 def list_runs(
     store_url: str,
     *,
     include_incomplete: bool = True,
     stale_after: float = STALE_AFTER_S,
     from_catalogue: bool = True,
+    limit: int | None = None,
+    newest_first: bool = False,
     storage_options: Mapping[str, Any] | None = None,
 ) -> list[RunInfo]:
-    """Every run in the store, oldest first (run ids sort by time).
+    """Every run in the store, oldest first (run ids sort by time); the newest ``limit`` with ``limit`` and
+    ``newest_first`` (a page: :func:`list_run_page`, which also says how many runs it left out).
 
     Complete and failed runs are listed from the run catalogue (:mod:`.catalogue`: one small entry a run, no
     run group opened); writing runs, and runs without an entry, from their groups. ``from_catalogue=False``
@@ -181,12 +282,9 @@ def list_runs(
     A run whose group or record cannot be read is listed with status "broken" and the reason in ``problem``;
     a "writing" run whose writer is gone, or silent for ``stale_after`` seconds, has ``stale`` set.
     """
-    root = open_root_readonly(store_url, storage_options)
-    infos = [_entry_info(entry) if entry is not None else _safe_run_info(root, name, stale_after)
-             for name, entry in _catalogued(root, from_catalogue)]
-    if not include_incomplete:
-        infos = [info for info in infos if info.status == "complete"]
-    return infos
+    return list_run_page(store_url, limit=limit, newest_first=newest_first,
+                         status=None if include_incomplete else "complete", stale_after=stale_after,
+                         from_catalogue=from_catalogue, storage_options=storage_options).runs
 
 
 def run_entries(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -198,7 +296,7 @@ def run_entries(store_url: str, *, storage_options: Mapping[str, Any] | None = N
     except StoreNotFoundError:
         return []
     out = []
-    for name, entry in _catalogued(root, True):
+    for name, entry in _catalogued(root, _run_folders(root), True):
         if entry is None:
             try:
                 group = _open_run_readonly(root, name)
@@ -231,10 +329,11 @@ def run_records(store_url: str, *, storage_options: Mapping[str, Any] | None = N
 
 def latest_complete_run_id(store_url: str, *, storage_options: Mapping[str, Any] | None = None) -> str:
     """Id of the newest complete run; RunNotFoundError when there is none."""
-    complete = list_runs(store_url, include_incomplete=False, storage_options=storage_options)
-    if not complete:
+    newest = list_runs(store_url, include_incomplete=False, limit=1, newest_first=True,
+                       storage_options=storage_options)
+    if not newest:
         raise RunNotFoundError(f"{store_url}: no complete run in this store")
-    return complete[-1].run_id
+    return newest[0].run_id
 
 
 def open_run(
