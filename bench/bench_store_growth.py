@@ -2,12 +2,13 @@
 
 Small synthetic runs (1 input of 1 x 8 x 8, 4 samples) are added through RunWriter (create, write_inputs,
 append_samples, complete: the code real runs use for creation, consolidation and the catalogue) to one store until
-it holds each size N; at each size: the time to add one more run, to list the runs (list_runs, the catalogue), to
-open one run (open_run of the first run, checksums verified) and the bytes the added run wrote outside its own nodes
-(``runs/<id>/`` and ``catalogue/<id>/``; counted at zarr's LocalStore), with the root zarr.json's size. Prints a
-table and each column's ratio to the smallest size, all measured in this one process.
-The same script measures the code before issue 30 (schema 1) with PYTHONPATH pointing at a checkout of it.
-Usage: .venv/bin/python bench/bench_store_growth.py [--sizes 10,100,1000] [--huge (adds 10000)] [--dir DIR]
+it holds each size N; at each size: the time to add a run (median of the last 11 adds), to list one page of runs
+(list_run_page, the newest 10; median of 5), to list all runs (list_runs, the catalogue;
+median of 3, one try from 5,000 runs), to open one run (open_run of the first run, checksums verified, after an
+untimed warm-up; median of 3) and the bytes the added run wrote outside its own nodes (``runs/<id>/`` and
+``catalogue/<id>/``; counted at zarr's LocalStore), with the root zarr.json's size. Prints each size's row as soon as
+it is measured (unbuffered) with each column's ratio to the smallest size, all measured in this one process.
+Usage: .venv/bin/python bench/bench_store_growth.py [--sizes 10,100,1000,10000] [--huge (adds 10000)] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any
 import numpy as np
 import zarr.storage._local as zarr_local
 
-from ood_core.store import RunWriter, list_runs, open_run
+from ood_core.store import RunWriter, list_run_page, list_runs, open_run
 
+PAGE = 10
+"""Runs in a page: every size holds a whole page, so each page reads the same entries (``ood runs`` shows 50)."""
 WRITTEN: list[tuple[str, int]] = []
 _PUT = zarr_local._put
 
@@ -47,27 +50,45 @@ def add_run(store: str, seed: int) -> str:
     return writer.run_id
 
 
-def measure(store: str, seed: int, first: str) -> dict[str, float]:
+def _median_time(call: Any, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def measure(store: str, seed: int, first: str, recent_adds: list[float]) -> dict[str, float]:
     start = len(WRITTEN)
     t = time.perf_counter()
     run_id = add_run(store, seed)
-    add = time.perf_counter() - t
+    recent_adds.append(time.perf_counter() - t)
     own = (f"{store}/runs/{run_id}/", f"{store}/catalogue/{run_id}/")
     outside = sum(n for key, n in WRITTEN[start:] if not key.startswith(own))
-    t = time.perf_counter()
-    list_runs(store)
-    listing = time.perf_counter() - t
+    page = _median_time(lambda: list_run_page(store, limit=PAGE), 5)
+    assert len(list_run_page(store, limit=PAGE).runs) == min(PAGE, seed + 1)
+    listing = _median_time(lambda: list_runs(store), 3 if seed < 5000 else 1)
     open_run(store, first or run_id).load()  # untimed: the first call of a process imports and warms up dask
-    t = time.perf_counter()
-    open_run(store, first or run_id).load()
-    opening = time.perf_counter() - t
-    return {"add_s": add, "list_s": listing, "open_s": opening, "outside_bytes": outside,
-            "root_bytes": (Path(store) / "zarr.json").stat().st_size}
+    opening = _median_time(lambda: open_run(store, first or run_id).load(), 3)
+    return {"add_s": float(np.median(recent_adds[-11:])), "page_s": page, "list_s": listing, "open_s": opening,
+            "outside_bytes": outside, "root_bytes": (Path(store) / "zarr.json").stat().st_size}
+
+
+COLUMNS = (("add_s", "add run s", 10, 3), ("page_s", "page s", 8, 4), ("list_s", "list all s", 10, 3),
+           ("open_s", "open s", 8, 3), ("outside_bytes", "bytes outside run", 18, 0),
+           ("root_bytes", "root zarr.json", 15, 0))
+
+
+def _row(size: int, m: dict[str, float], base: dict[str, float]) -> str:
+    cells = " ".join(f"{m[key]:>{width}.{digits}f}" for key, _, width, digits in COLUMNS)
+    ratios = ", ".join(f"{m[key] / base[key]:.2f}" for key in ("add_s", "page_s", "list_s", "open_s"))
+    return f"{size:>6} {cells}   {ratios}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--sizes", default="10,100,1000", help="comma-separated store sizes, e.g. 10,100,1000,10000")
     parser.add_argument("--huge", action="store_true", help="add the size 10000 (about 20 minutes and 2 GB here)")
     parser.add_argument("--dir", help="where the store goes (default: a temporary folder, removed at the end)")
     args = parser.parse_args()
@@ -75,27 +96,26 @@ def main() -> None:
     folder = Path(args.dir or tempfile.mkdtemp(prefix="ood-growth-"))
     store = str(folder / "store.zarr")
     zarr_local._put = _counting_put
-    rows, count, first = [], 0, ""
+    count, first, base, adds = 0, "", None, []
+    header = " ".join(f"{title:>{width}}" for _, title, width, _ in COLUMNS)
+    print(f"{'runs':>6} {header}   ratios to {sizes[0]} runs: add, page, list all, open", flush=True)
     try:
         for size in sizes:
             while count < size - 1:
+                t = time.perf_counter()
                 run_id = add_run(store, count)
+                adds.append(time.perf_counter() - t)
                 first = first or run_id
                 count += 1
-            rows.append((size, measure(store, count, first or "")))
+            m = measure(store, count, first, adds)
+            base = base or m
+            print(_row(size, m, base), flush=True)  # each size as soon as it is measured: a long run keeps its rows
             first = first or list_runs(store)[0].run_id
             count += 1
     finally:
         zarr_local._put = _PUT
         if not args.dir:
             shutil.rmtree(folder, ignore_errors=True)
-    base = rows[0][1]
-    print(f"{'runs':>6} {'add run s':>10} {'list s':>8} {'open s':>8} {'bytes outside run':>18} {'root zarr.json':>15}"
-          f"   ratios to {rows[0][0]} runs: add, list, open")
-    for size, m in rows:
-        print(f"{size:>6} {m['add_s']:>10.3f} {m['list_s']:>8.3f} {m['open_s']:>8.3f} {m['outside_bytes']:>18.0f} "
-              f"{m['root_bytes']:>15.0f}   {m['add_s'] / base['add_s']:.2f}, {m['list_s'] / base['list_s']:.2f}, "
-              f"{m['open_s'] / base['open_s']:.2f}")
 
 
 if __name__ == "__main__":
