@@ -3,6 +3,7 @@ grow), the run catalogue lists runs without opening them, and version-1 stores o
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import shutil
@@ -13,13 +14,13 @@ import numpy as np
 import pytest
 import zarr.storage._local as zarr_local
 
-from ood_cli.main import EXIT_OK, main
-from ood_core.store import RunWriter, audit_store, list_runs, open_run, validate_store
+from ood_cli.main import EXIT_OK, EXIT_USAGE, main
+from ood_core.store import RunWriter, audit_store, list_run_page, list_runs, new_run_id, open_run, validate_store
 from ood_core.store import readers as readers_module
-from ood_core.store.catalogue import read_entries
+from ood_core.store.catalogue import read_entries, write_entry
 from ood_core.store.migration import migrate_store
 from ood_core.store.opening import zarr_store
-from ood_core.store.readers import run_entries
+from ood_core.store.readers import SINCE_SLACK, run_entries
 
 LEGACY_STORE = Path(__file__).resolve().parent / "data" / "legacy_run"
 
@@ -152,3 +153,98 @@ def test_the_first_write_to_a_version_1_store_migrates_it(tmp_path: Path) -> Non
     assert json.loads((store / "zarr.json").read_text())["attributes"]["ood_store"]["schema_version"] == 2
     assert len(read_entries(zarr_store(str(store)))) == 2 and list_runs(str(store))[-1].run_id == new
     assert not [p for p in validate_store(str(store)) if p.startswith(("catalogue/", "root"))]
+
+
+DAY0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def _many_runs(store: Path, days: int, failed: tuple[int, ...] = (), extra: tuple[str, ...] = ()) -> list[str]:
+    """The entry of a real run made into one run a day from DAY0 (id and "started" that day; ``failed`` ones
+    failed) and runs named ``extra``: each a run folder and a final catalogue entry. Ids in sorted order."""
+    real = _tiny_run(str(store), 0)
+    [entry] = read_entries(zarr_store(str(store))).values()
+    shutil.rmtree(store / "runs" / real)
+    shutil.rmtree(store / "catalogue" / real)
+    moments = [DAY0 + dt.timedelta(days=k) for k in range(days)]
+    ids = [new_run_id(moment) for moment in moments] + list(extra)
+    for k, run_id in enumerate(ids):
+        (store / "runs" / run_id).mkdir()
+        (store / "runs" / run_id / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
+        started = (moments[k] if k < days else DAY0 + dt.timedelta(days=days)).isoformat()
+        status = "failed" if k in failed else "complete"
+        write_entry(zarr_store(str(store)), {**entry, "run_id": run_id, "started": started, "status": status,
+                                             "error": "made to fail" if status == "failed" else None})
+    return ids
+
+
+def _recording_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The key of every object read from a local store from now on."""
+    reads: list[str] = []
+    get = zarr_local.LocalStore.get
+
+    async def recording_get(self: zarr_local.LocalStore, key: str, *args: Any, **kwargs: Any) -> Any:
+        reads.append(key)
+        return await get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(zarr_local.LocalStore, "get", recording_get)
+    return reads
+
+
+def test_a_page_of_runs_reads_only_the_page_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store.zarr"
+    ids = _many_runs(store, 300)
+    reads = _recording_reads(monkeypatch)
+    page = list_run_page(str(store), limit=10)
+    assert [r.run_id for r in page.runs] == ids[::-1][:10] and (page.total, page.unread) == (300, 290)
+    assert sorted(k for k in reads if k.startswith("catalogue/")) == sorted(f"catalogue/{i}/zarr.json"
+                                                                           for i in ids[-10:])
+    assert not [k for k in reads if k.startswith("runs/")]  # final entries: no run group opened
+    reads.clear()
+    assert [r.run_id for r in list_runs(str(store), limit=3)] == ids[:3]  # oldest first unless newest_first
+    assert len([k for k in reads if k.startswith("catalogue/")]) == 3
+    assert [r.run_id for r in list_run_page(str(store), limit=0).runs] == ids[::-1]  # 0: every run
+    assert [r.run_id for r in list_runs(str(store))] == ids
+
+
+def test_a_filtered_page_reads_until_it_is_full_and_since_skips_older_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store.zarr"
+    ids = _many_runs(store, 120, failed=(5, 100), extra=("manual-run",))  # "manual-run" sorts after the dated ids
+    reads = _recording_reads(monkeypatch)
+    page = list_run_page(str(store), limit=1, status="failed")
+    assert [r.run_id for r in page.runs] == [ids[100]] and page.runs[0].problem == "made to fail"
+    read = [k for k in reads if k.startswith("catalogue/")]
+    assert len(read) < 120 and page.unread == 121 - 21  # batches of 1, 2, 4, 8, 16 read; 21 ids used up
+    page = list_run_page(str(store), limit=5, status="failed")
+    assert [r.run_id for r in page.runs] == [ids[100], ids[5]] and page.unread == 0
+    reads.clear()
+    since = DAY0 + dt.timedelta(days=110)
+    page = list_run_page(str(store), limit=50, since=since)
+    assert [r.run_id for r in page.runs] == ["manual-run", *ids[119:109:-1]] and page.unread == 0
+    read = {k.split("/")[1] for k in reads if k.startswith("catalogue/")}
+    assert SINCE_SLACK < dt.timedelta(days=1) and read == {"manual-run", *ids[110:]}  # ids[109], a day older: not
+
+
+def test_ood_runs_shows_the_newest_page_and_says_how_many_runs_it_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "store.zarr"
+    ids = _many_runs(store, 60, failed=(3,))
+    capsys.readouterr()
+    assert main(["runs", str(store)]) == EXIT_OK  # default: the newest 50, oldest first
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ["run", "id"] and [line.split()[0] for line in lines[1:51]] == ids[10:]
+    assert lines[-1] == "(10 older run(s) not shown; --limit N or --all lists more)"
+    for flags in (["--all"], ["--limit", "0"]):
+        assert main(["runs", str(store), *flags]) == EXIT_OK
+        out = capsys.readouterr().out
+        assert all(run_id in out for run_id in ids) and "not shown" not in out
+        assert f"  {ids[3]}: failed: made to fail" in out
+    assert main(["runs", str(store), "--limit", "2", "--status", "failed"]) == EXIT_OK
+    lines = capsys.readouterr().out.strip().splitlines()  # read back to the oldest runs: every match is shown
+    assert lines[1].split()[:2] == [ids[3], "failed"] and len(lines) == 3 and "not read" not in lines[-1]
+    assert main(["runs", str(store), "--limit", "1", "--status", "complete"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert ids[-1] in out and "(59 older run(s) not read: more may match; --limit N or --all lists more)" in out
+    assert main(["runs", str(store), "--limit", "-1"]) == EXIT_USAGE
