@@ -224,6 +224,7 @@ def test_a_filtered_page_reads_until_it_is_full_and_since_skips_older_ids(
     assert [r.run_id for r in page.runs] == ["manual-run", *ids[119:109:-1]] and page.unread == 0
     read = {k.split("/")[1] for k in reads if k.startswith("catalogue/")}
     assert SINCE_SLACK < dt.timedelta(days=1) and read == {"manual-run", *ids[110:]}  # ids[109], a day older: not
+    assert list_run_page(str(store), limit=50, since=since.replace(tzinfo=None)).runs == page.runs  # naive: UTC
 
 
 def test_ood_runs_shows_the_newest_page_and_says_how_many_runs_it_left_out(

@@ -243,14 +243,15 @@ def list_run_page(
     Runs are in run-id order, which is creation-time order for ids made by :func:`~.provenance.new_run_id`.
     One listing of ``runs/`` (names only), then only the entries of the page are read, so a page costs the same
     at the 10,000th run as at the 10th. ``status`` keeps runs whose status or shown status ("stale") is it;
-    ``since`` keeps runs started at or after it: entries are read a batch at a time until the page is full, and
-    with ``since`` ids made more than :data:`SINCE_SLACK` before it are not read at all.
+    ``since`` (UTC unless it says) keeps runs started at or after it: entries are read a batch at a time until
+    the page is full, and with ``since`` ids made more than :data:`SINCE_SLACK` before it are not read at all.
     Each line is as in :func:`list_runs`.
     """
     root = open_root_readonly(store_url, storage_options)
     names = _run_folders(root)
     total = len(names)
     if since is not None:
+        since = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
         names = [name for name in names if not _older_than(name, since)]
     if newest_first:
         names.reverse()
