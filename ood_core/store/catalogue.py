@@ -22,6 +22,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ood_core.store.contract import CATALOGUE_ATTR, CATALOGUE_GROUP
+from ood_core.store.opening import list_names
 from ood_core.store.provenance import json_safe, strict_json_dumps
 
 KEY_SETTINGS = ("samples", "seed", "t0", "steps", "eta", "prior", "strategy", "resolution", "normalization",
@@ -102,10 +103,6 @@ def write_entry(store: Store, entry: Mapping[str, Any]) -> None:
     sync(_write(store, str(entry["run_id"]), entry))
 
 
-async def _list_dir(store: Store, prefix: str) -> list[str]:
-    return [name async for name in store.list_dir(prefix)]
-
-
 def _parse(data: bytes | None) -> dict[str, Any] | None:
     if data is None:
         return None
@@ -133,7 +130,7 @@ def read_entries(store: Store, run_ids: Iterable[str] | None = None) -> dict[str
     """The readable entries of the catalogue by run id: every one (one listing of ``catalogue/``), or only those
     of ``run_ids`` (one read each, no listing: a page of runs); missing and damaged ones left out."""
     if run_ids is None:
-        listed = sync(_list_dir(store, CATALOGUE_GROUP))
+        listed = list_names(store, CATALOGUE_GROUP)
         run_ids = [name for name in listed if name != "zarr.json" and not name.endswith(".partial")]
     return sync(_read_all(store, sorted(set(run_ids))))
 

@@ -3,6 +3,7 @@ the schema version, or refused), the ``runs`` group, one run's group, its arrays
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import zarr
 import zarr.errors
 from fsspec.registry import known_implementations
 from zarr.abc.store import Store
+from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
 from ood_core.store.contract import (
@@ -67,6 +69,20 @@ def zarr_store(
         check_protocol(url)
         return FsspecStore.from_url(url, storage_options=fresh_listings(url, storage_options), read_only=read_only)
     return LocalStore(url.removeprefix("file://"), read_only=read_only)
+
+
+async def _list_dir(store: Store, prefix: str) -> list[str]:
+    return [name async for name in store.list_dir(prefix)]
+
+
+def list_names(store: Store, prefix: str) -> list[str]:
+    """The names directly under ``prefix``, in no order (one listing; empty when there is no such folder)."""
+    if isinstance(store, LocalStore):  # zarr's listing makes a Path of each name: 10x slower at 10,000 runs
+        try:
+            return os.listdir(store.root / prefix)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    return sync(_list_dir(store, prefix))
 
 
 def _store_attr() -> dict[str, Any]:

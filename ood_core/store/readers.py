@@ -31,7 +31,7 @@ from ood_core.store.errors import (
 from ood_core.store.heartbeat import STALE_AFTER_S, stale_reason
 from ood_core.store.integrity import verify_run
 from ood_core.store.labels import decode_labels, legacy_string_arrays
-from ood_core.store.opening import node_array, open_root_readonly, run_group, run_record, zarr_store
+from ood_core.store.opening import list_names, node_array, open_root_readonly, run_group, run_record, zarr_store
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _run_info(group: zarr.Group, run_id: str, stale_after: float = STALE_AFTER_S
 def _run_folders(root: zarr.Group) -> list[str]:
     """Names under ``runs/`` as stored (one listing), without parsing any run's metadata."""
     prefix = f"{root.path}/{RUNS_GROUP}".lstrip("/")
-    names = sync(_list_dir(root.store, prefix))
+    names = list_names(root.store, prefix)
     return sorted(n for n in names if n != "zarr.json" and not n.endswith(".partial") and "/" not in n)
 
 
@@ -118,10 +118,6 @@ def _is_run(root: zarr.Group, name: str) -> bool:
     """A folder holding nothing but unfinished writes (a process killed while creating the group) is no run."""
     prefix = f"{root.path}/{RUNS_GROUP}/{name}/".lstrip("/")
     return bool(sync(_holds_data(root.store, prefix)))
-
-
-async def _list_dir(store: Store, prefix: str) -> list[str]:
-    return [name async for name in store.list_dir(prefix)]
 
 
 async def _holds_data(store: Store, prefix: str) -> bool:
