@@ -577,6 +577,21 @@ def _add_train_base(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.set_defaults(func=cmd_train_base)
 
 
+def _runs_parser(sub: Any) -> None:
+    """The `ood runs` subcommand and its options."""
+    runs = sub.add_parser("runs", help="one line per run: id, status, inputs, samples, acceptance rate")
+    runs.add_argument("store")
+    runs.add_argument("--status", choices=["writing", "stale", "complete", "failed", "broken"],
+                      help="only runs of this status")
+    runs.add_argument("--since", help="only runs started at or after this ISO date/time (UTC unless given)")
+    runs.add_argument("--limit", type=int, default=50, metavar="N",
+                      help="the newest N runs (default 50; 0: all), shown oldest first; says how many are not shown")
+    runs.add_argument("--all", action="store_true", help="every run (same as --limit 0)")
+    runs.add_argument("--read-runs", action="store_true",
+                      help="read every run group instead of the run catalogue (slower; finds unreadable records)")
+    runs.set_defaults(func=cmd_runs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ood",
@@ -607,17 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_arguments(run, demo=False)
     run.set_defaults(func=cmd_run)
 
-    runs = sub.add_parser("runs", help="one line per run: id, status, inputs, samples, acceptance rate")
-    runs.add_argument("store")
-    runs.add_argument("--status", choices=["writing", "stale", "complete", "failed", "broken"],
-                      help="only runs of this status")
-    runs.add_argument("--since", help="only runs started at or after this ISO date/time (UTC unless given)")
-    runs.add_argument("--limit", type=int, default=50, metavar="N",
-                      help="the newest N runs (default 50; 0: all), shown oldest first; says how many are not shown")
-    runs.add_argument("--all", action="store_true", help="every run (same as --limit 0)")
-    runs.add_argument("--read-runs", action="store_true",
-                      help="read every run group instead of the run catalogue (slower; finds unreadable records)")
-    runs.set_defaults(func=cmd_runs)
+    _runs_parser(sub)
 
     migrate = sub.add_parser("migrate", help="bring a store of an earlier schema version to this one, losing nothing")
     migrate.add_argument("store")
