@@ -5,8 +5,10 @@ append_samples, complete: the code real runs use for creation, consolidation and
 it holds each size N; at each size: the time to add a run (median of the last 11 adds), to list one page of runs
 (list_run_page, the newest 10; median of 5), to list all runs (list_runs, the catalogue;
 median of 3, one try from 5,000 runs), to open one run (open_run of the first run, checksums verified, after an
-untimed warm-up; median of 3) and the bytes the added run wrote outside its own nodes (``runs/<id>/`` and
-``catalogue/<id>/``; counted at zarr's LocalStore), with the root zarr.json's size. Prints each size's row as soon as
+untimed warm-up; median of 3) and the bytes the added run wrote outside its own nodes (``runs/<id>/``,
+``catalogue/<id>/``, ``leases/<id>/``): the sizes of the files created or changed elsewhere in the store, found by
+comparing every file's size and mtime before and after (whatever wrote them: zarr, the lease's ``os.link``), with
+the root zarr.json's size. Prints each size's row as soon as
 it is measured (unbuffered) with each column's ratio to the smallest size, all measured in this one process.
 Usage: .venv/bin/python bench/bench_store_growth.py [--sizes 10,100,1000,10000] [--huge (adds 10000)] [--dir DIR]
 """
@@ -14,6 +16,7 @@ Usage: .venv/bin/python bench/bench_store_growth.py [--sizes 10,100,1000,10000] 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -21,20 +24,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr.storage._local as zarr_local
 
 from ood_core.store import RunWriter, list_run_page, list_runs, open_run
 
 PAGE = 10
 """Runs in a page: every size holds a whole page, so each page reads the same entries (``ood runs`` shows 50)."""
-WRITTEN: list[tuple[str, int]] = []
-_PUT = zarr_local._put
 
 
-def _counting_put(path: Path, value: Any, exclusive: bool = False) -> int:
-    n = _PUT(path, value, exclusive=exclusive)
-    WRITTEN.append((str(path), int(n)))
-    return n
+def _files(store: str) -> dict[str, tuple[int, int]]:
+    """(mtime in ns, size) of every file in the store, by path relative to it."""
+    found = {}
+    for folder, _, names in os.walk(store):
+        for name in names:
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            found[os.path.relpath(path, store)] = (stat.st_mtime_ns, stat.st_size)
+    return found
 
 
 def add_run(store: str, seed: int) -> str:
@@ -60,12 +65,13 @@ def _median_time(call: Any, repeat: int) -> float:
 
 
 def measure(store: str, seed: int, first: str, recent_adds: list[float]) -> dict[str, float]:
-    start = len(WRITTEN)
+    before = _files(store)
     t = time.perf_counter()
     run_id = add_run(store, seed)
     recent_adds.append(time.perf_counter() - t)
-    own = (f"{store}/runs/{run_id}/", f"{store}/catalogue/{run_id}/")
-    outside = sum(n for key, n in WRITTEN[start:] if not key.startswith(own))
+    own = tuple(f"{group}/{run_id}/" for group in ("runs", "catalogue", "leases"))
+    outside = sum(size for key, (mtime, size) in _files(store).items()
+                  if not key.startswith(own) and before.get(key) != (mtime, size))
     page = _median_time(lambda: list_run_page(store, limit=PAGE), 5)
     assert len(list_run_page(store, limit=PAGE).runs) == min(PAGE, seed + 1)
     listing = _median_time(lambda: list_runs(store), 3 if seed < 5000 else 1)
@@ -96,7 +102,6 @@ def main() -> None:
     sizes = sorted({int(s) for s in args.sizes.split(",")} | ({10_000} if args.huge else set()))
     folder = Path(args.dir or tempfile.mkdtemp(prefix="ood-growth-"))
     store = str(folder / "store.zarr")
-    zarr_local._put = _counting_put
     count, first, base, adds = 0, "", None, []
     header = " ".join(f"{title:>{width}}" for _, title, width, _ in COLUMNS)
     print(f"{'runs':>6} {header}   ratios to {sizes[0]} runs: add, page, list all, open", flush=True)
@@ -114,7 +119,6 @@ def main() -> None:
             first = first or list_runs(store)[0].run_id
             count += 1
     finally:
-        zarr_local._put = _PUT
         if not args.dir:
             shutil.rmtree(folder, ignore_errors=True)
 
