@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -196,13 +197,15 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     host, port = server.get_host_and_port()
     options = {"key": "test", "secret": "test",
                "client_kwargs": {"endpoint_url": f"http://{host}:{port}"}}
-    s3fs.S3FileSystem(**options).mkdir("ood-test")
+    # moto keeps its buckets per process, across servers: a bucket of this test's own
+    options["bucket"] = f"ood-test-{uuid.uuid4().hex[:8]}"
+    s3fs.S3FileSystem(key="test", secret="test", client_kwargs=options["client_kwargs"]).mkdir(options["bucket"])
     yield options
     server.stop()
 
 
 def test_on_s3_racing_claims_exactly_one_wins_and_a_live_lease_refuses(s3: dict[str, Any]) -> None:
-    store = "s3://ood-test/store.zarr"
+    store = f"s3://{s3.pop('bucket')}/store.zarr"
     outcomes = _race_claims(store, s3)
     _exactly_one_won(outcomes)
     winner = leases.current_lease(store, RUN, storage_options=s3)
