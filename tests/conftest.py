@@ -99,3 +99,13 @@ def _restore_log_levels() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def skies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four demo skies (tests/made_fits.py), made once per test module."""
+    from made_fits import write_skies
+
+    folder = tmp_path_factory.mktemp("skies")
+    write_skies(folder, 4)
+    return folder

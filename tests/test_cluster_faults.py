@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from made_fits import write_skies
 
 from flows import sample_shards as sharding
 from flows.pipeline import pipeline_flow
@@ -94,13 +93,6 @@ def params_for(inputs: Path, store: str, **overrides: Any) -> PipelineParameters
 
 
 @pytest.fixture(scope="module")
-def skies(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("skies")
-    write_skies(folder, 4)  # demo skies (tests/made_fits.py)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def plain(skies: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
     """The samples of the same run made in one go, in one process, unsharded."""
     store = str(tmp_path_factory.mktemp("plain") / "plain.zarr")
@@ -111,6 +103,11 @@ def plain(skies: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np
 def samples_of(store: str, **options: Any) -> dict[str, np.ndarray]:
     ds = open_run(store, chunks=None, **options)
     return {name: ds[name].values for name in SAMPLE_NAMES}
+
+
+def assert_same_samples(made: dict[str, np.ndarray], plain: dict[str, np.ndarray]) -> None:
+    for name in SAMPLE_NAMES:
+        np.testing.assert_array_equal(made[name], plain[name], err_msg=name)
 
 
 def kill_mid_shard(store: str, cluster: Cluster, stop: threading.Event, options: dict[str, Any]) -> dict[str, Any]:
@@ -169,9 +166,7 @@ def test_a_killed_scheduler_fails_the_run_resumably_and_the_resume_is_bit_identi
         monkeypatch: pytest.MonkeyPatch) -> None:
     store = str(tmp_path / "store.zarr")
     run_id = killed_then_resumed(skies, store, clusters, monkeypatch)
-    resumed = samples_of(store)
-    for name in SAMPLE_NAMES:
-        np.testing.assert_array_equal(resumed[name], plain[name], err_msg=name)
+    assert_same_samples(samples_of(store), plain)
     assert validate_store(store) == []
     attempts = open_run(store, run_id).attrs["ood_run"]["attempts"]
     assert [(a["how"], a["outcome"]) for a in attempts] == [("created", "failed"), ("resumed", "complete")]
@@ -204,9 +199,7 @@ def test_a_scheduler_back_within_the_wait_lets_the_run_go_on(
         restarter.join()
     assert killed.get("states"), "the scheduler was not killed mid-shard"
     assert result["n_samples"] == 12
-    made = samples_of(store)
-    for name in SAMPLE_NAMES:
-        np.testing.assert_array_equal(made[name], plain[name], err_msg=name)
+    assert_same_samples(samples_of(store), plain)
     [run] = list_runs(store)
     assert run.status == "complete"
     assert [a["outcome"] for a in open_run(store).attrs["ood_run"]["attempts"]] == ["complete"]
@@ -237,9 +230,7 @@ def test_on_s3_a_killed_scheduler_fails_the_run_resumably_and_the_resume_is_bit_
         monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> None:
     store = f"{s3_endpoint}/store.zarr"
     run_id = killed_then_resumed(skies, store, clusters, monkeypatch)
-    resumed = samples_of(store)
-    for name in SAMPLE_NAMES:
-        np.testing.assert_array_equal(resumed[name], plain[name], err_msg=name)
+    assert_same_samples(samples_of(store), plain)
     assert validate_store(store) == []
     leases = open_run(store, run_id).attrs["ood_run"]["attempts"]
     assert [(a["lease"], a["outcome"]) for a in leases] == [(1, "failed"), (2, "complete")]

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from made_fits import write_skies
 
 from flows.pipeline import pipeline_flow
 from ood_cli.main import EXIT_OK, EXIT_USAGE, main
@@ -28,13 +27,6 @@ SAMPLE_NAMES = ("samples", "samples_physical", "sample_latents", "sample_seed", 
 def params_for(inputs: Path, store: Path) -> PipelineParameters:
     return PipelineParameters(inputs=[str(inputs)], store=str(store), samples=3, steps=4, t0=400, reference_count=4,
                               batch_size=2, device="cpu", seed=5, prior="ppca")
-
-
-@pytest.fixture(scope="module")
-def skies(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("skies")
-    write_skies(folder, 4)  # demo skies (tests/made_fits.py)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def _model(record: Mapping[str, Any]) -> dict[str, Any] | None:
     return {key: model.get(key) for key in ("source", "weights_sha256", "dtype") if key in model}
 
 
-def _resumable(record: Mapping[str, Any]) -> bool | None:
+def resumable_failure(record: Mapping[str, Any]) -> bool | None:
     """For a failed run: whether its failure was the infrastructure's (it can be resumed); None otherwise."""
     if record.get("status") != "failed":
         return None
@@ -74,7 +74,7 @@ def catalogue_entry(record: Mapping[str, Any], *, n_inputs: int, n_samples: int)
         "settings": {key: parameters[key] for key in KEY_SETTINGS if key in parameters},
         "flow_run_id": origin.get("flow_run_id") if isinstance(origin, Mapping) else None,
         "error": _first_line(record.get("error")) if record.get("status") == "failed" else None,
-        "resumable": _resumable(record),
+        "resumable": resumable_failure(record),
         "attempts": len(record.get("attempts") or []) or None,
     }
     safe = json_safe(entry)

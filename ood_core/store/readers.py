@@ -17,7 +17,7 @@ import zarr
 from zarr.abc.store import Store
 from zarr.core.sync import sync
 
-from ood_core.store.catalogue import catalogue_entry, read_entries
+from ood_core.store.catalogue import catalogue_entry, read_entries, resumable_failure
 from ood_core.store.consolidation import consolidated_run_is_current
 from ood_core.store.contract import FINAL_STATUSES, PROGRESS_ATTR, RUN_ATTR, RUNS_GROUP
 from ood_core.store.describe import with_netcdf_note
@@ -102,7 +102,7 @@ def _run_info(group: zarr.Group, run_id: str, stale_after: float = STALE_AFTER_S
         heartbeat=dict(beat) if isinstance(beat, dict) else None,
         stale=stale is not None,
         problem=stale or (str(record.get("error")) if record.get("status") == "failed" else None),
-        resumable=stale is not None or bool(catalogue_entry(record, n_inputs=0, n_samples=0).get("resumable")),
+        resumable=stale is not None or bool(resumable_failure(record)),
         attempts=len(record.get("attempts") or []),
     )
 
